@@ -1,0 +1,12 @@
+//! Recordings on disk: the spool of sessions in progress, finalize into the folder layout of
+//! DESIGN §4 (`recording.json` last and atomically), the start-up scan that finalizes what a
+//! crash left in the spool (`state: partial`), and quarantine with a reason.
+//!
+//! Must not: know SIP. Everything here is plain data in, files out.
+
+pub mod model;
+pub mod spool;
+pub mod wav;
+
+pub use model::{FileEntry, ParticipantRecord, RecordingMeta, RecordingState, StreamRecord};
+pub use spool::Spool;
