@@ -6,3 +6,7 @@ pub mod config;
 pub mod record;
 pub mod sip;
 pub mod siprec;
+pub mod control;
+pub mod driver;
+pub mod media;
+pub mod metrics;

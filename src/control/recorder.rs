@@ -1,0 +1,1244 @@
+//! The recording-session state machine (sans-IO).
+//!
+//! Inputs: [`Recorder::handle_message`] (bytes from a transport), [`Recorder::handle_storage`]
+//! (the writer thread saved a session's state), [`Recorder::handle_timeout`],
+//! [`Recorder::start_drain`]. Outputs: [`Recorder::poll_transmit`], [`Recorder::poll_storage`],
+//! [`Recorder::poll_timeout`].
+//!
+//! A new INVITE is answered 200 only after its spool state is saved ([`StorageOp::Begin`] then
+//! [`Recorder::handle_storage`]): a 200 promises a recording. Until then the INVITE is pending
+//! and a CANCEL ends it with 487.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::record::{ParticipantRecord, RecordingMeta, RecordingState, StreamRecord};
+use crate::sip::{
+    ConnId, Dialog, Endpoint, EndpointConfig, Event, Flow, Method, Request, Response,
+    Transmit, TxId,
+};
+use crate::siprec::metadata::Limits;
+use crate::siprec::sdp::{self, Direction, SessionDescription, StreamPlan};
+use crate::siprec::{self, BodyError, BodyPart, Metadata};
+
+/// What the recorder needs from its host: RTP ports and the address to advertise.
+pub trait MediaHost {
+    /// Binds an even RTP port and RTP+1; `None` when the range is exhausted.
+    fn allocate_port(&mut self) -> Option<u16>;
+    /// Closes the pair's sockets and returns the port to the pool.
+    fn release_port(&mut self, port: u16);
+    /// The address to put in SDP `c=` and Contact for a request that arrived on `flow`.
+    fn media_ip(&mut self, flow: &Flow) -> IpAddr;
+}
+
+#[derive(Clone, Debug)]
+pub struct RecorderConfig {
+    pub node_name: String,
+    pub max_sessions: usize,
+    pub max_streams: usize,
+    pub retry_after_s: u32,
+    pub min_se_s: u32,
+    pub drain_timeout: Duration,
+    pub allow_from: Vec<ipnet::IpNet>,
+    pub metadata_max_bytes: usize,
+    pub metadata_max_depth: usize,
+    pub endpoint: EndpointConfig,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        RecorderConfig {
+            node_name: "reel".into(),
+            max_sessions: 10_000,
+            max_streams: 16,
+            retry_after_s: 30,
+            min_se_s: 90,
+            drain_timeout: Duration::from_secs(30),
+            allow_from: Vec::new(),
+            metadata_max_bytes: 256 * 1024,
+            metadata_max_depth: 32,
+            endpoint: EndpointConfig::default(),
+        }
+    }
+}
+
+/// A session, numbered by the recorder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey(pub u64);
+
+/// Work for the writer thread, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StorageOp {
+    /// Create the spool entry; answer with [`Recorder::handle_storage`].
+    Begin { session: SessionKey, meta: RecordingMeta },
+    /// Save the current state (for crash recovery).
+    Save { meta: RecordingMeta },
+    /// Store one received metadata document.
+    Metadata { id: String, xml: Vec<u8> },
+    /// The session ended: write the recording folder.
+    Finalize { meta: RecordingMeta },
+    /// A session that never started (cancelled, refused after Begin): drop its spool entry.
+    Abandon { id: String },
+}
+
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
+const ACCEPT: &str = "application/sdp, application/rs-metadata+xml, multipart/mixed";
+const SUPPORTED: &str = "siprec, timer";
+/// Option tags Reel implements (RFC 3261 §8.2.2.3: any other in Require gets 420).
+const UNDERSTOOD: &[&str] = &["siprec", "timer"];
+
+#[derive(Clone, Debug)]
+struct StreamState {
+    /// Position of the m-line in the offer.
+    index: usize,
+    label: String,
+    port: Option<u16>,
+    codec: Option<sdp::Codec>,
+    telephone_event: Option<sdp::Codec>,
+    crypto: Option<String>,
+    direction: Direction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// INVITE received, waiting for the spool entry before answering.
+    Starting,
+    /// 200 sent, waiting for ACK.
+    Answered,
+    Confirmed,
+}
+
+struct Session {
+    id: String,
+    call_id: String,
+    local_tag: String,
+    phase: Phase,
+    invite_tx: Option<TxId>,
+    invite: Request,
+    flow: Flow,
+    dialog: Option<Dialog>,
+    offer: SessionDescription,
+    streams: Vec<StreamState>,
+    metadata: Metadata,
+    metadata_versions: usize,
+    warnings: Vec<String>,
+    media_ip: IpAddr,
+    sdp_session_id: u64,
+    sdp_version: u64,
+    started_wall: SystemTime,
+    /// RFC 4028: interval and when we give up waiting for a refresh.
+    session_timer: Option<(Duration, Instant)>,
+}
+
+pub struct Recorder {
+    config: RecorderConfig,
+    endpoint: Endpoint,
+    host: Box<dyn MediaHost>,
+    sessions: HashMap<SessionKey, Session>,
+    /// (Call-ID, our tag) -> session.
+    by_dialog: HashMap<(String, String), SessionKey>,
+    by_invite_tx: HashMap<TxId, SessionKey>,
+    next_key: u64,
+    storage: VecDeque<StorageOp>,
+    draining: Option<Instant>,
+    disk_ok: bool,
+    rng: rand::rngs::StdRng,
+    pub stats: RecorderStats,
+}
+
+/// Counters the driver exports.
+#[derive(Clone, Debug, Default)]
+pub struct RecorderStats {
+    pub sessions_started: u64,
+    pub sessions_ended: u64,
+    pub rejected: HashMap<u16, u64>,
+    pub malformed: u64,
+}
+
+impl Recorder {
+    pub fn new(config: RecorderConfig, host: Box<dyn MediaHost>, seed: u64) -> Recorder {
+        use rand::SeedableRng;
+        Recorder {
+            endpoint: Endpoint::new(config.endpoint.clone()),
+            config,
+            host,
+            sessions: HashMap::new(),
+            by_dialog: HashMap::new(),
+            by_invite_tx: HashMap::new(),
+            next_key: 1,
+            storage: VecDeque::new(),
+            draining: None,
+            disk_ok: true,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            stats: RecorderStats::default(),
+        }
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// One whole SIP message received on `flow`.
+    pub fn handle_message(&mut self, now: Instant, wall: SystemTime, flow: Flow, data: &[u8]) {
+        self.endpoint.handle_message(now, flow, data);
+        self.process_events(now, wall);
+    }
+
+    /// A stream connection closed.
+    pub fn handle_connection_closed(&mut self, now: Instant, wall: SystemTime, conn: ConnId) {
+        self.endpoint.handle_connection_closed(now, conn);
+        for session in self.sessions.values_mut() {
+            if session.flow.conn == Some(conn) {
+                session.flow.conn = None;
+            }
+            if let Some(d) = session.dialog.as_mut() {
+                if d.flow.conn == Some(conn) {
+                    d.flow.conn = None;
+                }
+            }
+        }
+        self.process_events(now, wall);
+    }
+
+    /// The writer thread created (`Ok`) or failed to create (`Err`, with why) the spool entry
+    /// of `session`.
+    pub fn handle_storage(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        session: SessionKey,
+        result: Result<(), String>,
+    ) {
+        let Some(s) = self.sessions.get(&session) else { return };
+        if s.phase != Phase::Starting {
+            return;
+        }
+        match result {
+            Ok(()) => self.answer_initial(now, wall, session),
+            Err(why) => {
+                self.disk_ok = false;
+                let warning = format!("cannot store the recording: {why}");
+                self.refuse_starting(now, session, 503, "Recording Storage Unavailable", &warning);
+            }
+        }
+    }
+
+    /// Free disk space went below (false) or back above (true) the threshold.
+    pub fn set_disk_ok(&mut self, ok: bool) {
+        self.disk_ok = ok;
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
+        self.endpoint.handle_timeout(now);
+        self.process_events(now, wall);
+        let expired: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| matches!(s.session_timer, Some((_, at)) if at <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            self.end_session(now, wall, key, "session-timer", true);
+        }
+        if let Some(deadline) = self.draining {
+            if now >= deadline {
+                let keys: Vec<SessionKey> = self.sessions.keys().copied().collect();
+                for key in keys {
+                    self.end_session(now, wall, key, "shutdown", true);
+                }
+            }
+        }
+    }
+
+    /// SIGTERM: refuse new sessions (503), let active ones finish; after the drain timeout Reel
+    /// ends the rest itself with BYE.
+    pub fn start_drain(&mut self, now: Instant) {
+        if self.draining.is_none() {
+            self.draining = Some(now + self.config.drain_timeout);
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_some()
+    }
+
+    /// Draining and nothing left to do: no session, no transaction still sending.
+    pub fn is_drained(&self) -> bool {
+        self.draining.is_some()
+            && self.sessions.is_empty()
+            && self.storage.is_empty()
+            && self.endpoint.transaction_count() == 0
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Live SIP transactions (for metrics).
+    pub fn transaction_count(&self) -> usize {
+        self.endpoint.transaction_count()
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.endpoint.poll_transmit()
+    }
+
+    pub fn poll_storage(&mut self) -> Option<StorageOp> {
+        self.storage.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let sessions = self.sessions.values().filter_map(|s| s.session_timer.map(|(_, at)| at));
+        let all = sessions.chain(self.endpoint.poll_timeout()).chain(self.draining);
+        all.min()
+    }
+
+    /// A summary of the active sessions, for the HTTP API.
+    pub fn active_sessions(&self) -> Vec<serde_json::Value> {
+        self.sessions
+            .values()
+            .map(|s| {
+                serde_json::json!({
+                    "id": s.id,
+                    "call_id": s.call_id,
+                    "state": format!("{:?}", s.phase).to_lowercase(),
+                    "started_at": crate::record::model::rfc3339_millis(s.started_wall),
+                    "streams": s.streams.iter().map(|st| serde_json::json!({
+                        "label": st.label, "port": st.port,
+                        "codec": st.codec.as_ref().map(|c| c.name.clone()),
+                        "direction": format!("{:?}", st.direction).to_lowercase(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    }
+
+    // ---- events -------------------------------------------------------------------------
+
+    fn process_events(&mut self, now: Instant, wall: SystemTime) {
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                Event::Request { tx, request, flow } => {
+                    self.on_request(now, wall, tx, request, flow)
+                }
+                Event::Ack { request, .. } => self.on_ack(&request),
+                Event::Cancel { invite_tx, .. } => self.on_cancel(now, invite_tx),
+                Event::AckTimeout { call_id, local_tag, .. } => {
+                    if let Some(key) = self.by_dialog.get(&(call_id, local_tag)).copied() {
+                        self.end_session(now, wall, key, "ack-timeout", true);
+                    }
+                }
+                Event::Response { .. } | Event::ClientTimeout { .. } => {
+                    // Only BYEs are sent by Reel, and the session is finalized when they go
+                    // out: their outcome changes nothing.
+                }
+                Event::Malformed { .. } => self.stats.malformed += 1,
+            }
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, wall: SystemTime, tx: TxId, req: Request, flow: Flow) {
+        if !self.allowed(&flow) {
+            return self.reply(now, tx, &req, 403, "Source Not Allowed", None);
+        }
+        let to_tag = req
+            .headers
+            .get("To")
+            .and_then(|v| crate::sip::NameAddr::parse(v).ok())
+            .and_then(|n| n.tag().map(str::to_string));
+        if let Some(tag) = to_tag {
+            return self.on_in_dialog(now, wall, tx, req, flow, tag);
+        }
+        match req.method {
+            Method::Invite => self.on_initial_invite(now, wall, tx, req, flow),
+            Method::Options => self.on_options(now, tx, &req),
+            Method::Bye | Method::Update | Method::Info | Method::Prack => {
+                self.reply(now, tx, &req, 481, "Call/Transaction Does Not Exist", None)
+            }
+            _ => self.reply_405(now, tx, &req),
+        }
+    }
+
+    fn allowed(&self, flow: &Flow) -> bool {
+        let ip = canonical_ip(flow.remote.ip());
+        self.config.allow_from.is_empty() || self.config.allow_from.iter().any(|n| n.contains(&ip))
+    }
+
+    fn on_options(&mut self, now: Instant, tx: TxId, req: &Request) {
+        if self.draining.is_some() {
+            return self.reply_503(now, tx, req, "Draining");
+        }
+        let mut resp = Response::for_request(req, 200, "OK");
+        self.decorate(&mut resp);
+        ensure_to_tag(&mut resp, &mut self.rng);
+        self.endpoint.respond(now, tx, resp);
+    }
+
+    fn on_initial_invite(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        tx: TxId,
+        req: Request,
+        flow: Flow,
+    ) {
+        if self.draining.is_some() {
+            return self.reply_503(now, tx, &req, "Draining");
+        }
+        if self.sessions.len() >= self.config.max_sessions {
+            return self.reply_503(now, tx, &req, "Maximum Sessions Reached");
+        }
+        if !self.disk_ok {
+            return self.reply_503(now, tx, &req, "Insufficient Disk Space");
+        }
+        if let Some(status) = self.check_require(now, tx, &req) {
+            return status;
+        }
+        let Some(call_id) = req.call_id().map(str::to_string) else {
+            return self.reply(now, tx, &req, 400, "Missing Call-ID", None);
+        };
+        let timer = match self.session_timer_request(&req) {
+            Ok(t) => t,
+            Err(()) => {
+                let mut resp = Response::for_request(&req, 422, "Session Interval Too Small");
+                resp.headers.push("Min-SE", self.config.min_se_s.to_string());
+                self.decorate(&mut resp);
+                ensure_to_tag(&mut resp, &mut self.rng);
+                self.count_reject(422);
+                return self.endpoint.respond(now, tx, resp);
+            }
+        };
+        let offer = match self.read_offer(&req) {
+            Ok(o) => o,
+            Err(e) => return self.reply_body_error(now, tx, &req, &e),
+        };
+        let Offer { sdp, metadata_docs, warnings: mut offer_warnings, siprec } = offer;
+        if !siprec {
+            offer_warnings.push(
+                "not a SIPREC request (no siprec option tag, +sip.src or metadata); \
+                 recorded as a plain SDP session"
+                    .into(),
+            );
+        }
+
+        let media_ip = self.host.media_ip(&flow);
+        let mut streams = Vec::new();
+        let mut why_rejected = Vec::new();
+        for (index, m) in sdp.media.iter().enumerate() {
+            let label = m.label.clone().unwrap_or_else(|| index.to_string());
+            let mut st = StreamState {
+                index,
+                label,
+                port: None,
+                codec: None,
+                telephone_event: None,
+                crypto: None,
+                direction: m.direction,
+            };
+            match self.accept_stream(m) {
+                Ok((codec, te, crypto)) => match self.host.allocate_port() {
+                    Some(port) => {
+                        st.port = Some(port);
+                        st.codec = Some(codec);
+                        st.telephone_event = te;
+                        st.crypto = crypto;
+                    }
+                    None => {
+                        self.release_streams(&streams);
+                        return self.reply_503(now, tx, &req, "No RTP Ports Available");
+                    }
+                },
+                Err(why) => why_rejected.push(format!("stream {}: {why}", st.label)),
+            }
+            streams.push(st);
+        }
+        if streams.iter().all(|s| s.port.is_none()) {
+            let why = if why_rejected.is_empty() {
+                "no media stream offered".to_string()
+            } else {
+                why_rejected.join("; ")
+            };
+            return self.reply(now, tx, &req, 488, "Not Acceptable Here", Some(&why));
+        }
+        for m in &sdp.media {
+            if m.label.is_none() {
+                offer_warnings.push("an SDP stream has no a=label; its position is used".into());
+                break;
+            }
+        }
+
+        let key = SessionKey(self.next_key);
+        self.next_key += 1;
+        let id = new_recording_id(&mut self.rng);
+        let local_tag = random_token(&mut self.rng, 16);
+        let mut metadata = Metadata::default();
+        let mut versions = Vec::new();
+        for (doc, xml) in metadata_docs {
+            metadata.apply(doc);
+            versions.push(xml);
+        }
+        use rand::Rng;
+        let session = Session {
+            id: id.clone(),
+            call_id: call_id.clone(),
+            local_tag: local_tag.clone(),
+            phase: Phase::Starting,
+            invite_tx: Some(tx),
+            invite: req,
+            flow,
+            dialog: None,
+            offer: sdp,
+            streams,
+            metadata,
+            metadata_versions: versions.len(),
+            warnings: offer_warnings,
+            media_ip,
+            sdp_session_id: self.rng.random_range(1..u32::MAX as u64),
+            sdp_version: 1,
+            started_wall: wall,
+            session_timer: timer.map(|d| (d, now + d)),
+        };
+        self.sessions.insert(key, session);
+        self.by_invite_tx.insert(tx, key);
+        self.by_dialog.insert((call_id, local_tag), key);
+        let meta = self.snapshot(key, wall, RecordingState::NoMedia, "");
+        if let Some(meta) = meta {
+            self.storage.push_back(StorageOp::Begin { session: key, meta });
+        }
+        for xml in versions {
+            self.storage.push_back(StorageOp::Metadata { id: id.clone(), xml });
+        }
+    }
+
+    /// Sends the 200 for a session whose spool entry exists.
+    fn answer_initial(&mut self, now: Instant, wall: SystemTime, key: SessionKey) {
+        let answer = match self.sessions.get(&key) {
+            Some(s) => self.build_answer_sdp(s),
+            None => return,
+        };
+        let Some(s) = self.sessions.get_mut(&key) else { return };
+        let Some(tx) = s.invite_tx else { return };
+        let mut resp = Response::for_request(&s.invite, 200, "OK");
+        let dialog = match Dialog::new_uas(&s.invite, &s.local_tag, s.flow) {
+            Ok(d) => d,
+            Err(e) => {
+                let (status, reason) = (e.status, e.reason.clone());
+                self.refuse_starting(now, key, status, &reason, &reason);
+                return;
+            }
+        };
+        dialog.tag_response(&mut resp);
+        resp.headers.push("Contact", contact_for(s.media_ip, &s.flow));
+        resp.headers.push("Content-Type", "application/sdp");
+        if let Some((interval, _)) = s.session_timer {
+            resp.headers.push("Session-Expires", format!("{};refresher=uac", interval.as_secs()));
+            resp.headers.push("Require", "timer");
+        }
+        resp.body = answer.into_bytes();
+        s.dialog = Some(dialog);
+        s.phase = Phase::Answered;
+        s.started_wall = wall;
+        s.invite_tx = None;
+        self.by_invite_tx.remove(&tx);
+        self.stats.sessions_started += 1;
+        self.decorate(&mut resp);
+        self.endpoint.respond(now, tx, resp);
+        if let Some(meta) = self.snapshot(key, wall, RecordingState::NoMedia, "") {
+            self.storage.push_back(StorageOp::Save { meta });
+        }
+    }
+
+    fn refuse_starting(
+        &mut self,
+        now: Instant,
+        key: SessionKey,
+        status: u16,
+        reason: &str,
+        warning: &str,
+    ) {
+        let Some(s) = self.remove_session(key) else { return };
+        if let Some(tx) = s.invite_tx {
+            self.reply(now, tx, &s.invite, status, reason, Some(warning));
+        }
+        self.storage.push_back(StorageOp::Abandon { id: s.id });
+    }
+
+    fn on_cancel(&mut self, now: Instant, invite_tx: TxId) {
+        let Some(key) = self.by_invite_tx.get(&invite_tx).copied() else { return };
+        let Some(s) = self.remove_session(key) else { return };
+        let mut resp = Response::for_request(&s.invite, 487, "Request Terminated");
+        add_tag(&mut resp, &s.local_tag);
+        self.decorate(&mut resp);
+        self.endpoint.respond(now, invite_tx, resp);
+        self.storage.push_back(StorageOp::Abandon { id: s.id });
+    }
+
+    fn on_ack(&mut self, req: &Request) {
+        let Some(key) = self.dialog_key(req) else { return };
+        if let Some(s) = self.sessions.get_mut(&key) {
+            if s.phase == Phase::Answered {
+                s.phase = Phase::Confirmed;
+            }
+        }
+    }
+
+    fn on_in_dialog(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        tx: TxId,
+        req: Request,
+        _flow: Flow,
+        _to_tag: String,
+    ) {
+        if req.method == Method::Options {
+            return self.on_options(now, tx, &req);
+        }
+        let Some(key) = self.dialog_key(&req) else {
+            return self.reply(now, tx, &req, 481, "Call/Transaction Does Not Exist", None);
+        };
+        let check = match self.sessions.get_mut(&key).and_then(|s| s.dialog.as_mut()) {
+            Some(d) => d.on_request(&req),
+            None => {
+                return self.reply(now, tx, &req, 481, "Call/Transaction Does Not Exist", None);
+            }
+        };
+        if let Err(e) = check {
+            let (status, reason) = (e.status, e.reason);
+            return self.reply(now, tx, &req, status, &reason, None);
+        }
+        match req.method {
+            Method::Bye => {
+                let mut resp = Response::for_request(&req, 200, "OK");
+                self.decorate(&mut resp);
+                self.endpoint.respond(now, tx, resp);
+                self.end_session(now, wall, key, "bye", false);
+            }
+            Method::Invite | Method::Update => self.on_refresh(now, wall, tx, req, key),
+            Method::Info => {
+                let mut resp = Response::for_request(&req, 200, "OK");
+                self.decorate(&mut resp);
+                self.endpoint.respond(now, tx, resp);
+            }
+            _ => self.reply_405(now, tx, &req),
+        }
+    }
+
+    /// re-INVITE or UPDATE: new offer (hold, resume, streams added or removed), new metadata,
+    /// or both; also a session refresh (RFC 4028).
+    fn on_refresh(&mut self, now: Instant, wall: SystemTime, tx: TxId, req: Request, key: SessionKey) {
+        if let Some(status) = self.check_require(now, tx, &req) {
+            return status;
+        }
+        let timer = match self.session_timer_request(&req) {
+            Ok(t) => t,
+            Err(()) => {
+                let mut resp = Response::for_request(&req, 422, "Session Interval Too Small");
+                resp.headers.push("Min-SE", self.config.min_se_s.to_string());
+                self.decorate(&mut resp);
+                return self.endpoint.respond(now, tx, resp);
+            }
+        };
+        let offer = match self.read_update(&req) {
+            Ok(o) => o,
+            Err(e) => return self.reply_body_error(now, tx, &req, &e),
+        };
+        let Some(s) = self.sessions.get(&key) else { return };
+        // Plan the new offer against the current streams before changing anything, so a
+        // refused offer leaves the session as it was (RFC 3264 §8).
+        let mut new_ports: Vec<u16> = Vec::new();
+        let mut plan: Vec<StreamState> = Vec::new();
+        if let Some(sdp) = &offer.sdp {
+            if sdp.media.len() < s.offer.media.len() {
+                return self.reply(
+                    now,
+                    tx,
+                    &req,
+                    488,
+                    "Not Acceptable Here",
+                    Some("a new offer must keep every m-line of the previous one (RFC 3264 §8)"),
+                );
+            }
+            let existing = s.streams.clone();
+            for (index, m) in sdp.media.iter().enumerate() {
+                let label = m.label.clone().unwrap_or_else(|| index.to_string());
+                let old = existing.iter().find(|st| st.index == index);
+                let mut st = StreamState {
+                    index,
+                    label,
+                    port: None,
+                    codec: None,
+                    telephone_event: None,
+                    crypto: None,
+                    direction: m.direction,
+                };
+                let accepted = if m.port == 0 { Err("removed".into()) } else { self.accept_stream(m) };
+                match accepted {
+                    Ok((codec, te, crypto)) => {
+                        let port = match old.and_then(|o| o.port) {
+                            Some(p) => Some(p),
+                            None => match self.host.allocate_port() {
+                                Some(p) => {
+                                    new_ports.push(p);
+                                    Some(p)
+                                }
+                                None => None,
+                            },
+                        };
+                        if port.is_none() {
+                            for p in new_ports {
+                                self.host.release_port(p);
+                            }
+                            return self.reply_503(now, tx, &req, "No RTP Ports Available");
+                        }
+                        // An SRTP key is kept across re-offers of the same stream.
+                        let crypto = old.and_then(|o| o.crypto.clone()).or(crypto);
+                        st.port = port;
+                        st.codec = Some(codec);
+                        st.telephone_event = te;
+                        st.crypto = crypto;
+                    }
+                    Err(_) => {}
+                }
+                plan.push(st);
+            }
+            if plan.iter().all(|st| st.port.is_none()) {
+                for p in new_ports {
+                    self.host.release_port(p);
+                }
+                return self.reply(
+                    now,
+                    tx,
+                    &req,
+                    488,
+                    "Not Acceptable Here",
+                    Some("no recordable stream in the new offer"),
+                );
+            }
+        }
+
+        let Some(s) = self.sessions.get_mut(&key) else { return };
+        let mut released = Vec::new();
+        if let Some(sdp) = offer.sdp {
+            for old in &s.streams {
+                if let Some(p) = old.port {
+                    if !plan.iter().any(|n| n.port == Some(p)) {
+                        released.push(p);
+                    }
+                }
+            }
+            // Streams that no longer exist stay in the recording (they were recorded) but
+            // without a port.
+            let mut merged = plan;
+            for old in &s.streams {
+                if old.index >= merged.len() {
+                    let mut gone = old.clone();
+                    gone.port = None;
+                    merged.push(gone);
+                }
+            }
+            s.streams = merged;
+            s.offer = sdp;
+            s.sdp_version += 1;
+        }
+        let mut new_versions = Vec::new();
+        for (doc, xml) in offer.metadata_docs {
+            s.metadata.apply(doc);
+            s.metadata_versions += 1;
+            new_versions.push(xml);
+        }
+        s.warnings.extend(offer.warnings);
+        if let Some(d) = timer {
+            s.session_timer = Some((d, now + d));
+        } else if let Some((d, _)) = s.session_timer {
+            s.session_timer = Some((d, now + d));
+        }
+        let id = s.id.clone();
+        for p in released {
+            self.host.release_port(p);
+        }
+        let Some(s) = self.sessions.get(&key) else { return };
+        let mut resp = Response::for_request(&req, 200, "OK");
+        if let Some(d) = &s.dialog {
+            d.tag_response(&mut resp);
+        }
+        resp.headers.push("Contact", contact_for(s.media_ip, &s.flow));
+        if let Some((interval, _)) = s.session_timer {
+            resp.headers.push("Session-Expires", format!("{};refresher=uac", interval.as_secs()));
+            resp.headers.push("Require", "timer");
+        }
+        // A re-INVITE always gets an SDP answer (or, without an offer, our offer: the current
+        // description); an UPDATE only when it carried an offer.
+        let has_offer = offer_was_present(&req);
+        if req.method == Method::Invite || has_offer {
+            resp.headers.push("Content-Type", "application/sdp");
+            resp.body = self.build_answer_sdp(s).into_bytes();
+        }
+        self.decorate(&mut resp);
+        self.endpoint.respond(now, tx, resp);
+        for xml in new_versions {
+            self.storage.push_back(StorageOp::Metadata { id: id.clone(), xml });
+        }
+        if let Some(meta) = self.snapshot(key, wall, RecordingState::NoMedia, "") {
+            self.storage.push_back(StorageOp::Save { meta });
+        }
+    }
+
+    // ---- session end ---------------------------------------------------------------------
+
+    /// Ends a session: finalize its recording, close its ports, and (when Reel ends it) send
+    /// BYE.
+    fn end_session(&mut self, now: Instant, wall: SystemTime, key: SessionKey, why: &str, send_bye: bool) {
+        let Some(phase) = self.sessions.get(&key).map(|s| s.phase) else { return };
+        if phase == Phase::Starting {
+            // Never answered: refuse instead.
+            let status = if why == "shutdown" { 503 } else { 500 };
+            return self.refuse_starting(now, key, status, "Session Ended", why);
+        }
+        let meta = self.snapshot(key, wall, RecordingState::NoMedia, why);
+        let Some(mut s) = self.remove_session(key) else { return };
+        if send_bye {
+            if let Some(d) = s.dialog.as_mut() {
+                let mut bye = d.make_request(Method::Bye);
+                bye.headers.push("Reason", format!("SIP;cause=200;text=\"{why}\""));
+                bye.headers.push("User-Agent", self.config.endpoint.user_agent.clone());
+                let flow = d.flow;
+                self.endpoint.send_request(now, bye, flow);
+            }
+        }
+        self.stats.sessions_ended += 1;
+        if let Some(meta) = meta {
+            self.storage.push_back(StorageOp::Finalize { meta });
+        }
+    }
+
+    fn remove_session(&mut self, key: SessionKey) -> Option<Session> {
+        let s = self.sessions.remove(&key)?;
+        self.by_dialog.remove(&(s.call_id.clone(), s.local_tag.clone()));
+        if let Some(tx) = s.invite_tx {
+            self.by_invite_tx.remove(&tx);
+        }
+        self.release_streams(&s.streams);
+        Some(s)
+    }
+
+    fn release_streams(&mut self, streams: &[StreamState]) {
+        for st in streams {
+            if let Some(p) = st.port {
+                self.host.release_port(p);
+            }
+        }
+    }
+
+    /// The recording's metadata as it stands, for the writer thread.
+    fn snapshot(
+        &self,
+        key: SessionKey,
+        wall: SystemTime,
+        state: RecordingState,
+        end_reason: &str,
+    ) -> Option<RecordingMeta> {
+        let s = self.sessions.get(&key)?;
+        let participants: Vec<ParticipantRecord> = s
+            .metadata
+            .participants
+            .iter()
+            .map(|p| ParticipantRecord { id: p.id.clone(), aor: p.aor.clone(), name: p.name.clone() })
+            .collect();
+        let mut streams: Vec<(usize, StreamRecord)> = s
+            .streams
+            .iter()
+            .filter(|st| st.codec.is_some())
+            .map(|st| {
+                let codec = st.codec.clone().unwrap_or_else(|| sdp::Codec {
+                    name: "unknown".into(),
+                    payload_type: 0,
+                    clock_rate: 8000,
+                    channels: 1,
+                    fmtp: None,
+                });
+                let sender = s.metadata.sender_of_label(&st.label).map(|p| p.id.clone());
+                let rank = sender
+                    .as_ref()
+                    .and_then(|id| participants.iter().position(|p| &p.id == id))
+                    .unwrap_or(usize::MAX);
+                (
+                    rank,
+                    StreamRecord {
+                        label: st.label.clone(),
+                        codec: codec.name,
+                        participant: sender,
+                        packets: 0,
+                        lost: 0,
+                        ssrcs: Vec::new(),
+                        payload_type: codec.payload_type,
+                        clock_rate: codec.clock_rate,
+                    },
+                )
+            })
+            .collect();
+        // Channel order: the first participant's sending stream first (DESIGN §4), then the
+        // others; streams without a known sender keep their m-line order.
+        streams.sort_by_key(|(rank, _)| *rank);
+        let labels: Vec<String> = s.streams.iter().map(|st| st.label.clone()).collect();
+        let mut warnings = s.warnings.clone();
+        if s.metadata_versions > 0 {
+            warnings.extend(s.metadata.warnings(&labels));
+        }
+        Some(RecordingMeta {
+            id: s.id.clone(),
+            call_id: s.call_id.clone(),
+            session_id: s.metadata.session_id.clone(),
+            state,
+            started_at: s.started_wall,
+            ended_at: wall,
+            participants,
+            streams: streams.into_iter().map(|(_, st)| st).collect(),
+            extensions: s.metadata.extensions.clone(),
+            warnings,
+            replicated_to: Vec::new(),
+            end_reason: end_reason.to_string(),
+            node: self.config.node_name.clone(),
+        })
+    }
+
+    // ---- helpers -------------------------------------------------------------------------
+
+    fn dialog_key(&self, req: &Request) -> Option<SessionKey> {
+        let call_id = req.call_id()?.to_string();
+        let to = crate::sip::NameAddr::parse(req.headers.get("To")?).ok()?;
+        let tag = to.tag()?.to_string();
+        self.by_dialog.get(&(call_id, tag)).copied()
+    }
+
+    /// 420 for option tags in Require that Reel does not implement. Returns `Some(())` when
+    /// the request was answered.
+    fn check_require(&mut self, now: Instant, tx: TxId, req: &Request) -> Option<()> {
+        let unknown: Vec<String> = req
+            .headers
+            .get_list("Require")
+            .into_iter()
+            .filter(|t| !t.is_empty() && !UNDERSTOOD.iter().any(|u| u.eq_ignore_ascii_case(t)))
+            .collect();
+        if unknown.is_empty() {
+            return None;
+        }
+        let mut resp = Response::for_request(req, 420, "Bad Extension");
+        resp.headers.push("Unsupported", unknown.join(", "));
+        self.decorate(&mut resp);
+        ensure_to_tag(&mut resp, &mut self.rng);
+        self.count_reject(420);
+        self.endpoint.respond(now, tx, resp);
+        Some(())
+    }
+
+    /// RFC 4028: the interval to run, `None` when no timer is asked for (or the UAC does not
+    /// support refreshing it), `Err` when it is below our Min-SE.
+    fn session_timer_request(&self, req: &Request) -> Result<Option<Duration>, ()> {
+        let Some(value) = req.headers.get("Session-Expires") else { return Ok(None) };
+        let delta = value.split(';').next().unwrap_or("").trim();
+        let Ok(secs) = delta.parse::<u64>() else { return Ok(None) };
+        if secs < u64::from(self.config.min_se_s) {
+            return Err(());
+        }
+        let uac_refreshes = req.headers.has_token("Supported", "timer")
+            || req.headers.has_token("Require", "timer");
+        if !uac_refreshes {
+            return Ok(None);
+        }
+        // We give up waiting at expiry minus min(32 s, interval/3) (RFC 4028 §10) plus the
+        // grace a BYE from the SRC needs to arrive: we simply wait the whole interval.
+        Ok(Some(Duration::from_secs(secs)))
+    }
+
+    fn accept_stream(
+        &self,
+        m: &sdp::MediaDescription,
+    ) -> Result<(sdp::Codec, Option<sdp::Codec>, Option<String>), String> {
+        if m.port == 0 {
+            return Err("offered with port 0".into());
+        }
+        if !m.media.eq_ignore_ascii_case("audio") {
+            return Err(format!("{} streams are not recorded", m.media));
+        }
+        if !m.acceptable_transport() {
+            return Err(format!("transport {} with these keys cannot be decrypted", m.proto));
+        }
+        let Some((codec, te)) = m.choose_codecs() else {
+            return Err("no offered codec among PCMU, PCMA, G722, G729, opus".into());
+        };
+        let crypto = if m.proto.to_ascii_uppercase().contains("SAVP") {
+            let answer = m
+                .crypto
+                .iter()
+                .find(|c| sdp::SUPPORTED_CRYPTO_SUITES.contains(&c.suite.as_str()))
+                .and_then(sdp::answer_crypto);
+            match answer {
+                Some(a) => Some(a),
+                None => return Err("no supported SRTP crypto suite".into()),
+            }
+        } else {
+            None
+        };
+        Ok((codec, te, crypto))
+    }
+
+    fn build_answer_sdp(&self, s: &Session) -> String {
+        let plan: Vec<StreamPlan> = (0..s.offer.media.len())
+            .map(|i| match s.streams.iter().find(|st| st.index == i) {
+                Some(StreamState { port: Some(port), codec: Some(codec), telephone_event, crypto, .. }) => {
+                    StreamPlan::Accepted {
+                        port: *port,
+                        codec: codec.clone(),
+                        telephone_event: telephone_event.clone(),
+                        crypto: crypto.clone(),
+                    }
+                }
+                _ => StreamPlan::Rejected,
+            })
+            .collect();
+        sdp::build_answer(&s.offer, &plan, s.media_ip, s.sdp_session_id, s.sdp_version)
+    }
+
+    fn read_offer(&self, req: &Request) -> Result<Offer, BodyError> {
+        let parts = self.split(req)?;
+        let siprec = siprec::is_siprec(req, &parts);
+        let mut offer = self.read_parts(parts)?;
+        offer.siprec = siprec;
+        let Some(sdp) = offer.sdp.take() else {
+            if req.body.is_empty() {
+                return Err(BodyError::NotAcceptable(
+                    "an INVITE without an SDP offer is not supported by this recorder".into(),
+                ));
+            }
+            return Err(BodyError::UnsupportedType("the body has no application/sdp part".into()));
+        };
+        Ok(Offer { sdp, metadata_docs: offer.metadata_docs, warnings: offer.warnings, siprec })
+    }
+
+    fn read_update(&self, req: &Request) -> Result<Update, BodyError> {
+        let parts = self.split(req)?;
+        let u = self.read_parts(parts)?;
+        Ok(Update { sdp: u.sdp, metadata_docs: u.metadata_docs, warnings: u.warnings })
+    }
+
+    fn split(&self, req: &Request) -> Result<Vec<BodyPart>, BodyError> {
+        if req.body.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ct = req.headers.get("Content-Type");
+        if ct.is_none() {
+            return Err(BodyError::Malformed("body without Content-Type".into()));
+        }
+        siprec::split_body(ct, &req.body)
+    }
+
+    fn read_parts(&self, parts: Vec<BodyPart>) -> Result<PartsRead, BodyError> {
+        let limits = Limits {
+            max_bytes: self.config.metadata_max_bytes,
+            max_depth: self.config.metadata_max_depth,
+        };
+        let mut out = PartsRead::default();
+        let mut known = false;
+        for part in parts {
+            if part.content_type == "application/sdp" {
+                if out.sdp.is_some() {
+                    out.warnings.push("more than one SDP part; the first is used".into());
+                    continue;
+                }
+                let sdp = sdp::parse_sdp(&part.body)?;
+                if sdp.media.len() > self.config.max_streams {
+                    return Err(BodyError::TooLarge(format!(
+                        "{} media streams offered; at most {} per session",
+                        sdp.media.len(),
+                        self.config.max_streams
+                    )));
+                }
+                out.sdp = Some(sdp);
+                known = true;
+            } else if siprec::is_metadata_type(&part.content_type) {
+                known = true;
+                match siprec::metadata::parse_metadata(&part.body, &limits) {
+                    Ok(doc) => out.metadata_docs.push((doc, part.body)),
+                    // Unsafe or oversized XML is refused outright; merely broken XML does not
+                    // cost the recording: the audio matters more than its labels.
+                    Err(e @ BodyError::TooLarge(_)) => return Err(e),
+                    Err(e) if e.reason().contains("DTD") || e.reason().contains("depth") => {
+                        return Err(e);
+                    }
+                    Err(e) => out.warnings.push(format!("metadata ignored: {}", e.reason())),
+                }
+            } else {
+                out.warnings.push(format!("body part {} ignored", part.content_type));
+            }
+        }
+        if !known && !out.warnings.is_empty() {
+            return Err(BodyError::UnsupportedType(format!(
+                "no application/sdp or rs-metadata part ({})",
+                out.warnings.join(", ")
+            )));
+        }
+        Ok(out)
+    }
+
+    fn reply_body_error(&mut self, now: Instant, tx: TxId, req: &Request, e: &BodyError) {
+        let status = e.status();
+        let reason = match status {
+            400 => "Bad Request",
+            413 => "Request Entity Too Large",
+            415 => "Unsupported Media Type",
+            488 => "Not Acceptable Here",
+            _ => "Bad Request",
+        };
+        let mut resp = Response::for_request(req, status, reason);
+        if status == 415 {
+            resp.headers.push("Accept", ACCEPT);
+        }
+        resp.headers.push("Warning", warning_value(e.reason()));
+        self.decorate(&mut resp);
+        ensure_to_tag(&mut resp, &mut self.rng);
+        self.count_reject(status);
+        self.endpoint.respond(now, tx, resp);
+    }
+
+    fn reply(&mut self, now: Instant, tx: TxId, req: &Request, status: u16, reason: &str, warning: Option<&str>) {
+        let mut resp = Response::for_request(req, status, reason);
+        if let Some(w) = warning {
+            resp.headers.push("Warning", warning_value(w));
+        }
+        self.decorate(&mut resp);
+        ensure_to_tag(&mut resp, &mut self.rng);
+        if status >= 300 {
+            self.count_reject(status);
+        }
+        self.endpoint.respond(now, tx, resp);
+    }
+
+    fn reply_503(&mut self, now: Instant, tx: TxId, req: &Request, reason: &str) {
+        let mut resp = Response::for_request(req, 503, reason);
+        resp.headers.push("Retry-After", self.config.retry_after_s.to_string());
+        self.decorate(&mut resp);
+        ensure_to_tag(&mut resp, &mut self.rng);
+        self.count_reject(503);
+        self.endpoint.respond(now, tx, resp);
+    }
+
+    fn reply_405(&mut self, now: Instant, tx: TxId, req: &Request) {
+        let mut resp = Response::for_request(req, 405, "Method Not Allowed");
+        self.decorate(&mut resp);
+        ensure_to_tag(&mut resp, &mut self.rng);
+        self.count_reject(405);
+        self.endpoint.respond(now, tx, resp);
+    }
+
+    /// Headers every response of ours carries.
+    fn decorate(&self, resp: &mut Response) {
+        resp.headers.push("Allow", ALLOW);
+        resp.headers.push("Supported", SUPPORTED);
+        if resp.status == 200 && resp.body.is_empty() {
+            resp.headers.push("Accept", ACCEPT);
+        }
+        resp.headers.push("Server", self.config.endpoint.user_agent.clone());
+    }
+
+    fn count_reject(&mut self, status: u16) {
+        *self.stats.rejected.entry(status).or_default() += 1;
+    }
+}
+
+struct Offer {
+    sdp: SessionDescription,
+    metadata_docs: Vec<(siprec::MetadataDoc, Vec<u8>)>,
+    warnings: Vec<String>,
+    siprec: bool,
+}
+
+struct Update {
+    sdp: Option<SessionDescription>,
+    metadata_docs: Vec<(siprec::MetadataDoc, Vec<u8>)>,
+    warnings: Vec<String>,
+}
+
+#[derive(Default)]
+struct PartsRead {
+    sdp: Option<SessionDescription>,
+    metadata_docs: Vec<(siprec::MetadataDoc, Vec<u8>)>,
+    warnings: Vec<String>,
+    siprec: bool,
+}
+
+fn offer_was_present(req: &Request) -> bool {
+    let ct = req.headers.get("Content-Type").unwrap_or("").to_ascii_lowercase();
+    if ct.starts_with("application/sdp") {
+        return true;
+    }
+    if ct.starts_with("multipart/") {
+        return siprec::split_body(Some(&ct), &req.body)
+            .map(|parts| parts.iter().any(|p| p.content_type == "application/sdp"))
+            .unwrap_or(false);
+    }
+    false
+}
+
+/// `Warning: 399 reel "text"` (RFC 3261 §20.43), quotes and controls removed from the text.
+fn warning_value(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c == '"' || c == '\\' || c.is_control() { '\'' } else { c })
+        .take(200)
+        .collect();
+    format!("399 reel \"{clean}\"")
+}
+
+fn add_tag(resp: &mut Response, tag: &str) {
+    if let Some(to) = resp.headers.get("To") {
+        if !to.contains(";tag=") {
+            let v = format!("{to};tag={tag}");
+            resp.headers.set("To", v);
+        }
+    }
+}
+
+fn ensure_to_tag(resp: &mut Response, rng: &mut rand::rngs::StdRng) {
+    let tag = random_token(rng, 12);
+    add_tag(resp, &tag);
+}
+
+fn random_token(rng: &mut rand::rngs::StdRng, len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// A random (version 4) UUID: unique across nodes without coordination.
+fn new_recording_id(rng: &mut rand::rngs::StdRng) -> String {
+    use rand::Rng;
+    let mut b: [u8; 16] = rng.random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn contact_for(ip: IpAddr, flow: &Flow) -> String {
+    let host = match ip {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    let transport = match flow.transport {
+        crate::sip::Transport::Udp => "",
+        crate::sip::Transport::Tcp => ";transport=tcp",
+        crate::sip::Transport::Tls => ";transport=tls",
+    };
+    let scheme = "sip";
+    format!("<{scheme}:reel@{host}:{}{transport}>;+sip.srs", flow.local.port())
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack socket) compare as IPv4.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
