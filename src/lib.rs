@@ -1,12 +1,71 @@
-//! Reel: a SIPREC (RFC 7866) session recording server.
+//! # Reel: a SIPREC session recording server
 //!
-//! (Architecture overview: filled in as the modules land; see `docs/architecture.md`.)
+//! Carriers' session recording clients (SRCs: SBCs, BroadWorks, CUBE ...) fork every call they
+//! must record to Reel over SIPREC (RFC 7866, metadata RFC 7865). Reel answers each recording
+//! session, receives its RTP, and turns every session into a folder with `recording.json`,
+//! the metadata and playable audio.
+//!
+//! ## Threads
+//!
+//! ```text
+//!  SRC ── SIP (UDP/TCP/TLS) ──> control thread (tokio current_thread, `driver`)
+//!                                 sip::Endpoint ─events─> control::Recorder
+//!                                    │  StorageOp (ordered channel)      │ ports (bound sockets)
+//!                                    v                                  v
+//!                               writer thread (`driver::writer`)    media threads (issue 3)
+//!                               spool, finalize, crash scan
+//! ```
+//!
+//! - The **control thread** runs one single-threaded tokio runtime. It owns every SIP socket,
+//!   the HTTP API and the timers, and moves bytes and time into [`control::Recorder`]. It never
+//!   touches an RTP packet and never blocks on a file: storage work goes to the writer thread
+//!   as [`control::StorageOp`]s, in order, over a channel.
+//! - The **writer thread** does all blocking file I/O (spool state, metadata versions,
+//!   finalize, the start-up crash scan) and reports back what the control thread waits for.
+//! - **Media threads** (pinned io_uring readers with an epoll fallback, then writers appending
+//!   to a journal) take each session's RTP sockets from the port pool. This build binds the
+//!   ports, so an SRC sees them open, and probes the backend ([`media::choose_backend`]); the
+//!   receive path lands with the media issue.
+//!
+//! Threads share nothing mutable: they talk through channels (and, on the packet path, bounded
+//! SPSC rings whose full state is counted, never waited on).
+//!
+//! ## Protocol logic without I/O
+//!
+//! [`sip::Endpoint`] (transactions) and [`control::Recorder`] (sessions) take bytes, events and
+//! `now` and return transmits, storage work and their next deadline, in the shape of
+//! `quinn-proto`: `handle_*` inputs, commands, `poll_*` outputs. Only files under `driver` do
+//! I/O. A whole SIPREC call (INVITE, retransmissions, CANCEL races, re-INVITE, BYE) therefore
+//! runs in tests with virtual time and no sockets (`tests/simulation.rs`), and the same code
+//! runs on real sockets.
+//!
+//! ## Time
+//!
+//! Two clocks: a monotonic `Instant` for every timer (RFC 3261 T1/T2/T4, Timers A-K, RFC 4028
+//! session timers, the drain deadline) and the wall clock `SystemTime` only for what a person
+//! reads (`started_at`, `ended_at`). Both are passed in; nothing below `driver` reads a clock.
+//! A recording's timeline starts when Reel sends the 200 OK to the initial INVITE and ends when
+//! the session ends (BYE, missing ACK, session-timer expiry, shutdown).
+//!
+//! ## Failure policy
+//!
+//! - No input from the network can panic the process: parsers return errors, and every error
+//!   maps to one SIP answer ([`siprec::BodyError::status`], 400/415/420/422/481/488/503).
+//! - One bad message never disturbs another call: a request is answered or dropped inside its
+//!   own transaction; a broken TCP stream closes that connection only.
+//! - A 200 OK promises a recording: the INVITE is answered only after its spool entry exists
+//!   on disk. When storage fails or free space is low, new sessions get 503 with Retry-After.
+//! - Nothing is deleted on error. What cannot be finalized is moved to `quarantine/` with a
+//!   `reason.txt`. At start the writer finalizes every spooled session left by a crash as
+//!   `partial`; requests in dialogs that died with the old process get 481.
+//! - SIGTERM drains: new INVITEs and OPTIONS get 503, active sessions run to their BYE (or get
+//!   a BYE from Reel at the drain timeout), every recording is finalized, then exit 0.
 
 pub mod config;
-pub mod record;
-pub mod sip;
-pub mod siprec;
 pub mod control;
 pub mod driver;
 pub mod media;
 pub mod metrics;
+pub mod record;
+pub mod sip;
+pub mod siprec;

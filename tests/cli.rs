@@ -1,0 +1,146 @@
+//! The command line contract (DESIGN §3): subcommands, exit codes, errors that name the key,
+//! the start-up line naming the I/O backend.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::server::{Server, reel_bin};
+
+fn reel(args: &[&str]) -> std::process::Output {
+    Command::new(reel_bin()).args(args).stdin(Stdio::null()).output().expect("run reel")
+}
+
+fn write_config(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("reel.toml");
+    std::fs::write(&path, text).expect("write");
+    (dir, path.display().to_string())
+}
+
+#[test]
+fn check_config_prints_the_example_configuration() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reel.example.toml");
+    let out = reel(&["check-config", "--config", example]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rtp_port") || text.contains("rtp_ports"), "{text}");
+    assert!(text.contains("data_dir"), "{text}");
+}
+
+#[test]
+fn unknown_key_exits_2_naming_it() {
+    let (_d, path) = write_config("[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\nmax_sesions = 4\n");
+    let out = reel(&["check-config", "--config", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_sesions"), "{err}");
+}
+
+#[test]
+fn bad_value_exits_2_naming_the_key() {
+    let (_d, path) = write_config("[media]\nrtp_ports = \"30000-20000\"\n");
+    let out = reel(&["serve", "--config", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("media.rtp_ports"), "{err}");
+}
+
+#[test]
+fn wrong_type_exits_2_naming_the_key() {
+    let (_d, path) = write_config("[sip]\nmax_sessions = \"many\"\n");
+    let out = reel(&["check-config", "--config", &path]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_sessions"), "{err}");
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    for args in [
+        &["serve", "--rtp-ports", "banana"][..],
+        &["serve", "--io-backend", "carrier-pigeon"][..],
+        &["serve", "--sip", "not-an-address"][..],
+        &["serve", "--no-such-flag"][..],
+        &["frobnicate"][..],
+    ] {
+        let out = reel(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(!out.stderr.is_empty(), "{args:?} says why");
+    }
+}
+
+#[test]
+fn missing_config_file_exits_2_naming_it() {
+    let out = reel(&["check-config", "--config", "/nonexistent/reel.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/reel.toml"));
+}
+
+#[test]
+fn port_in_use_is_a_runtime_failure_exit_1() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(reel_bin())
+        .args(["serve", "--sip", &format!("127.0.0.1:{port}"), "--http", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn start_line_names_the_backend_and_why() {
+    for (flag, expect) in [("auto", None), ("epoll", Some("epoll"))] {
+        let server = Server::start(&["--io-backend", flag]);
+        let log = server.log_text();
+        let line = log.lines().find(|l| l.contains("media I/O backend")).expect("backend line");
+        assert!(line.contains("reason"), "{line}");
+        if let Some(e) = expect {
+            assert!(line.contains(&format!("backend=\"{e}\"")) || line.contains(&format!("backend={e}")), "{line}");
+        }
+    }
+}
+
+#[test]
+fn serve_runs_on_embedded_defaults() {
+    let busy = std::net::UdpSocket::bind("0.0.0.0:5060").is_err()
+        || std::net::TcpListener::bind("127.0.0.1:8080").is_err();
+    if busy {
+        eprintln!("skipped: port 5060 or 8080 is in use here, and the defaults need both");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    let mut child = Command::new(reel_bin())
+        .arg("serve")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("start");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut healthy = false;
+    while Instant::now() < deadline && !healthy {
+        std::thread::sleep(Duration::from_millis(100));
+        healthy = std::net::TcpStream::connect("127.0.0.1:8080").is_ok();
+    }
+    let client = common::client::UdpClient::new(5060);
+    let options = common::sim::request("OPTIONS", "defaults", "z9hG4bK-def", 1, "", "", None, "")
+        .replace("198.51.100.7:5070", &format!("127.0.0.1:{}", client.local_port()));
+    client.send(options.as_bytes());
+    let answer = client.response(200, Duration::from_secs(5));
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    assert!(healthy, "HTTP on 127.0.0.1:8080: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert_eq!(answer.map(|r| r.status), Some(200), "SIP on UDP 5060");
+    assert!(dir.path().join("reel-data").is_dir(), "data in ./reel-data");
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+}

@@ -1,0 +1,6 @@
+//! Shared test support: the sans-IO simulator and the real-process harness.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod server;
+pub mod sim;

@@ -1,0 +1,170 @@
+//! Real UDP and TCP sockets against `reel serve`: vendor captures replayed as they are, IPv6,
+//! large datagrams, pipelined and split TCP, garbage that must not disturb anything.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::client::{UdpClient, retarget, stream_response, stream_send};
+use common::server::Server;
+use common::sim::{metadata, multipart, request, siprec_invite, to_tag, SDP_TWO_STREAMS};
+use reel::sip::StreamFramer;
+
+fn bye_for(invite_text: &str, tag: &str, port: u16) -> String {
+    let field = |name: &str| {
+        invite_text
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase())))
+            .map(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    format!(
+        "BYE sip:srs@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-bye-{tag};rport\r\nFrom: {}\r\nTo: {};tag={tag}\r\nCall-ID: {}\r\nCSeq: 999999999 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        field("From"),
+        field("To"),
+        field("Call-ID")
+    )
+}
+
+#[test]
+fn every_vendor_capture_is_answered_200_and_recorded() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/siprec-samples/good");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        eprintln!("skipped: vendor samples not found at {}", dir.display());
+        return;
+    };
+    let server = Server::start(&[]);
+    let mut n = 0;
+    for (i, entry) in entries.flatten().enumerate() {
+        let text = String::from_utf8_lossy(&std::fs::read(entry.path()).expect("read")).into_owned();
+        let client = UdpClient::new(server.sip_port);
+        let invite = retarget(&text, "UDP", client.local_port(), &format!("vendor{i}"));
+        client.send(invite.as_bytes());
+        let ok = client.response(200, Duration::from_secs(5)).expect("final answer");
+        assert_eq!(ok.status, 200, "{}: {} {:?}", entry.path().display(), ok.reason, ok.headers.get("Warning"));
+        client.send(bye_for(&invite, &to_tag(&ok), client.local_port()).as_bytes());
+        let done = client.response(200, Duration::from_secs(5)).expect("BYE answer");
+        assert_eq!(done.status, 200, "{}", entry.path().display());
+        n += 1;
+    }
+    assert_eq!(server.wait_recordings(n).len(), n);
+}
+
+#[test]
+fn ipv6_request_is_answered_with_ipv6_sdp() {
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback on this host");
+        return;
+    }
+    let port = common::server::free_port();
+    let server = Server::start(&["--sip", &format!("[::1]:{port}")]);
+    let sock = std::net::UdpSocket::bind("[::1]:0").expect("bind");
+    sock.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    let invite = siprec_invite("v6", "z9hG4bK-v6-1")
+        .replace("sip:srs@192.0.2.10:5060", &format!("sip:srs@[::1]:{port}"))
+        .replace("198.51.100.7:5070", "[::1]:5070");
+    sock.send_to(invite.as_bytes(), ("::1", port)).expect("send");
+    let mut buf = vec![0u8; 65536];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut got = None;
+    while std::time::Instant::now() < deadline {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if let Ok(reel::sip::Message::Response(r)) = reel::sip::message::parse_message(&buf[..n]) {
+                if r.status >= 200 {
+                    got = Some(r);
+                    break;
+                }
+            }
+        }
+    }
+    let ok = got.expect("answer over IPv6");
+    assert_eq!(ok.status, 200, "{}", server.log_text());
+    let sdp = String::from_utf8_lossy(&ok.body);
+    assert!(sdp.contains("IN IP6 ::1"), "{sdp}");
+}
+
+#[test]
+fn large_invite_in_one_datagram_is_accepted() {
+    let server = Server::start(&[]);
+    let client = UdpClient::new(server.sip_port);
+    let many: String = (0..60)
+        .map(|i| format!("<participant participant_id=\"p{i}\"><nameID aor=\"sip:user{i}@example.com\"><name>User number {i}</name></nameID></participant>\n"))
+        .collect();
+    let body = multipart(SDP_TWO_STREAMS, &metadata("complete", &many));
+    assert!(body.len() > 8000, "{}", body.len());
+    let invite = request("INVITE", "big", "z9hG4bK-big-1", 1, "", "Require: siprec\r\n", Some("multipart/mixed;boundary=BND"), &body);
+    client.send(invite.as_bytes());
+    let ok = client.response(200, Duration::from_secs(5)).expect("answer");
+    assert_eq!(ok.status, 200);
+}
+
+#[test]
+fn garbage_datagrams_do_not_disturb_a_call() {
+    let server = Server::start(&[]);
+    let client = UdpClient::new(server.sip_port);
+    client.send(siprec_invite("steady", "z9hG4bK-steady-1").as_bytes());
+    let ok = client.response(200, Duration::from_secs(5)).expect("200");
+    let tag = to_tag(&ok);
+    let junk = UdpClient::new(server.sip_port);
+    for payload in [&b"\x00\x00\x00"[..], b"INVITE", b"SIP/2.0 200 OK\r\n\r\n", &[0xffu8; 1400], b"\r\n\r\n"] {
+        junk.send(payload);
+    }
+    junk.send(b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bK-x\r\nContent-Length: 99999\r\n\r\n");
+    client.send(request("BYE", "steady", "z9hG4bK-steady-bye", 2, &tag, "", None, "").as_bytes());
+    assert_eq!(client.response(200, Duration::from_secs(5)).map(|r| r.status), Some(200));
+    assert_eq!(server.wait_recordings(1).len(), 1);
+}
+
+#[test]
+fn tcp_split_and_pipelined_messages_are_framed() {
+    let server = Server::start(&[]);
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.sip_port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut framer = StreamFramer::new(65536);
+    let invite = siprec_invite("tcp-split", "z9hG4bK-tcp-split-1").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    // Byte by byte for the first 200 bytes, then the rest.
+    for b in invite.as_bytes()[..200].iter() {
+        tcp.write_all(&[*b]).expect("write");
+    }
+    tcp.write_all(&invite.as_bytes()[200..]).expect("write");
+    let ok = stream_response(&mut tcp, &mut framer, 200).expect("answer");
+    assert_eq!(ok.status, 200);
+    let tag = to_tag(&ok);
+    // ACK and BYE in one write.
+    let ack = request("ACK", "tcp-split", "z9hG4bK-tcp-ack", 1, &tag, "", None, "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let bye = request("BYE", "tcp-split", "z9hG4bK-tcp-bye", 2, &tag, "", None, "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    stream_send(&mut tcp, &format!("{ack}{bye}"));
+    let ok = stream_response(&mut tcp, &mut framer, 200).expect("BYE answer");
+    assert_eq!(ok.headers.get("CSeq"), Some("2 BYE"));
+    assert_eq!(server.wait_recordings(1).len(), 1);
+}
+
+#[test]
+fn a_broken_tcp_stream_closes_only_itself() {
+    let server = Server::start(&[]);
+    let mut bad = TcpStream::connect(("127.0.0.1", server.sip_port)).expect("connect");
+    stream_send(&mut bad, "INVITE sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n");
+    let client = UdpClient::new(server.sip_port);
+    client.send(request("OPTIONS", "after", "z9hG4bK-after", 1, "", "", None, "").as_bytes());
+    assert_eq!(client.response(200, Duration::from_secs(5)).map(|r| r.status), Some(200));
+}
+
+#[test]
+fn metrics_and_sessions_api_reflect_a_live_call() {
+    let server = Server::start(&[]);
+    let client = UdpClient::new(server.sip_port);
+    client.send(siprec_invite("api", "z9hG4bK-api-1").as_bytes());
+    let ok = client.response(200, Duration::from_secs(5)).expect("200");
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, body) = server.http_get("/api/sessions").expect("api");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"call_id\":\"api\""), "{body}");
+    let (_, metrics) = server.http_get("/metrics").expect("metrics");
+    assert!(metrics.contains("reel_sessions_active 1"), "{metrics}");
+    assert!(metrics.contains("reel_rtp_ports_in_use 2"), "{metrics}");
+    client.send(request("BYE", "api", "z9hG4bK-api-bye", 2, &to_tag(&ok), "", None, "").as_bytes());
+    assert_eq!(client.response(200, Duration::from_secs(5)).map(|r| r.status), Some(200));
+}
