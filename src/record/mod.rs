@@ -9,5 +9,8 @@ pub mod model;
 pub mod spool;
 pub mod wav;
 
-pub use model::{FileEntry, ParticipantRecord, RecordingMeta, RecordingState, StreamRecord};
-pub use spool::Spool;
+pub use model::{
+    FORMAT_VERSION, FileEntry, ParticipantRecord, RecordingJson, RecordingMeta, RecordingState,
+    StreamRecord,
+};
+pub use spool::{Recovery, Spool};

@@ -1,50 +1,991 @@
 //! The spool (`DATA_DIR/spool/<id>/`) and finalize into `DATA_DIR/recordings/YYYY/MM/DD/<id>/`.
+//!
+//! Owns every file operation on recordings: the session state file, metadata versions,
+//! finalize, the start-up crash scan and quarantine. All I/O is blocking `std::fs`: this runs
+//! on the writer thread, never on the async control thread.
+//!
+//! Crash safety: every file that matters is written to a temp name, fsynced, renamed, and the
+//! directory fsynced. A finished folder appears in `recordings/` only by one directory rename,
+//! with `recording.json` already inside it. Nothing is deleted on error: what cannot be
+//! finalized is moved to `quarantine/` with a `reason.txt`.
 
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use super::model::RecordingMeta;
+use sha2::{Digest, Sha256};
+
+use super::model::{FileEntry, RecordingMeta, RecordingState, rfc3339_millis};
+use super::wav::{self, WavFormat};
+
+/// Session state while in progress; superseded by `recording.json`.
+pub const SESSION_FILE: &str = "session.json";
+pub const RECORDING_FILE: &str = "recording.json";
+pub const AUDIO_FILE: &str = "audio.wav";
+pub const METADATA_FILE: &str = "metadata.xml";
+pub const METADATA_DIR: &str = "metadata";
+pub const REASON_FILE: &str = "reason.txt";
+
+/// G.711 sample rate: the timeline of `audio.wav`.
+const RATE: u32 = 8000;
 
 pub struct Spool {
     data_dir: PathBuf,
 }
 
+/// What the start-up scan did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Recording folders written (as `partial`, or moved as they were when a crash hit between
+    /// writing `recording.json` and the final rename).
+    pub finalized: Vec<PathBuf>,
+    /// Folders moved to `quarantine/`, each with a `reason.txt`.
+    pub quarantined: Vec<PathBuf>,
+}
+
+/// Wraps an io::Error with the operation and path, keeping its kind.
+fn ctx(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
+    let path = path.to_path_buf();
+    move |e| io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
+}
+
+/// Recording ids become directory names: refuse anything that could escape the spool.
+fn check_id(id: &str) -> io::Result<()> {
+    let bad = id.is_empty()
+        || id.len() > 200
+        || id.starts_with('.')
+        || id.contains(['/', '\\', '\0'])
+        || id.chars().any(char::is_control);
+    if bad {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("recording id {id:?} is not usable as a folder name"),
+        ));
+    }
+    Ok(())
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+fn is_temp(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ctx("fsync directory", dir))
+}
+
+/// Temp file, fsync, rename, fsync the directory: the file is either old or new, never torn.
+fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = temp_name(path);
+    let mut f = File::create(&tmp).map_err(ctx("create", &tmp))?;
+    fill(&mut f).map_err(ctx("write", &tmp))?;
+    f.sync_all().map_err(ctx("fsync", &tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(ctx("rename into place", path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// `path`, or `path-1`, `path-2` ... whichever does not exist yet: never overwrite.
+fn unique_dest(parent: &Path, name: &str) -> PathBuf {
+    let first = parent.join(name);
+    if !first.exists() {
+        return first;
+    }
+    (1u32..)
+        .map(|k| parent.join(format!("{name}-{k}")))
+        .find(|p| !p.exists())
+        .expect("some suffix is free")
+}
+
+/// `metadata/NNN.xml` files, ordered by number.
+fn metadata_versions(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
+    let mdir = dir.join(METADATA_DIR);
+    let entries = match fs::read_dir(&mdir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(ctx("list", &mdir)(e)),
+    };
+    let mut versions = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(ctx("list", &mdir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(n) = name
+            .strip_suffix(".xml")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            versions.push((n, entry.path()));
+        }
+    }
+    versions.sort();
+    Ok(versions)
+}
+
+fn file_kind(rel: &str) -> &'static str {
+    let ext = rel.rsplit('.').next().unwrap_or("");
+    if matches!(ext, "wav" | "ogg" | "opus") {
+        "audio"
+    } else if rel == METADATA_FILE || rel.starts_with("metadata/") {
+        "metadata"
+    } else {
+        "raw"
+    }
+}
+
+fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
+    let mut f = File::open(path).map_err(ctx("open", path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(ctx("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((total, hex::encode(hasher.finalize())))
+}
+
+/// Every file of a folder (recursively) with size and sha256, paths relative with `/`,
+/// sorted; leaves out the state files and our temp files.
+fn list_files(dir: &Path) -> io::Result<Vec<FileEntry>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> io::Result<()> {
+        for entry in fs::read_dir(dir).map_err(ctx("list", dir))? {
+            let entry = entry.map_err(ctx("list", dir))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ty = entry.file_type().map_err(ctx("stat", &path))?;
+            if ty.is_dir() {
+                walk(root, &path, out)?;
+                continue;
+            }
+            let top = dir == root;
+            if is_temp(&name) || (top && (name == SESSION_FILE || name == RECORDING_FILE)) {
+                continue;
+            }
+            let rel = path
+                .strip_prefix(root)
+                .expect("walk stays under root")
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            let (bytes, sha256) = sha256_file(&path)?;
+            out.push(FileEntry {
+                kind: file_kind(&rel).to_string(),
+                path: rel,
+                bytes,
+                sha256,
+            });
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// Newest modification time of the folder's files other than `session.json` (e.g. a journal
+/// written after the last state save).
+fn newest_mtime(dir: &Path) -> Option<SystemTime> {
+    fn walk(dir: &Path, top: bool, newest: &mut Option<SystemTime>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                walk(&entry.path(), false, newest);
+            } else if !(top && entry.file_name() == SESSION_FILE)
+                && let Ok(t) = meta.modified()
+            {
+                *newest = Some(newest.map_or(t, |n| n.max(t)));
+            }
+        }
+    }
+    let mut newest = None;
+    walk(dir, true, &mut newest);
+    newest
+}
+
+/// Our own temp files are half-written copies of files that exist (or never mattered).
+fn remove_temp_files(dir: &Path) -> io::Result<()> {
+    fn walk(dir: &Path) -> io::Result<()> {
+        for entry in fs::read_dir(dir).map_err(ctx("list", dir))? {
+            let entry = entry.map_err(ctx("list", dir))?;
+            let path = entry.path();
+            if entry.file_type().map_err(ctx("stat", &path))?.is_dir() {
+                walk(&path)?;
+            } else if is_temp(&entry.file_name().to_string_lossy()) {
+                fs::remove_file(&path).map_err(ctx("remove temp file", &path))?;
+            }
+        }
+        Ok(())
+    }
+    walk(dir)
+}
+
 impl Spool {
     /// Creates `recordings/`, `spool/` and `quarantine/` under `data_dir` if missing.
     pub fn open(data_dir: &Path) -> io::Result<Spool> {
-        Ok(Spool { data_dir: data_dir.to_path_buf() })
+        let spool = Spool {
+            data_dir: data_dir.to_path_buf(),
+        };
+        for dir in [
+            spool.recordings_dir(),
+            spool.spool_dir(),
+            spool.quarantine_dir(),
+        ] {
+            fs::create_dir_all(&dir).map_err(ctx("create directory", &dir))?;
+        }
+        Ok(spool)
     }
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
 
+    pub fn recordings_dir(&self) -> PathBuf {
+        self.data_dir.join("recordings")
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.data_dir.join("spool")
+    }
+
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.data_dir.join("quarantine")
+    }
+
+    /// `spool/<id>/` (not created).
+    pub fn session_dir(&self, id: &str) -> io::Result<PathBuf> {
+        check_id(id)?;
+        Ok(self.spool_dir().join(id))
+    }
+
+    fn ensure_session_dir(&self, id: &str) -> io::Result<PathBuf> {
+        let dir = self.session_dir(id)?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(ctx("create directory", &dir))?;
+            sync_dir(&self.spool_dir())?;
+        }
+        Ok(dir)
+    }
+
     /// Writes (atomically) the session's current state to `spool/<id>/session.json`, so a crash
     /// can be finalized later. Called at start and on every change.
+    ///
+    /// `ended_at` is taken as "last seen": the crash scan uses it as the end of the recording.
     pub fn save_state(&self, meta: &RecordingMeta) -> io::Result<()> {
-        let _ = meta;
-        todo!()
+        let dir = self.ensure_session_dir(&meta.id)?;
+        write_atomic(&dir.join(SESSION_FILE), meta.to_json(&[]).as_bytes())
     }
 
     /// Stores one metadata version as `spool/<id>/metadata/NNN.xml` (001, 002 ...).
     pub fn add_metadata_version(&self, id: &str, xml: &[u8]) -> io::Result<()> {
-        let _ = (id, xml);
-        todo!()
+        let dir = self.ensure_session_dir(id)?;
+        let mdir = dir.join(METADATA_DIR);
+        if !mdir.is_dir() {
+            fs::create_dir_all(&mdir).map_err(ctx("create directory", &mdir))?;
+            sync_dir(&dir)?;
+        }
+        let next = metadata_versions(&dir)?.last().map_or(1, |(n, _)| n + 1);
+        write_atomic(&mdir.join(format!("{next:03}.xml")), xml)
     }
 
     /// Finalizes: `audio.wav` (silent, spanning the timeline, when no media was recorded),
     /// `metadata.xml` (the last version; `metadata/NNN.xml` kept when there were several),
     /// `recording.json` last (temp, fsync, rename), then the folder moves into
     /// `recordings/YYYY/MM/DD/<id>/` (date of `started_at`, UTC). Returns the final folder.
+    ///
+    /// An `audio.wav` already in the spool folder (written by the media writer) is kept. A
+    /// `complete` state with no packet on any stream is written as `no-media` (DESIGN §4).
+    /// If the destination exists it is not overwritten: the folder gets `-1`, `-2` ...
     pub fn finalize(&self, meta: &RecordingMeta) -> io::Result<PathBuf> {
-        let _ = meta;
-        todo!()
+        let dir = self.ensure_session_dir(&meta.id)?;
+        self.finalize_dir(&dir, meta)
+    }
+
+    fn finalize_dir(&self, dir: &Path, meta: &RecordingMeta) -> io::Result<PathBuf> {
+        check_id(&meta.id)?;
+        let mut meta = meta.clone();
+        if meta.state == RecordingState::Complete && !meta.has_media() {
+            meta.state = RecordingState::NoMedia;
+        }
+        remove_temp_files(dir)?;
+
+        let audio = dir.join(AUDIO_FILE);
+        if !audio.exists() {
+            if meta.has_media() {
+                meta.warnings.push(
+                    "packets were counted but no audio was journaled: audio.wav is silence".into(),
+                );
+            }
+            write_silent_audio(&audio, &meta)?;
+        }
+
+        let versions = metadata_versions(dir)?;
+        if let Some((_, last)) = versions.last() {
+            let xml = fs::read(last).map_err(ctx("read", last))?;
+            write_atomic(&dir.join(METADATA_FILE), &xml)?;
+        }
+        if let [(_, only)] = versions.as_slice() {
+            // One version: metadata.xml is it (now durable), the metadata/ folder adds nothing.
+            fs::remove_file(only).map_err(ctx("remove", only))?;
+            let mdir = dir.join(METADATA_DIR);
+            fs::remove_dir(&mdir).map_err(ctx("remove directory", &mdir))?;
+            sync_dir(dir)?;
+        }
+
+        let files = list_files(dir)?;
+        // recording.json before removing session.json: a crash between the two leaves a folder
+        // the scan just moves; the reverse order could leave one with neither.
+        write_atomic(&dir.join(RECORDING_FILE), meta.to_json(&files).as_bytes())?;
+        let session = dir.join(SESSION_FILE);
+        match fs::remove_file(&session) {
+            Ok(()) => sync_dir(dir)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ctx("remove", &session)(e)),
+        }
+        self.move_to_recordings(dir, &meta)
+    }
+
+    /// Renames the finished spool folder to `recordings/YYYY/MM/DD/<id>[-N]/`.
+    fn move_to_recordings(&self, dir: &Path, meta: &RecordingMeta) -> io::Result<PathBuf> {
+        let date = rfc3339_millis(meta.started_at);
+        let (y, m, d) = (&date[0..4], &date[5..7], &date[8..10]);
+        let root = self.recordings_dir();
+        let parent = root.join(y).join(m).join(d);
+        fs::create_dir_all(&parent).map_err(ctx("create directory", &parent))?;
+        // The writer thread is the only one moving folders here, so check-then-rename is safe.
+        let dest = unique_dest(&parent, &meta.id);
+        fs::rename(dir, &dest).map_err(ctx("move recording to", &dest))?;
+        // New directory entries are durable only once their parents are synced.
+        for p in [
+            parent.as_path(),
+            &root.join(y).join(m),
+            &root.join(y),
+            &root,
+            &self.spool_dir(),
+        ] {
+            sync_dir(p)?;
+        }
+        Ok(dest)
+    }
+
+    /// Moves `spool/<id>/` to `quarantine/<id>[-N]/` with a `reason.txt`. For a session that
+    /// cannot be finalized; nothing in it is deleted.
+    pub fn quarantine(&self, id: &str, reason: &str) -> io::Result<PathBuf> {
+        let dir = self.session_dir(id)?;
+        self.quarantine_dir_path(&dir, reason)
+    }
+
+    fn quarantine_dir_path(&self, dir: &Path, reason: &str) -> io::Result<PathBuf> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // The reason goes in before the move, so it travels with the data even if the move
+        // fails and the folder stays in the spool.
+        let text = format!("{}: {reason}\n", rfc3339_millis(SystemTime::now()));
+        write_atomic(&dir.join(REASON_FILE), text.as_bytes())?;
+        let qdir = self.quarantine_dir();
+        fs::create_dir_all(&qdir).map_err(ctx("create directory", &qdir))?;
+        let dest = unique_dest(&qdir, &name);
+        fs::rename(dir, &dest).map_err(ctx("move to quarantine", &dest))?;
+        sync_dir(&qdir)?;
+        sync_dir(&self.spool_dir())?;
+        Ok(dest)
     }
 
     /// Start-up scan: finalizes every spooled session as `partial` (end = last state save or
     /// the newest file time); what cannot be finalized moves to `quarantine/<id>/` with a
     /// `reason.txt`. Returns the folders written.
     pub fn recover(&self) -> Vec<PathBuf> {
-        todo!()
+        self.recover_report().finalized
+    }
+
+    /// [`Spool::recover`], also telling what went to quarantine.
+    pub fn recover_report(&self) -> Recovery {
+        let mut report = Recovery::default();
+        let spool = self.spool_dir();
+        let entries = match fs::read_dir(&spool) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::error!("crash scan: cannot list {}: {e}", spool.display());
+                return report;
+            }
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            match self.recover_one(&dir) {
+                Ok(done) => {
+                    tracing::info!("crash scan: recovered {}", done.display());
+                    report.finalized.push(done);
+                }
+                Err(reason) => match self.quarantine_dir_path(&dir, &reason) {
+                    Ok(q) => {
+                        tracing::warn!("crash scan: quarantined {}: {reason}", q.display());
+                        report.quarantined.push(q);
+                    }
+                    Err(e) => tracing::error!(
+                        "crash scan: cannot quarantine {} ({reason}): {e}; left in place",
+                        dir.display()
+                    ),
+                },
+            }
+        }
+        report
+    }
+
+    /// One spool folder: `Ok(final folder)` or `Err(reason for quarantine)`.
+    fn recover_one(&self, dir: &Path) -> Result<PathBuf, String> {
+        let done = dir.join(RECORDING_FILE);
+        if done.exists() {
+            // The crash hit after recording.json was written: the folder is complete.
+            let text = fs::read_to_string(&done)
+                .map_err(|e| format!("recording.json is unreadable: {e}"))?;
+            let (meta, _) = RecordingMeta::from_json(&text)
+                .map_err(|e| format!("recording.json is not valid: {e}"))?;
+            let session = dir.join(SESSION_FILE);
+            if session.exists() {
+                fs::remove_file(&session)
+                    .map_err(|e| format!("cannot remove session.json: {e}"))?;
+            }
+            remove_temp_files(dir).map_err(|e| e.to_string())?;
+            return self
+                .move_to_recordings(dir, &meta)
+                .map_err(|e| format!("move failed: {e}"));
+        }
+        let state = dir.join(SESSION_FILE);
+        let text = fs::read_to_string(&state)
+            .map_err(|e| format!("no readable session.json ({e}); cannot tell what this is"))?;
+        let (mut meta, _) = RecordingMeta::from_json(&text)
+            .map_err(|e| format!("session.json is not valid: {e}"))?;
+        meta.state = RecordingState::Partial;
+        meta.end_reason = "recovered".into();
+        if let Some(t) = newest_mtime(dir) {
+            meta.ended_at = meta.ended_at.max(t);
+        }
+        meta.ended_at = meta.ended_at.max(meta.started_at);
+        meta.warnings
+            .push("recovered after an unclean stop: the end may be missing".into());
+        self.finalize_dir(dir, &meta)
+            .map_err(|e| format!("finalize failed: {e}"))
+    }
+}
+
+/// The silent `audio.wav`: G.711 at 8000 Hz, one channel per stream in `streams[]` order,
+/// spanning the whole timeline. A-law only when every stream is PCMA.
+fn write_silent_audio(path: &Path, meta: &RecordingMeta) -> io::Result<()> {
+    let alaw = !meta.streams.is_empty()
+        && meta
+            .streams
+            .iter()
+            .all(|s| s.codec.eq_ignore_ascii_case("PCMA"));
+    let format = if alaw {
+        WavFormat::ALaw
+    } else {
+        WavFormat::MuLaw
+    };
+    let channels = u16::try_from(meta.streams.len().max(1)).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} streams is too many channels", meta.streams.len()),
+        )
+    })?;
+    let frames = meta.duration_ms() * u64::from(RATE / 1000);
+    write_atomic_with(path, |f| {
+        // Buffer so the header and the first block go out together.
+        let mut out = io::BufWriter::with_capacity(256 * 1024, f);
+        wav::write_silent(&mut out, format, channels, RATE, frames)?;
+        out.flush()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::record::model::StreamRecord;
+    use crate::record::model::tests::{sample_meta, t0};
+
+    fn spool() -> (tempfile::TempDir, Spool) {
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&tmp.path().join("data")).unwrap();
+        (tmp, spool)
+    }
+
+    fn no_media(id: &str, ms: u64) -> RecordingMeta {
+        let mut m = RecordingMeta::new(id, "call@host", t0(), "rec1");
+        m.ended_at = t0() + Duration::from_millis(ms);
+        m.end_reason = "bye".into();
+        m
+    }
+
+    fn read_json(dir: &Path) -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(dir.join(RECORDING_FILE)).unwrap()).unwrap()
+    }
+
+    fn wav_u16(b: &[u8], at: usize) -> u16 {
+        u16::from_le_bytes([b[at], b[at + 1]])
+    }
+    fn wav_u32(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn open_creates_the_three_folders() {
+        let (_tmp, s) = spool();
+        assert!(s.recordings_dir().is_dir());
+        assert!(s.spool_dir().is_dir());
+        assert!(s.quarantine_dir().is_dir());
+    }
+
+    #[test]
+    fn save_state_writes_session_json_atomically() {
+        let (_tmp, s) = spool();
+        let m = sample_meta();
+        s.save_state(&m).unwrap();
+        let dir = s.session_dir(&m.id).unwrap();
+        let text = fs::read_to_string(dir.join(SESSION_FILE)).unwrap();
+        assert_eq!(RecordingMeta::from_json(&text).unwrap().0, m);
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from(SESSION_FILE)],
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn save_state_replaces_previous_state() {
+        let (_tmp, s) = spool();
+        let mut m = sample_meta();
+        s.save_state(&m).unwrap();
+        m.ended_at += Duration::from_secs(5);
+        s.save_state(&m).unwrap();
+        let text = fs::read_to_string(s.session_dir(&m.id).unwrap().join(SESSION_FILE)).unwrap();
+        assert_eq!(
+            RecordingMeta::from_json(&text).unwrap().0.ended_at,
+            m.ended_at
+        );
+    }
+
+    #[test]
+    fn ids_that_escape_the_spool_are_refused() {
+        let (_tmp, s) = spool();
+        for id in ["", "..", "../x", "a/b", ".hidden", "a\0b"] {
+            let mut m = sample_meta();
+            m.id = id.into();
+            assert_eq!(
+                s.save_state(&m).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput,
+                "{id:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_versions_are_numbered() {
+        let (_tmp, s) = spool();
+        s.add_metadata_version("r", b"<a/>").unwrap();
+        s.add_metadata_version("r", b"<b/>").unwrap();
+        let mdir = s.session_dir("r").unwrap().join(METADATA_DIR);
+        assert_eq!(fs::read(mdir.join("001.xml")).unwrap(), b"<a/>");
+        assert_eq!(fs::read(mdir.join("002.xml")).unwrap(), b"<b/>");
+    }
+
+    #[test]
+    fn finalize_writes_recording_json_last_and_moves_folder() {
+        let (_tmp, s) = spool();
+        let m = no_media("r1", 2_000);
+        s.save_state(&m).unwrap();
+        s.add_metadata_version("r1", b"<recording/>").unwrap();
+        let out = s.finalize(&m).unwrap();
+        assert_eq!(out, s.recordings_dir().join("2026/11/25/r1"));
+        assert!(
+            !s.session_dir("r1").unwrap().exists(),
+            "spool folder moved away"
+        );
+        let mut names: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["audio.wav", "metadata.xml", "recording.json"]);
+        // Written last: no file in the folder is newer than recording.json.
+        let mtime = |n: &str| fs::metadata(out.join(n)).unwrap().modified().unwrap();
+        assert!(names.iter().all(|n| mtime(n) <= mtime(RECORDING_FILE)));
+        let v = read_json(&out);
+        assert_eq!(v["id"], "r1");
+        assert_eq!(v["duration_ms"], 2_000);
+    }
+
+    #[test]
+    fn finalize_lists_files_with_size_and_sha256() {
+        let (_tmp, s) = spool();
+        let m = no_media("r2", 1_000);
+        s.add_metadata_version("r2", b"<recording/>").unwrap();
+        let out = s.finalize(&m).unwrap();
+        let v = read_json(&out);
+        let files = v["files"].as_array().unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0]["path"], "audio.wav");
+        assert_eq!(files[0]["kind"], "audio");
+        assert_eq!(
+            files[0]["bytes"],
+            fs::metadata(out.join("audio.wav")).unwrap().len()
+        );
+        assert_eq!(files[1]["path"], "metadata.xml");
+        assert_eq!(files[1]["kind"], "metadata");
+        // sha256("<recording/>")
+        let want = hex::encode(Sha256::digest(b"<recording/>"));
+        assert_eq!(files[1]["sha256"], want);
+    }
+
+    #[test]
+    fn silent_wav_spans_duration() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("r3", 1_500);
+        let stream = |label: &str, codec: &str| StreamRecord {
+            label: label.into(),
+            codec: codec.into(),
+            clock_rate: 8000,
+            ..StreamRecord::default()
+        };
+        m.streams = vec![stream("1", "PCMU"), stream("2", "PCMU")];
+        let out = s.finalize(&m).unwrap();
+        let b = fs::read(out.join(AUDIO_FILE)).unwrap();
+        assert_eq!(wav_u16(&b, 20), 7, "mu-law");
+        assert_eq!(wav_u16(&b, 22), 2, "one channel per stream");
+        assert_eq!(wav_u32(&b, 24), 8000);
+        assert_eq!(wav_u32(&b, 46), 12_000, "1.5 s of frames");
+        assert_eq!(b.len(), 58 + 24_000);
+        assert!(b[58..].iter().all(|&x| x == 0xFF));
+    }
+
+    #[test]
+    fn silent_wav_is_alaw_when_every_stream_is_pcma() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("r4", 100);
+        m.streams = vec![StreamRecord {
+            label: "1".into(),
+            codec: "PCMA".into(),
+            ..StreamRecord::default()
+        }];
+        let b = fs::read(s.finalize(&m).unwrap().join(AUDIO_FILE)).unwrap();
+        assert_eq!(wav_u16(&b, 20), 6);
+        assert_eq!(wav_u16(&b, 22), 1);
+        assert!(b[58..].iter().all(|&x| x == 0xD5));
+    }
+
+    #[test]
+    fn no_streams_gives_mono_mulaw() {
+        let (_tmp, s) = spool();
+        let b = fs::read(s.finalize(&no_media("r5", 10)).unwrap().join(AUDIO_FILE)).unwrap();
+        assert_eq!(wav_u16(&b, 20), 7);
+        assert_eq!(wav_u16(&b, 22), 1);
+        assert_eq!(wav_u32(&b, 46), 80);
+    }
+
+    #[test]
+    fn complete_without_packets_is_written_as_no_media() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("r6", 10);
+        m.state = RecordingState::Complete;
+        assert_eq!(read_json(&s.finalize(&m).unwrap())["state"], "no-media");
+    }
+
+    #[test]
+    fn existing_audio_is_kept() {
+        let (_tmp, s) = spool();
+        let m = no_media("r7", 10);
+        s.save_state(&m).unwrap();
+        let audio = s.session_dir("r7").unwrap().join(AUDIO_FILE);
+        fs::write(&audio, b"journaled audio").unwrap();
+        let out = s.finalize(&m).unwrap();
+        assert_eq!(fs::read(out.join(AUDIO_FILE)).unwrap(), b"journaled audio");
+    }
+
+    #[test]
+    fn packets_without_audio_give_silence_and_a_warning() {
+        let (_tmp, s) = spool();
+        let m = sample_meta(); // complete, stream 1 has packets
+        let v = read_json(&s.finalize(&m).unwrap());
+        assert_eq!(v["state"], "complete");
+        assert!(
+            v["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w.as_str().unwrap().contains("silence"))
+        );
+    }
+
+    #[test]
+    fn one_metadata_version_is_only_metadata_xml() {
+        let (_tmp, s) = spool();
+        s.add_metadata_version("r8", b"<v1/>").unwrap();
+        let out = s.finalize(&no_media("r8", 10)).unwrap();
+        assert_eq!(fs::read(out.join(METADATA_FILE)).unwrap(), b"<v1/>");
+        assert!(!out.join(METADATA_DIR).exists());
+    }
+
+    #[test]
+    fn two_metadata_versions_are_kept() {
+        let (_tmp, s) = spool();
+        s.add_metadata_version("r9", b"<v1/>").unwrap();
+        s.add_metadata_version("r9", b"<v2/>").unwrap();
+        let out = s.finalize(&no_media("r9", 10)).unwrap();
+        assert_eq!(fs::read(out.join(METADATA_FILE)).unwrap(), b"<v2/>");
+        assert_eq!(fs::read(out.join("metadata/001.xml")).unwrap(), b"<v1/>");
+        assert_eq!(fs::read(out.join("metadata/002.xml")).unwrap(), b"<v2/>");
+        let v = read_json(&out);
+        let paths: Vec<_> = v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "audio.wav",
+                "metadata.xml",
+                "metadata/001.xml",
+                "metadata/002.xml"
+            ]
+        );
+        assert_eq!(v["files"][2]["kind"], "metadata");
+    }
+
+    #[test]
+    fn no_metadata_means_no_metadata_xml() {
+        let (_tmp, s) = spool();
+        let out = s.finalize(&no_media("r10", 10)).unwrap();
+        assert!(!out.join(METADATA_FILE).exists());
+    }
+
+    #[test]
+    fn existing_destination_is_not_overwritten() {
+        let (_tmp, s) = spool();
+        let first = s.finalize(&no_media("dup", 10)).unwrap();
+        let second = s.finalize(&no_media("dup", 20)).unwrap();
+        let third = s.finalize(&no_media("dup", 30)).unwrap();
+        assert_eq!(second, first.with_file_name("dup-1"));
+        assert_eq!(third, first.with_file_name("dup-2"));
+        assert_eq!(read_json(&first)["duration_ms"], 10);
+        assert_eq!(read_json(&second)["duration_ms"], 20);
+    }
+
+    #[test]
+    fn folder_date_is_utc_date_of_start() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("late", 10);
+        // 2026-12-31T23:59:59.900Z: the call crosses midnight; the folder is the start's date.
+        m.started_at = UNIX_EPOCH + Duration::from_millis(1_798_761_599_900);
+        m.ended_at = m.started_at + Duration::from_secs(2);
+        assert_eq!(
+            s.finalize(&m).unwrap(),
+            s.recordings_dir().join("2026/12/31/late")
+        );
+    }
+
+    #[test]
+    fn recover_finalizes_spooled_session_as_partial() {
+        let (_tmp, s) = spool();
+        let mut m = sample_meta();
+        m.state = RecordingState::Complete;
+        m.end_reason = String::new();
+        s.save_state(&m).unwrap();
+        s.add_metadata_version(&m.id, b"<recording/>").unwrap();
+        let out = s.recover();
+        assert_eq!(out, vec![s.recordings_dir().join("2026/11/25").join(&m.id)]);
+        let v = read_json(&out[0]);
+        assert_eq!(v["state"], "partial");
+        assert_eq!(v["end_reason"], "recovered");
+        assert!(out[0].join(METADATA_FILE).exists());
+        assert!(!out[0].join(SESSION_FILE).exists());
+        assert!(
+            fs::read_dir(s.spool_dir()).unwrap().next().is_none(),
+            "spool is empty"
+        );
+    }
+
+    #[test]
+    fn recover_ends_at_newest_file_time() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("old", 0);
+        let start = SystemTime::now() - Duration::from_secs(600);
+        m.started_at = start;
+        m.ended_at = start + Duration::from_secs(1);
+        s.save_state(&m).unwrap();
+        // A journal written after the last state save: it proves the call went on.
+        fs::write(s.session_dir("old").unwrap().join("journal.bin"), b"x").unwrap();
+        let out = s.recover();
+        let v = read_json(&out[0]);
+        assert!(
+            v["duration_ms"].as_u64().unwrap() >= 599_000,
+            "{}",
+            v["duration_ms"]
+        );
+    }
+
+    #[test]
+    fn recover_uses_last_state_when_files_are_older() {
+        let (_tmp, s) = spool();
+        // ended_at in the future of every file mtime: last seen wins.
+        let mut m = no_media("fut", 0);
+        m.started_at = SystemTime::now();
+        m.ended_at = m.started_at + Duration::from_secs(3600);
+        s.save_state(&m).unwrap();
+        let v = read_json(&s.recover()[0]);
+        assert_eq!(v["duration_ms"], 3_600_000);
+    }
+
+    #[test]
+    fn recover_moves_folder_already_finalized() {
+        let (_tmp, s) = spool();
+        // Simulate a crash after recording.json was written but before the move.
+        let m = no_media("half", 10);
+        s.save_state(&m).unwrap();
+        let dir = s.session_dir("half").unwrap();
+        fs::write(dir.join(RECORDING_FILE), m.to_json(&[])).unwrap();
+        let out = s.recover();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            read_json(&out[0])["end_reason"],
+            "bye",
+            "recording.json kept as written"
+        );
+        assert!(!out[0].join(SESSION_FILE).exists());
+    }
+
+    #[test]
+    fn unreadable_spool_goes_to_quarantine_with_reason() {
+        let (_tmp, s) = spool();
+        let dir = s.spool_dir().join("broken");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("journal.bin"), b"precious").unwrap();
+        let report = s.recover_report();
+        assert!(report.finalized.is_empty());
+        assert_eq!(report.quarantined, vec![s.quarantine_dir().join("broken")]);
+        let q = &report.quarantined[0];
+        assert_eq!(
+            fs::read(q.join("journal.bin")).unwrap(),
+            b"precious",
+            "data kept"
+        );
+        let reason = fs::read_to_string(q.join(REASON_FILE)).unwrap();
+        assert!(reason.contains("session.json"), "{reason}");
+    }
+
+    #[test]
+    fn corrupt_session_json_goes_to_quarantine() {
+        let (_tmp, s) = spool();
+        let dir = s.spool_dir().join("bad");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(SESSION_FILE), b"{ not json").unwrap();
+        let report = s.recover_report();
+        assert_eq!(report.quarantined.len(), 1);
+        let q = &report.quarantined[0];
+        assert_eq!(fs::read(q.join(SESSION_FILE)).unwrap(), b"{ not json");
+        assert!(
+            fs::read_to_string(q.join(REASON_FILE))
+                .unwrap()
+                .contains("not valid")
+        );
+    }
+
+    #[test]
+    fn quarantine_does_not_overwrite() {
+        let (_tmp, s) = spool();
+        fs::create_dir_all(s.quarantine_dir().join("x")).unwrap();
+        fs::create_dir_all(s.spool_dir().join("x")).unwrap();
+        let report = s.recover_report();
+        assert_eq!(report.quarantined, vec![s.quarantine_dir().join("x-1")]);
+    }
+
+    #[test]
+    fn recover_handles_many_and_ignores_stray_files() {
+        let (_tmp, s) = spool();
+        s.save_state(&no_media("a", 10)).unwrap();
+        s.save_state(&no_media("b", 10)).unwrap();
+        fs::create_dir_all(s.spool_dir().join("c")).unwrap();
+        fs::write(s.spool_dir().join("stray.txt"), b"?").unwrap();
+        let report = s.recover_report();
+        assert_eq!(report.finalized.len(), 2);
+        assert_eq!(report.quarantined.len(), 1);
+        assert!(s.spool_dir().join("stray.txt").exists());
+    }
+
+    #[test]
+    fn recover_on_empty_spool_does_nothing() {
+        let (_tmp, s) = spool();
+        assert!(s.recover().is_empty());
+    }
+
+    #[test]
+    fn finalize_removes_leftover_temp_files() {
+        let (_tmp, s) = spool();
+        s.save_state(&no_media("t", 10)).unwrap();
+        let dir = s.session_dir("t").unwrap();
+        fs::write(dir.join(".session.json.tmp"), b"torn").unwrap();
+        let out = s.finalize(&no_media("t", 10)).unwrap();
+        assert!(!out.join(".session.json.tmp").exists());
+        assert_eq!(read_json(&out)["files"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn manual_quarantine_keeps_files() {
+        let (_tmp, s) = spool();
+        s.save_state(&no_media("q", 10)).unwrap();
+        let q = s.quarantine("q", "disk full while finalizing").unwrap();
+        assert!(q.join(SESSION_FILE).exists());
+        assert!(
+            fs::read_to_string(q.join(REASON_FILE))
+                .unwrap()
+                .contains("disk full")
+        );
+    }
+
+    #[test]
+    fn io_errors_name_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("not-a-dir");
+        fs::write(&file, b"").unwrap();
+        let e = Spool::open(&file)
+            .err()
+            .expect("cannot create dirs under a file");
+        assert!(e.to_string().contains("not-a-dir"), "{e}");
     }
 }
