@@ -874,6 +874,7 @@ impl Recorder {
                         ssrcs: Vec::new(),
                         payload_type: codec.payload_type,
                         clock_rate: codec.clock_rate,
+                        ..StreamRecord::default()
                     },
                 )
             })
