@@ -2,6 +2,96 @@
 
 use super::message::{Method, ParseError};
 
+/// Parameters `;name=value;flag` as they follow a URI or a Via sent-by. Quoted values keep their
+/// quotes; semicolons inside quotes do not split. Names are lower-cased.
+fn parse_params(text: &str) -> Result<Vec<(String, Option<String>)>, ParseError> {
+    let mut params = Vec::new();
+    let mut pieces = Vec::new();
+    let mut current = String::new();
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        if in_quotes {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_quotes = false;
+            }
+            current.push(c);
+            continue;
+        }
+        match c {
+            '"' => {
+                in_quotes = true;
+                current.push(c);
+            }
+            ';' => pieces.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    if in_quotes {
+        return Err(ParseError::new("Unterminated quoted parameter value"));
+    }
+    pieces.push(current);
+    for piece in pieces {
+        let piece = piece.trim();
+        if piece.is_empty() {
+            continue;
+        }
+        match piece.split_once('=') {
+            Some((name, value)) => {
+                let name = name.trim();
+                if name.is_empty() {
+                    return Err(ParseError::new("Parameter without a name"));
+                }
+                params.push((name.to_ascii_lowercase(), Some(value.trim().to_string())));
+            }
+            None => params.push((piece.to_ascii_lowercase(), None)),
+        }
+    }
+    Ok(params)
+}
+
+fn find_param<'a>(params: &'a [(String, Option<String>)], name: &str) -> Option<Option<&'a str>> {
+    params
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_deref())
+}
+
+fn write_params(out: &mut String, params: &[(String, Option<String>)]) {
+    for (name, value) in params {
+        out.push(';');
+        out.push_str(name);
+        if let Some(value) = value {
+            out.push('=');
+            out.push_str(value);
+        }
+    }
+}
+
+/// Reads a quoted string starting at `"`; returns the unescaped content and the rest after the
+/// closing quote.
+fn parse_quoted(text: &str) -> Result<(String, &str), ParseError> {
+    let mut out = String::new();
+    let mut escaped = false;
+    for (i, c) in text.char_indices().skip(1) {
+        if escaped {
+            out.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            return Ok((out, &text[i + 1..]));
+        } else {
+            out.push(c);
+        }
+    }
+    Err(ParseError::new("Unterminated quoted display name"))
+}
+
 /// A name-addr or addr-spec with header parameters: `"Bob" <sip:bob@[::1]:5060>;tag=ab12`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NameAddr {
@@ -14,20 +104,126 @@ pub struct NameAddr {
 
 impl NameAddr {
     pub fn parse(value: &str) -> Result<NameAddr, ParseError> {
-        let _ = value;
-        todo!()
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(ParseError::new("Empty address"));
+        }
+        let (display, rest) = if value.starts_with('"') {
+            let (display, rest) = parse_quoted(value)?;
+            let rest = rest.trim_start();
+            if !rest.starts_with('<') {
+                return Err(ParseError::new("Display name without <URI>"));
+            }
+            (Some(display), rest)
+        } else if let Some(open) = value.find('<') {
+            let display = value[..open].trim();
+            let display = (!display.is_empty()).then(|| display.to_string());
+            (display, &value[open..])
+        } else {
+            // addr-spec (RFC 3261 §20.10): everything after the first ';' belongs to the header,
+            // not to the URI.
+            let (uri, params) = match value.split_once(';') {
+                Some((uri, params)) => (uri.trim(), parse_params(params)?),
+                None => (value, Vec::new()),
+            };
+            if uri.is_empty() || uri.contains(char::is_whitespace) {
+                return Err(ParseError::new("Invalid address"));
+            }
+            return Ok(NameAddr {
+                display: None,
+                uri: uri.to_string(),
+                params,
+            });
+        };
+        // `rest` starts with '<'.
+        let Some(close) = rest.find('>') else {
+            return Err(ParseError::new("Missing '>' in address"));
+        };
+        let uri = rest[1..close].trim();
+        if uri.is_empty() {
+            return Err(ParseError::new("Empty URI in address"));
+        }
+        let after = rest[close + 1..].trim();
+        let params = match after {
+            "" => Vec::new(),
+            p if p.starts_with(';') => parse_params(p)?,
+            _ => return Err(ParseError::new("Unexpected text after address")),
+        };
+        Ok(NameAddr {
+            display,
+            uri: uri.to_string(),
+            params,
+        })
     }
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
-        let _ = name;
-        todo!()
+        find_param(&self.params, name)
     }
     pub fn tag(&self) -> Option<&str> {
-        todo!()
+        self.param("tag").flatten().filter(|t| !t.is_empty())
+    }
+    /// Sets or replaces a header parameter (`tag` on a response's To).
+    pub fn set_param(&mut self, name: &str, value: Option<String>) {
+        let name = name.to_ascii_lowercase();
+        match self.params.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => self.params.push((name, value)),
+        }
+    }
+    /// Removes a header parameter.
+    pub fn remove_param(&mut self, name: &str) {
+        self.params.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
     }
     /// Re-encodes as `"display" <uri>;params` (always with angle brackets).
     pub fn to_header_value(&self) -> String {
-        todo!()
+        let mut out = String::new();
+        if let Some(display) = self.display.as_deref().filter(|d| !d.is_empty()) {
+            out.push('"');
+            for c in display.chars() {
+                if c == '"' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push_str("\" ");
+        }
+        out.push('<');
+        out.push_str(&self.uri);
+        out.push('>');
+        write_params(&mut out, &self.params);
+        out
     }
+}
+
+/// Splits `host[:port]` or `[v6]:port`; host without brackets. `None` when malformed.
+fn split_host_port(text: &str) -> Option<(String, Option<u16>)> {
+    let text = text.trim();
+    if let Some(inner) = text.strip_prefix('[') {
+        let close = inner.find(']')?;
+        let host = &inner[..close];
+        let after = &inner[close + 1..];
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?.trim().parse::<u16>().ok()?),
+        };
+        if host.is_empty() {
+            return None;
+        }
+        return Some((host.to_string(), port));
+    }
+    let (host, port) = match text.matches(':').count() {
+        0 => (text, None),
+        1 => {
+            let (host, port) = text.split_once(':')?;
+            (host, Some(port.trim().parse::<u16>().ok()?))
+        }
+        // A bare IPv6 address (not allowed in SIP, but seen): no port possible.
+        _ => (text, None),
+    };
+    let host = host.trim();
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((host.to_string(), port))
 }
 
 /// One Via element: `SIP/2.0/UDP host:port;branch=...;rport;received=...`.
@@ -43,23 +239,67 @@ pub struct Via {
 
 impl Via {
     pub fn parse(value: &str) -> Result<Via, ParseError> {
-        let _ = value;
-        todo!()
+        let value = value.trim();
+        let (head, params) = match value.split_once(';') {
+            Some((head, params)) => (head, parse_params(params)?),
+            None => (value, Vec::new()),
+        };
+        // sent-protocol allows white space around the slashes (SLASH = SWS "/" SWS).
+        let mut parts = head.splitn(3, '/');
+        let name = parts.next().unwrap_or("").trim();
+        let version = parts.next().unwrap_or("").trim();
+        let rest = parts.next().unwrap_or("").trim_start();
+        if !name.eq_ignore_ascii_case("SIP") || version.is_empty() {
+            return Err(ParseError::new("Via without SIP/2.0/<transport>"));
+        }
+        let (transport, sent_by) = match rest.split_once(char::is_whitespace) {
+            Some((t, s)) => (t, s.trim()),
+            None => return Err(ParseError::new("Via without sent-by")),
+        };
+        if transport.is_empty() {
+            return Err(ParseError::new("Via without transport"));
+        }
+        // A trailing comment `(...)` is allowed after sent-by by some stacks; drop it.
+        let sent_by = sent_by.split('(').next().unwrap_or("").trim();
+        let Some((host, port)) = split_host_port(sent_by) else {
+            return Err(ParseError::new("Invalid Via sent-by"));
+        };
+        Ok(Via {
+            transport: transport.to_ascii_uppercase(),
+            host,
+            port,
+            params,
+        })
     }
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
-        let _ = name;
-        todo!()
+        find_param(&self.params, name)
     }
     pub fn branch(&self) -> Option<&str> {
-        todo!()
+        self.param("branch").flatten()
     }
     /// Sets or replaces a parameter (used for `received` and `rport=` on receipt).
     pub fn set_param(&mut self, name: &str, value: Option<String>) {
-        let _ = (name, value);
-        todo!()
+        let name = name.to_ascii_lowercase();
+        match self.params.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => self.params.push((name, value)),
+        }
     }
     pub fn to_header_value(&self) -> String {
-        todo!()
+        let mut out = format!("SIP/2.0/{} ", self.transport);
+        if self.host.contains(':') {
+            out.push('[');
+            out.push_str(&self.host);
+            out.push(']');
+        } else {
+            out.push_str(&self.host);
+        }
+        if let Some(port) = self.port {
+            out.push(':');
+            out.push_str(&port.to_string());
+        }
+        write_params(&mut out, &self.params);
+        out
     }
 }
 
@@ -72,20 +312,71 @@ pub struct CSeq {
 
 impl CSeq {
     pub fn parse(value: &str) -> Result<CSeq, ParseError> {
-        let _ = value;
-        todo!()
+        let mut parts = value.split_whitespace();
+        let (Some(seq), Some(method), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(ParseError::new("CSeq is not '<number> <method>'"));
+        };
+        // RFC 3261 §8.1.1.5: the number must be less than 2**31.
+        let seq = match seq.parse::<u32>() {
+            Ok(n) if n < 1 << 31 => n,
+            _ => return Err(ParseError::new("Invalid CSeq number")),
+        };
+        if !method
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c))
+        {
+            return Err(ParseError::new("Invalid CSeq method"));
+        }
+        Ok(CSeq {
+            seq,
+            method: Method::parse(method),
+        })
     }
+}
+
+/// The part of a sip/sips URI after the scheme, and the byte offset in it where host starts.
+fn after_scheme(uri: &str) -> Option<(&str, usize)> {
+    let uri = uri.trim();
+    let (scheme, rest) = uri.split_once(':')?;
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return None;
+    }
+    // The userinfo ends at '@', which cannot appear unescaped in the user part. Headers (`?...`)
+    // may carry one in practice, so look before the first '?' first; a user part may itself
+    // contain '?' though, hence the fallback to the first '@'.
+    let before_headers = rest.split('?').next().unwrap_or(rest);
+    let host_start = match before_headers.rfind('@') {
+        Some(at) => at + 1,
+        None => match rest.find('@') {
+            Some(at) if !rest[..at].contains(['[', ';']) => at + 1,
+            _ => 0,
+        },
+    };
+    Some((rest, host_start))
 }
 
 /// Host and port of a SIP/SIPS URI (`sip:user@[2001:db8::1]:5062;transport=tcp`), host without
 /// brackets; `None` when the URI is not sip/sips or has no host.
 pub fn uri_host_port(uri: &str) -> Option<(String, Option<u16>)> {
-    let _ = uri;
-    todo!()
+    let (rest, host_start) = after_scheme(uri)?;
+    let hostport = &rest[host_start..];
+    // An IPv6 reference contains ':' but never ';' or '?'.
+    let end = hostport.find([';', '?', '>']).unwrap_or(hostport.len());
+    split_host_port(&hostport[..end])
 }
 
 /// A URI parameter (`;transport=tcp`) of a SIP URI, name compared case-insensitively.
 pub fn uri_param<'a>(uri: &'a str, name: &str) -> Option<Option<&'a str>> {
-    let _ = (uri, name);
-    todo!()
+    let (rest, host_start) = after_scheme(uri)?;
+    let hostport = &rest[host_start..];
+    let params_start = hostport.find(';')?;
+    let params = &hostport[params_start + 1..];
+    let params = params.split(['?', '>']).next().unwrap_or(params);
+    params.split(';').find_map(|piece| {
+        let (n, v) = match piece.split_once('=') {
+            Some((n, v)) => (n, Some(v.trim())),
+            None => (piece, None),
+        };
+        n.trim().eq_ignore_ascii_case(name).then_some(v)
+    })
 }

@@ -85,7 +85,11 @@ impl Default for EndpointConfig {
 pub enum Event {
     /// A new request (not ACK, not CANCEL) that passed validation. Answer it with
     /// [`Endpoint::respond`] (a final response is required; provisional ones are optional).
-    Request { tx: TxId, request: Request, flow: Flow },
+    Request {
+        tx: TxId,
+        request: Request,
+        flow: Flow,
+    },
     /// An ACK for a 2xx (the endpoint has already stopped retransmitting that 2xx).
     Ack { request: Request, flow: Flow },
     /// A CANCEL matched `invite_tx`, which had no final response yet. The endpoint answered the
@@ -93,7 +97,12 @@ pub enum Event {
     Cancel { invite_tx: TxId, request: Request },
     /// A 2xx to the INVITE `tx` got no ACK within 64*T1. `call_id` and the tags identify the
     /// dialog the user should end.
-    AckTimeout { tx: TxId, call_id: String, local_tag: String, remote_tag: String },
+    AckTimeout {
+        tx: TxId,
+        call_id: String,
+        local_tag: String,
+        remote_tag: String,
+    },
     /// A response to a client transaction started with [`Endpoint::send_request`].
     Response { tx: TxId, response: Response },
     /// A client transaction got no final response (Timer F), or its transport failed.
