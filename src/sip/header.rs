@@ -380,3 +380,165 @@ pub fn uri_param<'a>(uri: &'a str, name: &str) -> Option<Option<&'a str>> {
         n.trim().eq_ignore_ascii_case(name).then_some(v)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_display_name_with_escapes() {
+        let a = NameAddr::parse(r#""Bob \"B\" \\ x" <sip:bob@[::1]:5060>;tag=ab12"#).unwrap();
+        assert_eq!(a.display.as_deref(), Some(r#"Bob "B" \ x"#));
+        assert_eq!(a.uri, "sip:bob@[::1]:5060");
+        assert_eq!(a.tag(), Some("ab12"));
+        assert_eq!(
+            a.to_header_value(),
+            r#""Bob \"B\" \\ x" <sip:bob@[::1]:5060>;tag=ab12"#
+        );
+    }
+
+    #[test]
+    fn unquoted_display_name() {
+        let a = NameAddr::parse("Alice Smith <sip:alice@example.com;transport=tcp>;tag=9").unwrap();
+        assert_eq!(a.display.as_deref(), Some("Alice Smith"));
+        assert_eq!(a.uri, "sip:alice@example.com;transport=tcp");
+        assert_eq!(a.params, [("tag".to_string(), Some("9".to_string()))]);
+    }
+
+    #[test]
+    fn bare_addr_spec_params_are_header_params() {
+        let a = NameAddr::parse("sip:a@b;tag=x;Lr").unwrap();
+        assert_eq!(a.uri, "sip:a@b");
+        assert_eq!(a.tag(), Some("x"));
+        assert_eq!(a.param("lr"), Some(None));
+        assert_eq!(a.to_header_value(), "<sip:a@b>;tag=x;lr");
+    }
+
+    #[test]
+    fn contact_flag_params_parse() {
+        let a = NameAddr::parse("<sip:7374@10.106.2.10:5060;transport=TCP>;+sip.src").unwrap();
+        assert_eq!(a.param("+sip.src"), Some(None));
+        assert_eq!(a.tag(), None);
+    }
+
+    #[test]
+    fn name_addr_errors_do_not_panic() {
+        for bad in [
+            "",
+            "\"unterminated <sip:a@b>",
+            "<sip:a@b",
+            "<>",
+            "\"x\" sip:a@b",
+            "a b",
+        ] {
+            assert!(NameAddr::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn via_parses_ipv6_without_brackets() {
+        let v = Via::parse("SIP/2.0/udp [2001:db8::1]:5062;branch=z9hG4bKx;rport").unwrap();
+        assert_eq!(v.transport, "UDP");
+        assert_eq!(v.host, "2001:db8::1");
+        assert_eq!(v.port, Some(5062));
+        assert_eq!(v.branch(), Some("z9hG4bKx"));
+        assert_eq!(v.param("rport"), Some(None));
+        assert_eq!(
+            v.to_header_value(),
+            "SIP/2.0/UDP [2001:db8::1]:5062;branch=z9hG4bKx;rport"
+        );
+    }
+
+    #[test]
+    fn via_tolerates_spaces_around_slashes() {
+        let v = Via::parse("SIP / 2.0 / TCP host.example ; branch=z9hG4bK1").unwrap();
+        assert_eq!(
+            (v.transport.as_str(), v.host.as_str(), v.port),
+            ("TCP", "host.example", None)
+        );
+        assert_eq!(v.branch(), Some("z9hG4bK1"));
+    }
+
+    #[test]
+    fn via_set_param_replaces_or_appends() {
+        let mut v = Via::parse("SIP/2.0/UDP 1.2.3.4:5060;rport;branch=z9hG4bK1").unwrap();
+        v.set_param("rport", Some("4000".into()));
+        v.set_param("received", Some("5.6.7.8".into()));
+        assert_eq!(
+            v.to_header_value(),
+            "SIP/2.0/UDP 1.2.3.4:5060;rport=4000;branch=z9hG4bK1;received=5.6.7.8"
+        );
+    }
+
+    #[test]
+    fn via_errors() {
+        for bad in [
+            "",
+            "SIP/2.0/UDP",
+            "HTTP/1.1/TCP h",
+            "SIP/2.0/UDP h:notaport",
+            "SIP/2.0/UDP [::1",
+        ] {
+            assert!(Via::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cseq_parses_and_rejects_garbage() {
+        assert_eq!(
+            CSeq::parse(" 4711  INVITE ").unwrap(),
+            CSeq {
+                seq: 4711,
+                method: Method::Invite
+            }
+        );
+        for bad in [
+            "",
+            "1",
+            "x INVITE",
+            "1 INVITE extra",
+            "2147483648 BYE",
+            "-1 BYE",
+        ] {
+            assert!(CSeq::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn uri_host_port_variants() {
+        let hp = |u: &str| uri_host_port(u);
+        assert_eq!(hp("sip:user@host"), Some(("host".into(), None)));
+        assert_eq!(
+            hp("sip:host:5070;transport=tcp"),
+            Some(("host".into(), Some(5070)))
+        );
+        assert_eq!(
+            hp("SIPS:bob@secure.example:5061"),
+            Some(("secure.example".into(), Some(5061)))
+        );
+        assert_eq!(hp("sip:[::1]:5062"), Some(("::1".into(), Some(5062))));
+        assert_eq!(
+            hp("sip:u@[2001:db8::1];lr"),
+            Some(("2001:db8::1".into(), None))
+        );
+        assert_eq!(
+            hp("sip:a%40b@host.example"),
+            Some(("host.example".into(), None))
+        );
+        assert_eq!(hp("sip:u;isub=1@h:1"), Some(("h".into(), Some(1))));
+        assert_eq!(hp("sip:h?subject=x"), Some(("h".into(), None)));
+        assert_eq!(hp("tel:+123"), None);
+        assert_eq!(hp("sip:"), None);
+        assert_eq!(hp("sip:h:99999"), None);
+    }
+
+    #[test]
+    fn uri_param_lookup() {
+        let uri = "sip:u@[::1]:5060;Transport=TCP;lr?h=1";
+        assert_eq!(uri_param(uri, "transport"), Some(Some("TCP")));
+        assert_eq!(uri_param(uri, "lr"), Some(None));
+        assert_eq!(uri_param(uri, "maddr"), None);
+        assert_eq!(uri_param("sip:u@h", "lr"), None);
+        assert_eq!(uri_param("sip:a;b=c@h;lr", "b"), None);
+    }
+}

@@ -836,3 +836,369 @@ pub fn reason_phrase(status: u16) -> &'static str {
         _ => "Unknown",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> Request {
+        match parse_message(text.as_bytes()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    const INVITE: &str = "INVITE sip:srs@10.0.0.1:5060 SIP/2.0\r\n\
+        Via: SIP/2.0/UDP 10.0.0.2:5060;branch=z9hG4bK1\r\n\
+        Max-Forwards: 70\r\n\
+        From: <sip:src@10.0.0.2>;tag=a\r\n\
+        To: <sip:srs@10.0.0.1>\r\n\
+        Call-ID: c1\r\n\
+        CSeq: 1 INVITE\r\n\
+        Content-Length: 4\r\n\
+        \r\n\
+        body";
+
+    #[test]
+    fn request_line_and_headers_parse() {
+        let r = request(INVITE);
+        assert_eq!(r.method, Method::Invite);
+        assert_eq!(r.uri, "sip:srs@10.0.0.1:5060");
+        assert_eq!(r.call_id(), Some("c1"));
+        assert_eq!(r.body, b"body");
+        assert_eq!(r.validate(), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_request_uri_parses() {
+        let text = INVITE.replace("sip:srs@10.0.0.1:5060", "sip:[2001:db8::1]:5060");
+        assert_eq!(request(&text).uri, "sip:[2001:db8::1]:5060");
+    }
+
+    #[test]
+    fn status_line_parses() {
+        let m = parse_message(b"SIP/2.0 200 OK\r\nCall-ID: x\r\n\r\n").unwrap();
+        let Message::Response(r) = m else { panic!() };
+        assert_eq!((r.status, r.reason.as_str()), (200, "OK"));
+    }
+
+    #[test]
+    fn status_line_with_empty_reason_parses() {
+        let Ok(Message::Response(r)) = parse_message(b"SIP/2.0 486 \r\n\r\n") else {
+            panic!()
+        };
+        assert_eq!((r.status, r.reason.as_str()), (486, ""));
+    }
+
+    #[test]
+    fn compact_headers_are_normalised() {
+        let text = "OPTIONS sip:a@b SIP/2.0\r\nv: SIP/2.0/UDP h;branch=z9hG4bKx\r\n\
+            f: <sip:x@y>;tag=1\r\nt: <sip:a@b>\r\ni: id\r\nCSeq: 1 OPTIONS\r\nm: <sip:x@y>\r\n\
+            k: timer\r\nl: 0\r\nc: application/sdp\r\ne: gzip\r\ns: hi\r\no: dialog\r\n\
+            r: <sip:r@r>\r\nb: <sip:b@b>\r\nx: 90\r\nu: talk\r\na: *\r\nj: *\r\nd: proxy\r\n\
+            y: abc\r\nn: <http://x>\r\n\r\n";
+        let r = request(text);
+        let names: Vec<&str> = r.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "Via",
+                "From",
+                "To",
+                "Call-ID",
+                "CSeq",
+                "Contact",
+                "Supported",
+                "Content-Length",
+                "Content-Type",
+                "Content-Encoding",
+                "Subject",
+                "Event",
+                "Refer-To",
+                "Referred-By",
+                "Session-Expires",
+                "Allow-Events",
+                "Accept-Contact",
+                "Reject-Contact",
+                "Request-Disposition",
+                "Identity",
+                "Identity-Info"
+            ]
+        );
+        assert_eq!(r.headers.get("i"), Some("id"));
+        assert_eq!(r.headers.get("CALL-ID"), Some("id"));
+    }
+
+    #[test]
+    fn long_names_get_conventional_casing() {
+        let text = "OPTIONS sip:a@b SIP/2.0\r\ncall-id: x\r\ncseq: 1 OPTIONS\r\n\
+            www-authenticate: Digest\r\nX-Custom-thing: y\r\n\r\n";
+        let r = request(text);
+        let names: Vec<&str> = r.headers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["Call-ID", "CSeq", "WWW-Authenticate", "X-Custom-thing"]
+        );
+        assert_eq!(r.headers.get("x-custom-THING"), Some("y"));
+    }
+
+    #[test]
+    fn folded_lines_are_joined() {
+        let text =
+            "OPTIONS sip:a@b SIP/2.0\r\nSubject: one\r\n  two\r\n\tthree\r\nCall-ID: x\r\n\r\n";
+        assert_eq!(request(text).headers.get("Subject"), Some("one two three"));
+    }
+
+    #[test]
+    fn lf_only_line_ends_are_tolerated() {
+        let text = INVITE.replace("\r\n", "\n");
+        let r = request(&text);
+        assert_eq!(r.body, b"body");
+        assert_eq!(r.validate(), Ok(()));
+    }
+
+    #[test]
+    fn empty_header_values_are_allowed() {
+        let text = "OPTIONS sip:a@b SIP/2.0\r\nSupported:\r\nRecv-Info:\r\nCall-ID: x\r\n\r\n";
+        let r = request(text);
+        assert_eq!(r.headers.get("Supported"), Some(""));
+        assert_eq!(r.headers.get("Recv-Info"), Some(""));
+        assert!(r.headers.get_list("Supported").is_empty());
+    }
+
+    #[test]
+    fn body_is_cut_to_content_length() {
+        let text = INVITE.replace("Content-Length: 4", "Content-Length: 2");
+        assert_eq!(request(&text).body, b"bo");
+    }
+
+    #[test]
+    fn content_length_beyond_body_is_an_error() {
+        let text = INVITE.replace("Content-Length: 4", "Content-Length: 40");
+        assert!(parse_message(text.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn invalid_content_length_is_an_error() {
+        let text = INVITE.replace("Content-Length: 4", "Content-Length: four");
+        assert!(parse_message(text.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn missing_content_length_takes_the_rest() {
+        let text = INVITE.replace("Content-Length: 4\r\n", "");
+        assert_eq!(request(&text).body, b"body");
+    }
+
+    #[test]
+    fn non_utf8_header_bytes_do_not_panic() {
+        let mut data = INVITE.as_bytes().to_vec();
+        data.splice(0..0, []);
+        let pos = INVITE.find("From: ").unwrap() + 6;
+        data.insert(pos, 0xff);
+        data.insert(pos, 0xc3);
+        assert!(parse_message(&data).is_ok());
+    }
+
+    #[test]
+    fn other_sip_version_is_detectable() {
+        let text = INVITE.replace("SIP/2.0\r\n", "SIP/3.0\r\n");
+        assert!(parse_message(text.as_bytes()).is_err());
+        let raw = parse_raw(text.as_bytes()).unwrap();
+        assert!(!raw.version_ok());
+        assert_eq!(raw.version, "SIP/3.0");
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse_message(b"").is_err());
+        assert!(parse_message(b"\r\n\r\n").is_err());
+        assert!(parse_message(b"hello world").is_err());
+        assert!(parse_message(b"GET / HTTP/1.1\r\n\r\n").is_err());
+        assert!(parse_message(b"SIP/2.0 abc OK\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn header_line_without_colon_is_an_error() {
+        let text = INVITE.replace("Max-Forwards: 70", "Max-Forwards 70");
+        assert!(parse_message(text.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn validate_requires_the_mandatory_headers() {
+        for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+            let mut r = request(INVITE);
+            r.headers.remove(name);
+            let err = r.validate().unwrap_err();
+            assert!(err.contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn validate_checks_cseq_method() {
+        let text = INVITE.replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
+        assert!(
+            request(&text)
+                .validate()
+                .unwrap_err()
+                .contains("CSeq method")
+        );
+        let ack = INVITE
+            .replace("INVITE sip", "ACK sip")
+            .replace("1 INVITE", "1 ACK");
+        assert_eq!(request(&ack).validate(), Ok(()));
+    }
+
+    #[test]
+    fn validate_allows_missing_max_forwards() {
+        let text = INVITE.replace("Max-Forwards: 70\r\n", "");
+        assert_eq!(request(&text).validate(), Ok(()));
+    }
+
+    #[test]
+    fn get_list_respects_quotes_and_angle_brackets() {
+        let mut h = Headers::new();
+        h.push("Contact", "\"a, b\" <sip:x@y;p=1,2>;q=1, <sip:z@w>");
+        h.push("m", "sip:third@h");
+        assert_eq!(
+            h.get_list("Contact"),
+            ["\"a, b\" <sip:x@y;p=1,2>;q=1", "<sip:z@w>", "sip:third@h"]
+        );
+    }
+
+    #[test]
+    fn has_token_is_case_insensitive_over_lines() {
+        let mut h = Headers::new();
+        h.push("Require", "100rel");
+        h.push("Require", "SIPREC, timer");
+        assert!(h.has_token("require", "siprec"));
+        assert!(h.has_token("Require", "Timer"));
+        assert!(!h.has_token("Supported", "siprec"));
+    }
+
+    #[test]
+    fn set_replaces_every_line_in_place() {
+        let mut h = Headers::new();
+        h.push("Via", "a");
+        h.push("To", "t");
+        h.push("v", "b");
+        h.set("VIA", "c");
+        let lines: Vec<(&str, &str)> = h
+            .iter()
+            .map(|x| (x.name.as_str(), x.value.as_str()))
+            .collect();
+        assert_eq!(lines, [("Via", "c"), ("To", "t")]);
+        h.remove("t");
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn response_for_request_copies_dialog_headers() {
+        let mut r = request(INVITE);
+        r.headers.push("Via", "SIP/2.0/UDP proxy;branch=z9hG4bK2");
+        let resp = Response::for_request(&r, 486, "");
+        assert_eq!(resp.reason, "Busy Here");
+        assert_eq!(resp.headers.get_all("Via").count(), 2);
+        for name in ["From", "To", "Call-ID", "CSeq"] {
+            assert_eq!(resp.headers.get(name), r.headers.get(name));
+        }
+        assert!(resp.headers.get("Max-Forwards").is_none());
+    }
+
+    #[test]
+    fn encode_writes_canonical_names_and_fresh_content_length() {
+        let text = INVITE
+            .replace("Call-ID", "i")
+            .replace("Content-Length: 4", "l: 99");
+        let text = text.replace("l: 99\r\n\r\nbody", "l: 4\r\n\r\nbody");
+        let r = request(&text);
+        let mut r2 = r.clone();
+        r2.body = b"longer body".to_vec();
+        let out = String::from_utf8(r2.encode()).unwrap();
+        assert!(out.starts_with("INVITE sip:srs@10.0.0.1:5060 SIP/2.0\r\n"));
+        assert!(out.contains("\r\nCall-ID: c1\r\n"));
+        assert!(out.ends_with("Content-Length: 11\r\n\r\nlonger body"));
+        assert_eq!(out.matches("Content-Length").count(), 1);
+        assert_eq!(
+            parse_message(r.encode().as_slice()),
+            Ok(Message::Request(r))
+        );
+    }
+
+    #[test]
+    fn response_encode_round_trips() {
+        let resp = Response::for_request(&request(INVITE), 200, "");
+        let out = resp.encode();
+        assert!(out.starts_with(b"SIP/2.0 200 OK\r\n"));
+        let Ok(Message::Response(mut back)) = parse_message(&out) else {
+            panic!()
+        };
+        assert_eq!(back.headers.get("Content-Length"), Some("0"));
+        back.headers.remove("Content-Length");
+        assert_eq!(back, resp);
+    }
+
+    #[test]
+    fn reason_phrase_covers_common_codes() {
+        for (code, phrase) in [
+            (100, "Trying"),
+            (180, "Ringing"),
+            (183, "Session Progress"),
+            (202, "Accepted"),
+            (415, "Unsupported Media Type"),
+            (420, "Bad Extension"),
+            (422, "Session Interval Too Small"),
+            (481, "Call/Transaction Does Not Exist"),
+            (487, "Request Terminated"),
+            (488, "Not Acceptable Here"),
+            (491, "Request Pending"),
+            (505, "Version Not Supported"),
+            (513, "Message Too Large"),
+        ] {
+            assert_eq!(reason_phrase(code), phrase);
+        }
+        assert_eq!(reason_phrase(499), "Bad Request");
+    }
+
+    #[test]
+    fn method_parse_is_case_sensitive() {
+        assert_eq!(Method::parse("INVITE"), Method::Invite);
+        assert_eq!(Method::parse("invite"), Method::Other("invite".into()));
+        assert_eq!(Method::parse("FOO").as_str(), "FOO");
+    }
+
+    #[test]
+    fn leading_crlfs_before_start_line_are_ignored() {
+        let text = format!("\r\n\r\n{INVITE}");
+        assert_eq!(request(&text).method, Method::Invite);
+    }
+
+    /// Tiny xorshift so the fuzz test needs no extra crate and is repeatable.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn truncations_and_byte_flips_never_panic() {
+        let sample = INVITE.as_bytes();
+        for end in 0..=sample.len() {
+            let _ = parse_message(&sample[..end]);
+            let _ = parse_message(&sample[end..]);
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..5000 {
+            let mut data = sample.to_vec();
+            for _ in 0..(xorshift(&mut state) % 4 + 1) {
+                let i = (xorshift(&mut state) as usize) % data.len();
+                data[i] = xorshift(&mut state) as u8;
+            }
+            if let Ok(Message::Request(r)) = parse_message(&data) {
+                let _ = r.validate();
+                let _ = r.encode();
+            }
+        }
+    }
+}
