@@ -157,3 +157,165 @@ impl StreamFramer {
         self.head_end = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\nContent-Length: 3\r\n\r\nabc";
+
+    fn frames(framer: &mut StreamFramer) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while let Ok(Some(f)) = framer.next_frame() {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn whole_message_is_returned() {
+        let mut f = StreamFramer::new(4096);
+        f.push(MSG);
+        assert_eq!(f.next_frame(), Ok(Some(Frame::Message(MSG.to_vec()))));
+        assert_eq!(f.next_frame(), Ok(None));
+        assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn pipelined_messages_are_split() {
+        let mut f = StreamFramer::new(4096);
+        let mut data = MSG.to_vec();
+        data.extend_from_slice(b"\r\n");
+        data.extend_from_slice(MSG);
+        data.extend_from_slice(&MSG[..10]);
+        f.push(&data);
+        assert_eq!(
+            frames(&mut f),
+            [Frame::Message(MSG.to_vec()), Frame::Message(MSG.to_vec())]
+        );
+        f.push(&MSG[10..]);
+        assert_eq!(frames(&mut f), [Frame::Message(MSG.to_vec())]);
+    }
+
+    #[test]
+    fn partial_message_waits_for_body() {
+        let mut f = StreamFramer::new(4096);
+        f.push(&MSG[..MSG.len() - 2]);
+        assert_eq!(f.next_frame(), Ok(None));
+        f.push(&MSG[MSG.len() - 2..]);
+        assert_eq!(f.next_frame(), Ok(Some(Frame::Message(MSG.to_vec()))));
+    }
+
+    #[test]
+    fn body_starting_with_line_ends_is_not_mistaken_for_head_end() {
+        let msg = b"MESSAGE sip:a@b SIP/2.0\r\nl: 4\r\n\r\n\r\n\r\n";
+        let mut f = StreamFramer::new(4096);
+        f.push(&msg[..msg.len() - 3]);
+        assert_eq!(f.next_frame(), Ok(None));
+        f.push(&msg[msg.len() - 3..]);
+        assert_eq!(f.next_frame(), Ok(Some(Frame::Message(msg.to_vec()))));
+    }
+
+    #[test]
+    fn byte_by_byte_delivery_works() {
+        let mut f = StreamFramer::new(4096);
+        let mut got = Vec::new();
+        for b in MSG.iter().chain(MSG) {
+            f.push(&[*b]);
+            got.extend(frames(&mut f));
+        }
+        assert_eq!(
+            got,
+            [Frame::Message(MSG.to_vec()), Frame::Message(MSG.to_vec())]
+        );
+    }
+
+    #[test]
+    fn double_crlf_is_a_ping() {
+        let mut f = StreamFramer::new(4096);
+        f.push(b"\r\n\r\n");
+        assert_eq!(f.next_frame(), Ok(Some(Frame::Ping)));
+        f.push(b"\r\n\r\n");
+        f.push(MSG);
+        assert_eq!(frames(&mut f), [Frame::Ping, Frame::Message(MSG.to_vec())]);
+    }
+
+    #[test]
+    fn lone_crlf_waits_then_is_skipped() {
+        let mut f = StreamFramer::new(4096);
+        f.push(b"\r\n");
+        assert_eq!(f.next_frame(), Ok(None));
+        f.push(MSG);
+        assert_eq!(frames(&mut f), [Frame::Message(MSG.to_vec())]);
+    }
+
+    #[test]
+    fn compact_content_length_and_lf_only_are_accepted() {
+        let msg = b"MESSAGE sip:a@b SIP/2.0\nl: 2\n\nhiNEXT";
+        let mut f = StreamFramer::new(4096);
+        f.push(msg);
+        assert_eq!(
+            f.next_frame(),
+            Ok(Some(Frame::Message(msg[..msg.len() - 4].to_vec())))
+        );
+    }
+
+    #[test]
+    fn missing_content_length_means_empty_body() {
+        let mut f = StreamFramer::new(4096);
+        f.push(b"OPTIONS sip:a@b SIP/2.0\r\nCall-ID: x\r\n\r\n");
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::Message(_)))));
+    }
+
+    #[test]
+    fn non_numeric_content_length_is_an_error() {
+        let mut f = StreamFramer::new(4096);
+        f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 1x\r\n\r\n");
+        assert!(f.next_frame().is_err());
+        // The stream stays unusable.
+        f.push(MSG);
+        assert!(f.next_frame().is_err());
+    }
+
+    #[test]
+    fn oversized_header_section_is_an_error() {
+        let mut f = StreamFramer::new(64);
+        f.push(&[b'A'; 65]);
+        assert!(f.next_frame().is_err());
+    }
+
+    #[test]
+    fn oversized_content_length_is_an_error() {
+        let mut f = StreamFramer::new(100);
+        f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 100\r\n\r\n");
+        assert!(f.next_frame().is_err());
+        let mut f = StreamFramer::new(100);
+        f.push(b"OPTIONS sip:a@b SIP/2.0\r\nl: 99999999999999999999999999\r\n\r\n");
+        assert!(f.next_frame().is_err());
+    }
+
+    #[test]
+    fn truncations_and_byte_flips_never_panic() {
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        for end in 0..=MSG.len() {
+            for split in [0, end / 2, end] {
+                let mut f = StreamFramer::new(200);
+                f.push(&MSG[..split]);
+                let _ = frames(&mut f);
+                f.push(&MSG[split..end]);
+                let _ = frames(&mut f);
+            }
+        }
+        for _ in 0..3000 {
+            let mut data = MSG.repeat(2);
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let i = (state as usize) % data.len();
+            data[i] = (state >> 32) as u8;
+            let mut f = StreamFramer::new(200);
+            f.push(&data);
+            let _ = frames(&mut f);
+        }
+    }
+}

@@ -976,3 +976,796 @@ fn replace_top_via(headers: &mut super::Headers, top: &str) {
     elements[0] = top.to_string();
     headers.replace_first("Via", elements.join(", "));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{Message, parse_message};
+
+    const SRC: &str = "192.0.2.5:40000";
+    const LOCAL: &str = "10.0.0.1:5060";
+
+    fn endpoint() -> Endpoint {
+        Endpoint::new(EndpointConfig {
+            seed: Some(7),
+            ..EndpointConfig::default()
+        })
+    }
+
+    fn flow(transport: Transport) -> Flow {
+        Flow {
+            transport,
+            local: LOCAL.parse().unwrap(),
+            remote: SRC.parse().unwrap(),
+            conn: transport.is_reliable().then_some(ConnId(1)),
+        }
+    }
+
+    fn udp() -> Flow {
+        flow(Transport::Udp)
+    }
+
+    fn request_text(method: &str, branch: &str, cseq: u32, via_extra: &str) -> String {
+        format!(
+            "{method} sip:srs@10.0.0.1 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.5:5060;branch={branch}{via_extra}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:src@192.0.2.5>;tag=from1\r\n\
+             To: <sip:srs@10.0.0.1>\r\n\
+             Call-ID: call-1\r\n\
+             CSeq: {cseq} {method}\r\n\
+             Contact: <sip:src@192.0.2.5>\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    fn invite() -> String {
+        request_text("INVITE", "z9hG4bKinv", 1, "")
+    }
+
+    fn transmits(ep: &mut Endpoint) -> Vec<Transmit> {
+        std::iter::from_fn(|| ep.poll_transmit()).collect()
+    }
+
+    fn events(ep: &mut Endpoint) -> Vec<Event> {
+        std::iter::from_fn(|| ep.poll_event()).collect()
+    }
+
+    fn response(t: &Transmit) -> Response {
+        match parse_message(&t.data) {
+            Ok(Message::Response(r)) => r,
+            other => panic!("not a response: {other:?}"),
+        }
+    }
+
+    fn statuses(ts: &[Transmit]) -> Vec<u16> {
+        ts.iter().map(|t| response(t).status).collect()
+    }
+
+    fn one_request(ep: &mut Endpoint) -> (TxId, Request) {
+        match events(ep).as_slice() {
+            [Event::Request { tx, request, .. }] => (*tx, request.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Feeds a new INVITE and returns its transaction and request, with the 100 consumed.
+    fn start_invite(ep: &mut Endpoint, now: Instant, flow: Flow) -> (TxId, Request) {
+        ep.handle_message(now, flow, invite().as_bytes());
+        assert_eq!(statuses(&transmits(ep)), [100]);
+        match events(ep).as_slice() {
+            [Event::Request { tx, request, .. }] => (*tx, request.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn answer(req: &Request, status: u16) -> Response {
+        let mut r = Response::for_request(req, status, "");
+        r.headers.set("To", "<sip:srs@10.0.0.1>;tag=local1");
+        r
+    }
+
+    /// Advances to each poll_timeout up to `until`, returning the times transmits happened.
+    fn run_until(ep: &mut Endpoint, start: Instant, until: Duration) -> Vec<Duration> {
+        let mut sent = Vec::new();
+        while let Some(at) = ep.poll_timeout() {
+            if at > start + until {
+                break;
+            }
+            ep.handle_timeout(at);
+            for _ in transmits(ep) {
+                sent.push(at - start);
+            }
+        }
+        sent
+    }
+
+    fn ms(v: &[u64]) -> Vec<Duration> {
+        v.iter().map(|&m| Duration::from_millis(m)).collect()
+    }
+
+    #[test]
+    fn new_invite_gets_100_trying_before_request_event() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        ep.handle_message(now, udp(), invite().as_bytes());
+        let sent = transmits(&mut ep);
+        let trying = response(&sent[0]);
+        assert_eq!(trying.status, 100);
+        assert!(trying.headers.get("Server").is_some());
+        assert!(matches!(
+            events(&mut ep).as_slice(),
+            [Event::Request { .. }]
+        ));
+        assert_eq!(ep.transaction_count(), 1);
+    }
+
+    #[test]
+    fn invite_retransmission_gets_same_response_without_new_event() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        ep.handle_message(now, udp(), invite().as_bytes());
+        assert_eq!(statuses(&transmits(&mut ep)), [100]);
+        ep.respond(now, tx, answer(&req, 180));
+        transmits(&mut ep);
+        ep.handle_message(now, udp(), invite().as_bytes());
+        assert_eq!(statuses(&transmits(&mut ep)), [180]);
+        assert!(events(&mut ep).is_empty());
+    }
+
+    #[test]
+    fn invite_retransmission_after_final_gets_final() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        ep.respond(now, tx, answer(&req, 486));
+        transmits(&mut ep);
+        ep.handle_message(now, udp(), invite().as_bytes());
+        assert_eq!(statuses(&transmits(&mut ep)), [486]);
+        assert!(events(&mut ep).is_empty());
+    }
+
+    #[test]
+    fn timer_g_doubles_to_t2() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        ep.respond(now, tx, answer(&req, 486));
+        assert_eq!(statuses(&transmits(&mut ep)), [486]);
+        let sent = run_until(&mut ep, now, Duration::from_millis(15_500));
+        assert_eq!(sent, ms(&[500, 1500, 3500, 7500, 11_500, 15_500]));
+    }
+
+    #[test]
+    fn timer_h_ends_invite_without_ack() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        ep.respond(now, tx, answer(&req, 486));
+        run_until(&mut ep, now, Duration::from_secs(32));
+        assert_eq!(ep.transaction_count(), 0);
+        assert!(events(&mut ep).is_empty());
+        assert_eq!(ep.poll_timeout(), None);
+    }
+
+    #[test]
+    fn ack_for_non_2xx_is_absorbed_and_timer_i_ends_tx() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        ep.respond(now, tx, answer(&req, 486));
+        transmits(&mut ep);
+        let ack = request_text("ACK", "z9hG4bKinv", 1, "");
+        ep.handle_message(now, udp(), ack.as_bytes());
+        assert!(events(&mut ep).is_empty());
+        // Timer I (T4) then gone, without any further 486.
+        assert_eq!(ep.poll_timeout(), Some(now + Duration::from_secs(5)));
+        ep.handle_timeout(now + Duration::from_secs(5));
+        assert!(transmits(&mut ep).is_empty());
+        assert_eq!(ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn reliable_non_2xx_is_not_retransmitted_and_ack_ends_tx_at_once() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, flow(Transport::Tcp));
+        ep.respond(now, tx, answer(&req, 486));
+        transmits(&mut ep);
+        assert_eq!(ep.poll_timeout(), Some(now + Duration::from_secs(32)));
+        let ack = request_text("ACK", "z9hG4bKinv", 1, "");
+        ep.handle_message(now, flow(Transport::Tcp), ack.as_bytes());
+        assert_eq!(ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn two_xx_is_retransmitted_until_ack_with_new_branch() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        ep.respond(now, tx, answer(&req, 200));
+        assert_eq!(statuses(&transmits(&mut ep)), [200]);
+        let sent = run_until(&mut ep, now, Duration::from_millis(3500));
+        assert_eq!(sent, ms(&[500, 1500, 3500]));
+        let ack = request_text("ACK", "z9hG4bKack", 1, "");
+        ep.handle_message(now + Duration::from_secs(4), udp(), ack.as_bytes());
+        assert!(matches!(events(&mut ep).as_slice(), [Event::Ack { .. }]));
+        assert!(run_until(&mut ep, now, Duration::from_secs(60)).is_empty());
+        assert!(events(&mut ep).is_empty(), "no AckTimeout after the ACK");
+        assert_eq!(ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn ack_retransmission_for_2xx_is_passed_up_once() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        ep.respond(now, tx, answer(&req, 200));
+        let ack = request_text("ACK", "z9hG4bKack", 1, "");
+        ep.handle_message(now, udp(), ack.as_bytes());
+        ep.handle_message(now, udp(), ack.as_bytes());
+        assert_eq!(events(&mut ep).len(), 1);
+    }
+
+    #[test]
+    fn ack_timeout_after_64_t1_without_ack() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        ep.respond(now, tx, answer(&req, 200));
+        transmits(&mut ep);
+        let sent = run_until(&mut ep, now, Duration::from_secs(32));
+        // 0.5, 1.5, 3.5, 7.5 then every T2 until 31.5 (32 s ends it instead).
+        assert_eq!(sent.len(), 10);
+        match events(&mut ep).as_slice() {
+            [
+                Event::AckTimeout {
+                    tx: t,
+                    call_id,
+                    local_tag,
+                    remote_tag,
+                },
+            ] => {
+                assert_eq!(*t, tx);
+                assert_eq!(call_id, "call-1");
+                assert_eq!(local_tag, "local1");
+                assert_eq!(remote_tag, "from1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn invite_retransmission_after_2xx_gets_2xx_again() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        ep.respond(now, tx, answer(&req, 200));
+        transmits(&mut ep);
+        let ack = request_text("ACK", "z9hG4bKack", 1, "");
+        ep.handle_message(now, udp(), ack.as_bytes());
+        events(&mut ep);
+        ep.handle_message(now, udp(), invite().as_bytes());
+        assert_eq!(statuses(&transmits(&mut ep)), [200]);
+        assert!(events(&mut ep).is_empty());
+    }
+
+    #[test]
+    fn reliable_2xx_is_not_retransmitted_but_ack_timeout_still_fires() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, flow(Transport::Tls));
+        ep.respond(now, tx, answer(&req, 200));
+        transmits(&mut ep);
+        assert!(run_until(&mut ep, now, Duration::from_secs(32)).is_empty());
+        assert!(matches!(
+            events(&mut ep).as_slice(),
+            [Event::AckTimeout { .. }]
+        ));
+    }
+
+    #[test]
+    fn unmatched_ack_is_passed_up() {
+        let mut ep = endpoint();
+        let ack = request_text("ACK", "z9hG4bKzzz", 9, "");
+        ep.handle_message(Instant::now(), udp(), ack.as_bytes());
+        assert!(matches!(events(&mut ep).as_slice(), [Event::Ack { .. }]));
+        assert!(transmits(&mut ep).is_empty());
+    }
+
+    #[test]
+    fn non_invite_final_is_resent_on_retransmission_until_timer_j() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let bye = request_text("BYE", "z9hG4bKbye", 2, "");
+        ep.handle_message(now, udp(), bye.as_bytes());
+        let (tx, request) = one_request(&mut ep);
+        // No 100 for non-INVITE, and a retransmission before the answer is absorbed.
+        assert!(transmits(&mut ep).is_empty());
+        ep.handle_message(now, udp(), bye.as_bytes());
+        assert!(transmits(&mut ep).is_empty());
+        ep.respond(now, tx, answer(&request, 200));
+        assert_eq!(statuses(&transmits(&mut ep)), [200]);
+        ep.handle_message(now, udp(), bye.as_bytes());
+        assert_eq!(statuses(&transmits(&mut ep)), [200]);
+        assert!(events(&mut ep).is_empty());
+        assert_eq!(ep.poll_timeout(), Some(now + Duration::from_secs(32)));
+        ep.handle_timeout(now + Duration::from_secs(32));
+        assert_eq!(ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn non_invite_over_tcp_ends_at_final_response() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let bye = request_text("BYE", "z9hG4bKbye", 2, "");
+        ep.handle_message(now, flow(Transport::Tcp), bye.as_bytes());
+        let (tx, request) = one_request(&mut ep);
+        ep.respond(now, tx, answer(&request, 200));
+        assert_eq!(ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn unanswered_non_invite_is_dropped_after_64_t1() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let opts = request_text("OPTIONS", "z9hG4bKo", 2, "");
+        ep.handle_message(now, udp(), opts.as_bytes());
+        ep.handle_timeout(now + Duration::from_secs(32));
+        assert_eq!(ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn cancel_before_final_emits_event_and_200() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, _) = start_invite(&mut ep, now, udp());
+        let cancel = request_text("CANCEL", "z9hG4bKinv", 1, "");
+        ep.handle_message(now, udp(), cancel.as_bytes());
+        let sent = transmits(&mut ep);
+        let ok = response(&sent[0]);
+        assert_eq!(ok.status, 200);
+        assert_eq!(ok.headers.get("CSeq"), Some("1 CANCEL"));
+        assert!(ok.headers.get("To").unwrap().contains("tag="));
+        match events(&mut ep).as_slice() {
+            [Event::Cancel { invite_tx, request }] => {
+                assert_eq!(*invite_tx, tx);
+                assert_eq!(request.method, Method::Cancel);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A retransmitted CANCEL gets the same 200 and no second event.
+        ep.handle_message(now, udp(), cancel.as_bytes());
+        assert_eq!(sent[0].data, transmits(&mut ep)[0].data);
+        assert!(events(&mut ep).is_empty());
+    }
+
+    #[test]
+    fn cancel_after_final_gets_200_without_event() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        ep.respond(now, tx, answer(&req, 200));
+        transmits(&mut ep);
+        let cancel = request_text("CANCEL", "z9hG4bKinv", 1, "");
+        ep.handle_message(now, udp(), cancel.as_bytes());
+        let ok = response(&transmits(&mut ep)[0]);
+        assert_eq!(ok.status, 200);
+        assert!(ok.headers.get("To").unwrap().contains("tag=local1"));
+        assert!(events(&mut ep).is_empty());
+    }
+
+    #[test]
+    fn cancel_without_match_gets_481() {
+        let mut ep = endpoint();
+        let cancel = request_text("CANCEL", "z9hG4bKnone", 1, "");
+        ep.handle_message(Instant::now(), udp(), cancel.as_bytes());
+        let r = response(&transmits(&mut ep)[0]);
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (481, "Call/Transaction Does Not Exist")
+        );
+        assert!(events(&mut ep).is_empty());
+    }
+
+    #[test]
+    fn rport_response_goes_to_source_port() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let text = request_text("INVITE", "z9hG4bKr", 1, ";rport");
+        ep.handle_message(now, udp(), text.as_bytes());
+        let sent = transmits(&mut ep);
+        assert_eq!(sent[0].flow.remote, SRC.parse::<SocketAddr>().unwrap());
+        assert_eq!(sent[0].flow.local, LOCAL.parse::<SocketAddr>().unwrap());
+        let via = response(&sent[0]).headers.get("Via").unwrap().to_string();
+        assert!(via.contains(";rport=40000"), "{via}");
+        assert!(via.contains(";received=192.0.2.5"), "{via}");
+    }
+
+    #[test]
+    fn without_rport_response_goes_to_sent_by_port() {
+        let mut ep = endpoint();
+        ep.handle_message(Instant::now(), udp(), invite().as_bytes());
+        let sent = transmits(&mut ep);
+        assert_eq!(
+            sent[0].flow.remote,
+            "192.0.2.5:5060".parse::<SocketAddr>().unwrap()
+        );
+        // Sent-by host equals the source: no received.
+        assert!(
+            !response(&sent[0])
+                .headers
+                .get("Via")
+                .unwrap()
+                .contains("received")
+        );
+    }
+
+    #[test]
+    fn received_is_added_when_sent_by_differs_from_source() {
+        let mut ep = endpoint();
+        let text = invite().replace("192.0.2.5:5060;branch", "pbx.example:5080;branch");
+        ep.handle_message(Instant::now(), udp(), text.as_bytes());
+        let sent = transmits(&mut ep);
+        assert_eq!(
+            sent[0].flow.remote,
+            "192.0.2.5:5080".parse::<SocketAddr>().unwrap()
+        );
+        let (_, request) = one_request(&mut ep);
+        assert!(
+            request
+                .headers
+                .get("Via")
+                .unwrap()
+                .ends_with(";received=192.0.2.5")
+        );
+    }
+
+    #[test]
+    fn only_the_top_via_is_stamped() {
+        let mut ep = endpoint();
+        let text = invite().replace(
+            "Via: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKinv",
+            "Via: SIP/2.0/UDP a.example;branch=z9hG4bKinv;rport, SIP/2.0/UDP b.example;rport",
+        );
+        ep.handle_message(Instant::now(), udp(), text.as_bytes());
+        let via = response(&transmits(&mut ep)[0])
+            .headers
+            .get("Via")
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            via,
+            "SIP/2.0/UDP a.example;branch=z9hG4bKinv;rport=40000;received=192.0.2.5, \
+             SIP/2.0/UDP b.example;rport"
+        );
+    }
+
+    #[test]
+    fn tcp_response_uses_the_request_connection_then_reconnects() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, flow(Transport::Tcp));
+        ep.handle_connection_closed(now, ConnId(1));
+        ep.respond(now, tx, answer(&req, 486));
+        let sent = transmits(&mut ep);
+        assert_eq!(sent[0].flow.conn, None);
+        assert_eq!(
+            sent[0].flow.remote,
+            "192.0.2.5:5060".parse::<SocketAddr>().unwrap()
+        );
+
+        let mut ep = endpoint();
+        ep.handle_message(now, flow(Transport::Tcp), invite().as_bytes());
+        assert_eq!(transmits(&mut ep)[0].flow, flow(Transport::Tcp));
+    }
+
+    #[test]
+    fn tls_reconnect_defaults_to_port_5061() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let text = invite().replace("192.0.2.5:5060;branch", "192.0.2.5;branch");
+        ep.handle_message(now, flow(Transport::Tls), text.as_bytes());
+        let (tx, request) = one_request(&mut ep);
+        ep.handle_connection_closed(now, ConnId(1));
+        ep.respond(now, tx, answer(&request, 486));
+        let sent = transmits(&mut ep);
+        assert_eq!(
+            sent[1].flow.remote,
+            "192.0.2.5:5061".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn malformed_request_gets_400_with_warning() {
+        let mut ep = endpoint();
+        let text = invite().replace("CSeq: 1 INVITE", "CSeq: 1 BYE");
+        ep.handle_message(Instant::now(), udp(), text.as_bytes());
+        let r = response(&transmits(&mut ep)[0]);
+        assert_eq!(r.status, 400);
+        assert!(r.reason.contains("CSeq method"), "{}", r.reason);
+        let warning = r.headers.get("Warning").unwrap();
+        assert!(warning.starts_with("399 reel \"CSeq method"), "{warning}");
+        assert!(r.headers.get("To").unwrap().contains(";tag="));
+        assert!(r.headers.get("Server").is_some());
+        assert!(matches!(
+            events(&mut ep).as_slice(),
+            [Event::Malformed { .. }]
+        ));
+        assert_eq!(ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn bad_content_length_gets_400() {
+        let mut ep = endpoint();
+        let text = invite().replace("Content-Length: 0", "Content-Length: 50");
+        ep.handle_message(Instant::now(), udp(), text.as_bytes());
+        let r = response(&transmits(&mut ep)[0]);
+        assert_eq!(r.status, 400);
+        assert!(r.reason.contains("Content-Length"));
+    }
+
+    #[test]
+    fn request_missing_call_id_is_dropped_as_malformed() {
+        let mut ep = endpoint();
+        let text = invite().replace("Call-ID: call-1\r\n", "");
+        ep.handle_message(Instant::now(), udp(), text.as_bytes());
+        assert!(transmits(&mut ep).is_empty());
+        match events(&mut ep).as_slice() {
+            [Event::Malformed { reason, .. }] => assert!(reason.contains("Call-ID")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_sip_version_gets_505() {
+        let mut ep = endpoint();
+        let text = invite().replace("sip:srs@10.0.0.1 SIP/2.0", "sip:srs@10.0.0.1 SIP/3.0");
+        ep.handle_message(Instant::now(), udp(), text.as_bytes());
+        let r = response(&transmits(&mut ep)[0]);
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (505, "Version Not Supported")
+        );
+    }
+
+    #[test]
+    fn garbage_emits_malformed_only() {
+        let mut ep = endpoint();
+        ep.handle_message(Instant::now(), udp(), b"\x00\x01hello\xff\r\n\r\n");
+        assert!(transmits(&mut ep).is_empty());
+        assert!(matches!(
+            events(&mut ep).as_slice(),
+            [Event::Malformed { .. }]
+        ));
+    }
+
+    #[test]
+    fn response_without_transaction_is_dropped() {
+        let mut ep = endpoint();
+        let text = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKx\r\n\
+                    CSeq: 1 BYE\r\nCall-ID: c\r\n\r\n";
+        ep.handle_message(Instant::now(), udp(), text.as_bytes());
+        assert!(events(&mut ep).is_empty());
+        assert!(transmits(&mut ep).is_empty());
+    }
+
+    #[test]
+    fn rfc2543_retransmission_matches_without_magic_cookie() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let text = invite().replace("branch=z9hG4bKinv", "branch=old1");
+        ep.handle_message(now, udp(), text.as_bytes());
+        ep.handle_message(now, udp(), text.as_bytes());
+        assert_eq!(statuses(&transmits(&mut ep)), [100, 100]);
+        assert_eq!(events(&mut ep).len(), 1);
+        // Same Call-ID, higher CSeq: a new transaction.
+        let next = text.replace("CSeq: 1 INVITE", "CSeq: 2 INVITE");
+        ep.handle_message(now, udp(), next.as_bytes());
+        assert_eq!(events(&mut ep).len(), 1);
+        assert_eq!(ep.transaction_count(), 2);
+    }
+
+    #[test]
+    fn same_branch_different_sent_by_is_a_different_transaction() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        ep.handle_message(now, udp(), invite().as_bytes());
+        let other = invite().replace("192.0.2.5:5060;branch", "192.0.2.6:5060;branch");
+        ep.handle_message(now, udp(), other.as_bytes());
+        assert_eq!(events(&mut ep).len(), 2);
+    }
+
+    fn bye() -> Request {
+        Request {
+            method: Method::Bye,
+            uri: "sip:src@192.0.2.5".into(),
+            headers: {
+                let mut h = crate::sip::Headers::new();
+                h.push("From", "<sip:srs@10.0.0.1>;tag=local1");
+                h.push("To", "<sip:src@192.0.2.5>;tag=from1");
+                h.push("Call-ID", "call-1");
+                h.push("CSeq", "1 BYE");
+                h
+            },
+            body: Vec::new(),
+        }
+    }
+
+    fn peer_flow() -> Flow {
+        Flow {
+            remote: "192.0.2.5:5060".parse().unwrap(),
+            ..udp()
+        }
+    }
+
+    /// A response from the peer to what the endpoint sent in `t`.
+    fn reply_to(t: &Transmit, status: u16) -> Vec<u8> {
+        let Ok(Message::Request(req)) = parse_message(&t.data) else {
+            panic!()
+        };
+        Response::for_request(&req, status, "").encode()
+    }
+
+    #[test]
+    fn client_request_gets_via_branch_rport_and_max_forwards() {
+        let mut ep = endpoint();
+        ep.send_request(Instant::now(), bye(), peer_flow());
+        let sent = transmits(&mut ep);
+        let Ok(Message::Request(req)) = parse_message(&sent[0].data) else {
+            panic!()
+        };
+        let via = Via::parse(req.headers.get("Via").unwrap()).unwrap();
+        assert_eq!(via.transport, "UDP");
+        assert_eq!((via.host.as_str(), via.port), ("10.0.0.1", Some(5060)));
+        assert!(via.branch().unwrap().starts_with("z9hG4bK"));
+        assert!(via.branch().unwrap().len() > 7 + 8);
+        assert_eq!(via.param("rport"), Some(None));
+        assert_eq!(req.headers.get("Max-Forwards"), Some("70"));
+        assert_eq!(req.headers.iter().next().unwrap().name, "Via");
+        assert_eq!(sent[0].flow, peer_flow());
+    }
+
+    #[test]
+    fn client_via_brackets_ipv6_local_address() {
+        let mut ep = endpoint();
+        let f = Flow {
+            local: "[2001:db8::1]:5060".parse().unwrap(),
+            remote: "[2001:db8::2]:5060".parse().unwrap(),
+            ..udp()
+        };
+        ep.send_request(Instant::now(), bye(), f);
+        let sent = transmits(&mut ep);
+        let text = String::from_utf8_lossy(&sent[0].data).to_string();
+        assert!(
+            text.contains("Via: SIP/2.0/UDP [2001:db8::1]:5060;branch="),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn timer_e_doubles_and_timer_f_times_out() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let tx = ep.send_request(now, bye(), peer_flow());
+        transmits(&mut ep);
+        let sent = run_until(&mut ep, now, Duration::from_secs(32));
+        assert_eq!(&sent[..5], ms(&[500, 1500, 3500, 7500, 11_500]).as_slice());
+        assert_eq!(sent.len(), 10);
+        assert!(matches!(events(&mut ep).as_slice(), [Event::ClientTimeout { tx: t }] if *t == tx));
+        assert_eq!(ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn timer_e_uses_t2_after_provisional() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        ep.send_request(now, bye(), peer_flow());
+        let first = transmits(&mut ep).remove(0);
+        ep.handle_message(now, peer_flow(), &reply_to(&first, 100));
+        let sent = run_until(&mut ep, now, Duration::from_millis(8500));
+        assert_eq!(sent, ms(&[500, 4500, 8500]));
+    }
+
+    #[test]
+    fn client_final_response_reported_once_then_timer_k() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let tx = ep.send_request(now, bye(), peer_flow());
+        let first = transmits(&mut ep).remove(0);
+        let ok = reply_to(&first, 200);
+        ep.handle_message(now, peer_flow(), &ok);
+        ep.handle_message(now, peer_flow(), &ok);
+        match events(&mut ep).as_slice() {
+            [Event::Response { tx: t, response }] => {
+                assert_eq!(*t, tx);
+                assert_eq!(response.status, 200);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ep.poll_timeout(), Some(now + Duration::from_secs(5)));
+        assert!(run_until(&mut ep, now, Duration::from_secs(5)).is_empty());
+        assert_eq!(ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn response_with_other_cseq_method_does_not_match() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        ep.send_request(now, bye(), peer_flow());
+        let first = transmits(&mut ep).remove(0);
+        let text = String::from_utf8(reply_to(&first, 200)).unwrap();
+        let text = text.replace("1 BYE", "1 INFO");
+        ep.handle_message(now, peer_flow(), text.as_bytes());
+        assert!(events(&mut ep).is_empty());
+    }
+
+    #[test]
+    fn client_tx_fails_when_connection_closes() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let tx = ep.send_request(now, bye(), flow(Transport::Tcp));
+        assert_eq!(ep.poll_timeout(), Some(now + Duration::from_secs(32)));
+        ep.handle_connection_closed(now, ConnId(1));
+        assert!(matches!(events(&mut ep).as_slice(), [Event::ClientTimeout { tx: t }] if *t == tx));
+        assert_eq!(ep.transaction_count(), 0);
+    }
+
+    #[test]
+    fn poll_timeout_is_the_earliest_deadline() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        assert_eq!(ep.poll_timeout(), None);
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        // The INVITE tx waits for the user: no timer.
+        assert_eq!(ep.poll_timeout(), None);
+        ep.send_request(now + Duration::from_millis(100), bye(), peer_flow());
+        assert_eq!(ep.poll_timeout(), Some(now + Duration::from_millis(600)));
+        ep.respond(now + Duration::from_millis(50), tx, answer(&req, 486));
+        assert_eq!(ep.poll_timeout(), Some(now + Duration::from_millis(550)));
+    }
+
+    #[test]
+    fn respond_to_unknown_or_finished_tx_is_ignored() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let (tx, req) = start_invite(&mut ep, now, udp());
+        ep.respond(now, TxId(999), answer(&req, 200));
+        assert!(transmits(&mut ep).is_empty());
+        ep.respond(now, tx, answer(&req, 486));
+        ep.respond(now, tx, answer(&req, 200));
+        assert_eq!(statuses(&transmits(&mut ep)), [486]);
+    }
+
+    #[test]
+    fn seeded_endpoints_are_deterministic() {
+        let run = || {
+            let mut ep = endpoint();
+            ep.send_request(Instant::now(), bye(), peer_flow());
+            transmits(&mut ep).remove(0).data
+        };
+        assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn many_calls_leave_no_transactions_behind() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        for i in 0..50u32 {
+            let text = invite().replace("z9hG4bKinv", &format!("z9hG4bK{i}"));
+            let text = text.replace("call-1", &format!("call-{i}"));
+            ep.handle_message(now, udp(), text.as_bytes());
+        }
+        for event in events(&mut ep) {
+            if let Event::Request { tx, request, .. } = event {
+                ep.respond(now, tx, answer(&request, 603));
+            }
+        }
+        assert_eq!(ep.transaction_count(), 50);
+        ep.handle_timeout(now + Duration::from_secs(32));
+        assert_eq!(ep.transaction_count(), 0);
+        assert!(ep.server_index.is_empty() && ep.ack_index.is_empty());
+    }
+}
