@@ -190,3 +190,171 @@ impl Dialog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::message::{Message, parse_message};
+    use crate::sip::transaction::Transport;
+
+    fn flow() -> Flow {
+        Flow {
+            transport: Transport::Udp,
+            local: "10.0.0.1:5060".parse().unwrap(),
+            remote: "192.0.2.5:5060".parse().unwrap(),
+            conn: None,
+        }
+    }
+
+    fn invite(extra: &str) -> Request {
+        let text = format!(
+            "INVITE sip:srs@10.0.0.1 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 192.0.2.5;branch=z9hG4bK1\r\n\
+             From: \"Src\" <sip:src@192.0.2.5>;tag=rem\r\n\
+             To: <sip:srs@10.0.0.1>\r\n\
+             Call-ID: c1\r\n\
+             CSeq: 10 INVITE\r\n\
+             Contact: <sip:src@192.0.2.5:5070;transport=udp>;+sip.src\r\n\
+             {extra}\
+             Content-Length: 0\r\n\r\n"
+        );
+        match parse_message(text.as_bytes()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn in_dialog(method: &str, cseq: u32, contact: Option<&str>) -> Request {
+        let mut r = invite("");
+        r.method = Method::parse(method);
+        r.headers.set("CSeq", format!("{cseq} {method}"));
+        r.headers.remove("Contact");
+        if let Some(c) = contact {
+            r.headers.push("Contact", c);
+        }
+        r
+    }
+
+    #[test]
+    fn new_uas_takes_ids_target_and_seq() {
+        let d = Dialog::new_uas(&invite(""), "loc", flow()).unwrap();
+        assert_eq!(d.call_id, "c1");
+        assert_eq!(
+            (d.local_tag.as_str(), d.remote_tag.as_str()),
+            ("loc", "rem")
+        );
+        assert_eq!(d.local_uri, "<sip:srs@10.0.0.1>");
+        assert_eq!(d.remote_uri, "\"Src\" <sip:src@192.0.2.5>");
+        assert_eq!(d.remote_target, "sip:src@192.0.2.5:5070;transport=udp");
+        assert_eq!(d.remote_seq, 10);
+        assert!(d.route_set.is_empty());
+    }
+
+    #[test]
+    fn route_set_keeps_record_route_order() {
+        let req = invite("Record-Route: <sip:p1;lr>, <sip:p2;lr>\r\nRecord-Route: <sip:p3;lr>\r\n");
+        let d = Dialog::new_uas(&req, "loc", flow()).unwrap();
+        assert_eq!(d.route_set, ["<sip:p1;lr>", "<sip:p2;lr>", "<sip:p3;lr>"]);
+    }
+
+    #[test]
+    fn missing_from_tag_or_contact_is_400() {
+        let mut req = invite("");
+        req.headers.set("From", "<sip:src@192.0.2.5>");
+        assert_eq!(Dialog::new_uas(&req, "l", flow()).unwrap_err().status, 400);
+        let mut req = invite("");
+        req.headers.remove("Contact");
+        assert_eq!(Dialog::new_uas(&req, "l", flow()).unwrap_err().status, 400);
+        let mut req = invite("");
+        req.headers.set("Contact", "*");
+        assert_eq!(Dialog::new_uas(&req, "l", flow()).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn lower_or_equal_cseq_is_500_out_of_order() {
+        let mut d = Dialog::new_uas(&invite(""), "loc", flow()).unwrap();
+        for seq in [9, 10] {
+            let err = d.on_request(&in_dialog("BYE", seq, None)).unwrap_err();
+            assert_eq!(
+                (err.status, err.reason.as_str()),
+                (500, "CSeq out of order")
+            );
+        }
+        assert_eq!(d.on_request(&in_dialog("BYE", 11, None)), Ok(()));
+        assert_eq!(d.remote_seq, 11);
+    }
+
+    #[test]
+    fn ack_and_cancel_skip_the_cseq_check() {
+        let mut d = Dialog::new_uas(&invite(""), "loc", flow()).unwrap();
+        assert_eq!(d.on_request(&in_dialog("ACK", 10, None)), Ok(()));
+        assert_eq!(d.remote_seq, 10);
+    }
+
+    #[test]
+    fn target_refresh_updates_remote_target() {
+        let mut d = Dialog::new_uas(&invite(""), "loc", flow()).unwrap();
+        d.on_request(&in_dialog("UPDATE", 11, Some("<sip:new@192.0.2.9>")))
+            .unwrap();
+        assert_eq!(d.remote_target, "sip:new@192.0.2.9");
+        d.on_request(&in_dialog("INFO", 12, Some("<sip:other@192.0.2.9>")))
+            .unwrap();
+        assert_eq!(
+            d.remote_target, "sip:new@192.0.2.9",
+            "INFO is no target refresh"
+        );
+        d.on_request(&in_dialog("INVITE", 13, None)).unwrap();
+        assert_eq!(d.remote_target, "sip:new@192.0.2.9");
+    }
+
+    #[test]
+    fn make_request_builds_in_dialog_bye() {
+        let req = invite("Record-Route: <sip:p1.example;lr>, <sip:p2.example;lr>\r\n");
+        let mut d = Dialog::new_uas(&req, "loc", flow()).unwrap();
+        let bye = d.make_request(Method::Bye);
+        assert_eq!(bye.uri, "sip:src@192.0.2.5:5070;transport=udp");
+        let routes: Vec<&str> = bye.headers.get_all("Route").collect();
+        assert_eq!(routes, ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]);
+        assert_eq!(bye.headers.get("From"), Some("<sip:srs@10.0.0.1>;tag=loc"));
+        assert_eq!(
+            bye.headers.get("To"),
+            Some("\"Src\" <sip:src@192.0.2.5>;tag=rem")
+        );
+        assert_eq!(bye.headers.get("Call-ID"), Some("c1"));
+        assert_eq!(bye.headers.get("CSeq"), Some("1 BYE"));
+        assert_eq!(bye.headers.get("Max-Forwards"), Some("70"));
+        assert_eq!(bye.headers.get("Content-Length"), Some("0"));
+        assert!(bye.headers.get("Via").is_none());
+        assert_eq!(
+            d.make_request(Method::Bye).headers.get("CSeq"),
+            Some("2 BYE")
+        );
+    }
+
+    #[test]
+    fn strict_router_gets_the_request_uri() {
+        let req = invite("Record-Route: <sip:strict.example>, <sip:p2.example;lr>\r\n");
+        let mut d = Dialog::new_uas(&req, "loc", flow()).unwrap();
+        let bye = d.make_request(Method::Bye);
+        assert_eq!(bye.uri, "sip:strict.example");
+        let routes: Vec<&str> = bye.headers.get_all("Route").collect();
+        assert_eq!(
+            routes,
+            [
+                "<sip:p2.example;lr>",
+                "<sip:src@192.0.2.5:5070;transport=udp>"
+            ]
+        );
+    }
+
+    #[test]
+    fn tag_response_adds_our_tag_once() {
+        let req = invite("");
+        let d = Dialog::new_uas(&req, "loc", flow()).unwrap();
+        let mut resp = Response::for_request(&req, 200, "");
+        d.tag_response(&mut resp);
+        assert_eq!(resp.headers.get("To"), Some("<sip:srs@10.0.0.1>;tag=loc"));
+        d.tag_response(&mut resp);
+        assert_eq!(resp.headers.get("To"), Some("<sip:srs@10.0.0.1>;tag=loc"));
+    }
+}
