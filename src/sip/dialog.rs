@@ -119,10 +119,10 @@ impl Dialog {
             });
         }
         self.remote_seq = cseq.seq;
-        if matches!(request.method, Method::Invite | Method::Update) {
-            if let Some(target) = contact_uri(request) {
-                self.remote_target = target;
-            }
+        if matches!(request.method, Method::Invite | Method::Update)
+            && let Some(target) = contact_uri(request)
+        {
+            self.remote_target = target;
         }
         Ok(())
     }

@@ -133,7 +133,7 @@ impl StreamFramer {
             return Ok(None);
         };
         let body_len = content_length(&self.buf[..head_end])?;
-        let total = head_end.checked_add(body_len).unwrap_or(usize::MAX);
+        let total = head_end.saturating_add(body_len);
         if total > self.max_message {
             return Err(FramingError {
                 reason: format!("message of {total} bytes exceeds {}", self.max_message),

@@ -701,10 +701,10 @@ impl Request {
         if cseq.method != self.method {
             return Err("CSeq method does not match the request method".to_string());
         }
-        if let Some(mf) = self.headers.get("Max-Forwards") {
-            if mf.trim().parse::<u8>().is_err() {
-                return Err("Invalid Max-Forwards header".to_string());
-            }
+        if let Some(mf) = self.headers.get("Max-Forwards")
+            && mf.trim().parse::<u8>().is_err()
+        {
+            return Err("Invalid Max-Forwards header".to_string());
         }
         Ok(())
     }
@@ -753,7 +753,20 @@ impl Response {
 
 /// The standard reason phrase of a status code.
 pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
+    known_reason(status).unwrap_or(match status {
+        // RFC 3261 §21: an unknown code is treated as x00 of its class.
+        100..=199 => "Trying",
+        200..=299 => "OK",
+        300..=399 => "Multiple Choices",
+        400..=499 => "Bad Request",
+        500..=599 => "Server Internal Error",
+        600..=699 => "Global Failure",
+        _ => "Unknown",
+    })
+}
+
+fn known_reason(status: u16) -> Option<&'static str> {
+    Some(match status {
         100 => "Trying",
         180 => "Ringing",
         181 => "Call Is Being Forwarded",
@@ -826,15 +839,8 @@ pub fn reason_phrase(status: u16) -> &'static str {
         606 => "Not Acceptable",
         607 => "Unwanted",
         608 => "Rejected",
-        // RFC 3261 §21: an unknown code is treated as x00 of its class.
-        100..=199 => "Trying",
-        200..=299 => "OK",
-        300..=399 => "Multiple Choices",
-        400..=499 => "Bad Request",
-        500..=599 => "Server Internal Error",
-        600..=699 => "Global Failure",
-        _ => "Unknown",
-    }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

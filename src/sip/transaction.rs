@@ -547,13 +547,13 @@ impl Endpoint {
     }
 
     fn retransmit_last(&mut self, id: TxId) {
-        if let Some(tx) = self.servers.get(&id) {
-            if let Some(data) = &tx.last_response {
-                self.transmits.push_back(Transmit {
-                    flow: tx.dest,
-                    data: data.clone(),
-                });
-            }
+        if let Some(tx) = self.servers.get(&id)
+            && let Some(data) = &tx.last_response
+        {
+            self.transmits.push_back(Transmit {
+                flow: tx.dest,
+                data: data.clone(),
+            });
         }
     }
 
