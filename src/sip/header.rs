@@ -533,6 +533,26 @@ mod tests {
     }
 
     #[test]
+    fn header_parsers_never_panic_on_odd_text() {
+        let alphabet: Vec<char> = "sip:@[]<>;=\"\\,? /:éü\u{1F600}0123abc".chars().collect();
+        let mut state: u64 = 0xdead_beef_cafe_f00d;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 24) as usize;
+            let text: String = (0..len)
+                .map(|i| alphabet[((state >> (i % 48)) as usize + i * 7) % alphabet.len()])
+                .collect();
+            let _ = NameAddr::parse(&text).map(|a| a.to_header_value());
+            let _ = Via::parse(&text).map(|v| v.to_header_value());
+            let _ = CSeq::parse(&text);
+            let _ = uri_host_port(&text);
+            let _ = uri_param(&text, "lr");
+        }
+    }
+
+    #[test]
     fn uri_param_lookup() {
         let uri = "sip:u@[::1]:5060;Transport=TCP;lr?h=1";
         assert_eq!(uri_param(uri, "transport"), Some(Some("TCP")));

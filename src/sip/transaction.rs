@@ -8,6 +8,12 @@
 //! to its INVITE (§9.2), answered 200 (or 481) here, and reported as [`Event::Cancel`].
 //! Client side: non-INVITE (Timers E, F, K) for the requests Reel sends itself (BYE).
 //! Responses go where §18.2.2 and RFC 3581 (rport) say.
+//!
+//! Memory: a transaction keeps one encoded message (its latest response, or its request) and
+//! a few ids; it is removed when its last timer fires. An unanswered non-INVITE request is
+//! dropped after 64*T1 (its client has given up by then); an INVITE waits for the user's final
+//! response, which the user must always send. Malformed input is reported as
+//! [`Event::Malformed`] whether or not a 400/505 could be sent for it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -402,7 +408,8 @@ impl Endpoint {
                     let reason = problem
                         .map(|(_, p)| p)
                         .unwrap_or_else(|| "Missing Via header".to_string());
-                    self.reject(flow, &request, status_of(&raw.version, version_ok), &reason);
+                    let status = if version_ok { 400 } else { 505 };
+                    self.reject(flow, &request, status, &reason);
                     return;
                 };
                 self.handle_request(now, flow, request, &top, via);
@@ -943,12 +950,6 @@ impl Endpoint {
     pub fn transaction_count(&self) -> usize {
         self.servers.len() + self.clients.len()
     }
-}
-
-/// The status for a request refused before any transaction exists.
-fn status_of(version: &str, version_ok: bool) -> u16 {
-    let _ = version;
-    if version_ok { 400 } else { 505 }
 }
 
 /// §18.2.1 and RFC 3581 §4: `received` when the sent-by host is not the source address, and
@@ -1747,6 +1748,50 @@ mod tests {
             transmits(&mut ep).remove(0).data
         };
         assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn mangled_messages_never_panic_the_endpoint() {
+        let mut ep = endpoint();
+        let mut now = Instant::now();
+        let mut state: u64 = 0x1234_5678_9abc_def1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let texts = [
+            invite(),
+            request_text("ACK", "z9hG4bKinv", 1, ";rport"),
+            request_text("CANCEL", "z9hG4bKinv", 1, ""),
+            request_text("BYE", "nocookie", 2, ";rport=;received=x"),
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP [::1]:5060;branch=z9hG4bKx\r\nCSeq: 1 BYE\r\n\r\n"
+                .to_string(),
+        ];
+        for round in 0..3000 {
+            let mut data = texts[round % texts.len()].clone().into_bytes();
+            for _ in 0..(next() % 4) {
+                let i = (next() as usize) % data.len();
+                data[i] = next() as u8;
+            }
+            let f = if round % 2 == 0 {
+                udp()
+            } else {
+                flow(Transport::Tcp)
+            };
+            ep.handle_message(now, f, &data);
+            for event in events(&mut ep) {
+                if let Event::Request { tx, request, .. } = event {
+                    ep.respond(now, tx, Response::for_request(&request, 200, ""));
+                }
+            }
+            transmits(&mut ep);
+            now += Duration::from_millis(50);
+            ep.handle_timeout(now);
+        }
+        ep.handle_timeout(now + Duration::from_secs(40));
+        assert_eq!(ep.transaction_count(), 0);
     }
 
     #[test]
