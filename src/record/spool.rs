@@ -12,9 +12,7 @@ pub struct Spool {
 impl Spool {
     /// Creates `recordings/`, `spool/` and `quarantine/` under `data_dir` if missing.
     pub fn open(data_dir: &Path) -> io::Result<Spool> {
-        Ok(Spool {
-            data_dir: data_dir.to_path_buf(),
-        })
+        Ok(Spool { data_dir: data_dir.to_path_buf() })
     }
 
     pub fn data_dir(&self) -> &Path {

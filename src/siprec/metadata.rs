@@ -57,10 +57,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bytes: 256 * 1024,
-            max_depth: 32,
-        }
+        Limits { max_bytes: 256 * 1024, max_depth: 32 }
     }
 }
 

@@ -84,11 +84,8 @@ impl MediaDescription {
     }
 }
 
-pub const SUPPORTED_CRYPTO_SUITES: &[&str] = &[
-    "AES_CM_128_HMAC_SHA1_80",
-    "AES_CM_128_HMAC_SHA1_32",
-    "AEAD_AES_128_GCM",
-];
+pub const SUPPORTED_CRYPTO_SUITES: &[&str] =
+    &["AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32", "AEAD_AES_128_GCM"];
 
 /// What control decided for one offered `m=` line.
 #[derive(Clone, Debug, PartialEq, Eq)]
