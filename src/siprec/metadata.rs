@@ -1043,6 +1043,17 @@ mod tests {
     }
 
     #[test]
+    fn byte_order_mark_is_tolerated() {
+        let doc = parse("\u{FEFF}<?xml version='1.0'?><recording><stream id='S'/></recording>");
+        assert_eq!(doc.streams.len(), 1);
+    }
+
+    #[test]
+    fn empty_root_is_a_document() {
+        assert_eq!(parse("<recording/> trailing").streams.len(), 0);
+    }
+
+    #[test]
     fn cdata_text_is_read() {
         let doc =
             parse("<recording><stream id='S'><label><![CDATA[7]]></label></stream></recording>");

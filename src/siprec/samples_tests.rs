@@ -388,3 +388,54 @@ fn truncations_and_byte_flips_never_panic() {
         }
     }
 }
+
+/// The RFC 7865 example as AWS reproduced it: its `<naSRCme>` typo must be a clear error, and the
+/// document with the typo mended must read completely, its five extensions verbatim.
+#[test]
+fn rfc7865_reference_example() {
+    let path = Path::new(SAMPLES).join("metadata/rfc7865_appendix_example_via_aws_chime_docs.txt");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        println!("skipping: {} not found", path.display());
+        return;
+    };
+    let Some(start) = text.find("<?xml") else {
+        panic!("no XML in {}", path.display())
+    };
+    let xml = &text[start..];
+    let err = parse_metadata(xml.as_bytes(), &Limits::default()).unwrap_err();
+    assert!(
+        err.reason().starts_with("metadata: mismatched tag </name>"),
+        "{err}"
+    );
+
+    let mended = xml.replace("<naSRCme", "<name");
+    let doc = parse_metadata(mended.as_bytes(), &Limits::default()).unwrap();
+    assert_eq!(doc.session_id.as_deref(), Some("hVpd7YQgRW2nD22h7q60JQ=="));
+    assert_eq!(doc.participants.len(), 2);
+    assert_eq!(doc.streams.len(), 4);
+    assert_eq!(doc.extensions.len(), 5);
+    for ext in &doc.extensions {
+        assert!(
+            mended.contains(ext.as_str()),
+            "extension not verbatim: {ext}"
+        );
+    }
+    let mut metadata = Metadata::default();
+    metadata.apply(doc);
+    let alice = metadata.sender_of_label("96").unwrap();
+    assert_eq!(
+        (alice.aor.as_deref(), alice.name.as_deref()),
+        (Some("sip:alice@atlanta.com"), Some("Alice"))
+    );
+    assert_eq!(
+        metadata
+            .sender_of_label("98")
+            .and_then(|p| p.name.as_deref()),
+        Some("Bob")
+    );
+    assert!(
+        metadata
+            .warnings(&["96", "97", "98", "99"].map(String::from))
+            .is_empty()
+    );
+}
