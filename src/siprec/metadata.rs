@@ -59,6 +59,7 @@ pub struct Metadata {
     pub extensions: Vec<String>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_bytes: usize,
     pub max_depth: usize,

@@ -13,9 +13,14 @@ pub mod sdp;
 mod samples_tests;
 
 pub use error::BodyError;
-pub use metadata::{DataMode, Metadata, MetadataDoc, Participant, StreamInfo};
+pub use metadata::{
+    DataMode, Limits, Metadata, MetadataDoc, Participant, StreamInfo, parse_metadata,
+};
 pub use multipart::{BodyPart, split_body};
-pub use sdp::{Codec, Direction, MediaDescription, SessionDescription, StreamPlan};
+pub use sdp::{
+    Codec, Crypto, Direction, MediaDescription, SessionDescription, StreamPlan, answer_crypto,
+    build_answer, parse_sdp,
+};
 
 use crate::sip::Request;
 
