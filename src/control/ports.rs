@@ -104,8 +104,11 @@ mod tests {
     use super::*;
 
     fn free_range(len: u16) -> (u16, u16) {
-        // Find a free even block by binding an ephemeral socket and probing above it.
-        for base in (40000u16..60000).step_by(64) {
+        // Tests run in parallel: each call starts its search in its own stretch.
+        use std::sync::atomic::{AtomicU16, Ordering};
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let start = 41000 + NEXT.fetch_add(1, Ordering::SeqCst) * 512 + (std::process::id() % 64) as u16 * 64;
+        for base in (start..64000).step_by(64) {
             let ok = (base..base + len).all(|p| UdpSocket::bind(("0.0.0.0", p)).is_ok());
             if ok {
                 return (base, base + len - 1);

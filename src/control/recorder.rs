@@ -141,7 +141,10 @@ pub struct Recorder {
     by_invite_tx: HashMap<TxId, SessionKey>,
     next_key: u64,
     storage: VecDeque<StorageOp>,
-    draining: Option<Instant>,
+    /// Set by SIGTERM; never cleared.
+    draining: bool,
+    /// When the drain gives up waiting and ends the remaining sessions itself (cleared once done).
+    drain_deadline: Option<Instant>,
     disk_ok: bool,
     rng: rand::rngs::StdRng,
     pub stats: RecorderStats,
@@ -168,7 +171,8 @@ impl Recorder {
             by_invite_tx: HashMap::new(),
             next_key: 1,
             storage: VecDeque::new(),
-            draining: None,
+            draining: false,
+            drain_deadline: None,
             disk_ok: true,
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             stats: RecorderStats::default(),
@@ -239,8 +243,9 @@ impl Recorder {
         for key in expired {
             self.end_session(now, wall, key, "session-timer", true);
         }
-        if let Some(deadline) = self.draining {
+        if let Some(deadline) = self.drain_deadline {
             if now >= deadline {
+                self.drain_deadline = None;
                 let keys: Vec<SessionKey> = self.sessions.keys().copied().collect();
                 for key in keys {
                     self.end_session(now, wall, key, "shutdown", true);
@@ -252,18 +257,19 @@ impl Recorder {
     /// SIGTERM: refuse new sessions (503), let active ones finish; after the drain timeout Reel
     /// ends the rest itself with BYE.
     pub fn start_drain(&mut self, now: Instant) {
-        if self.draining.is_none() {
-            self.draining = Some(now + self.config.drain_timeout);
+        if !self.draining {
+            self.draining = true;
+            self.drain_deadline = Some(now + self.config.drain_timeout);
         }
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.is_some()
+        self.draining
     }
 
     /// Draining and nothing left to do: no session, no transaction still sending.
     pub fn is_drained(&self) -> bool {
-        self.draining.is_some()
+        self.draining
             && self.sessions.is_empty()
             && self.storage.is_empty()
             && self.endpoint.transaction_count() == 0
@@ -290,7 +296,7 @@ impl Recorder {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let sessions = self.sessions.values().filter_map(|s| s.session_timer.map(|(_, at)| at));
-        let all = sessions.chain(self.endpoint.poll_timeout()).chain(self.draining);
+        let all = sessions.chain(self.endpoint.poll_timeout()).chain(self.drain_deadline);
         all.min()
     }
 
@@ -366,7 +372,7 @@ impl Recorder {
     }
 
     fn on_options(&mut self, now: Instant, tx: TxId, req: &Request) {
-        if self.draining.is_some() {
+        if self.draining {
             return self.reply_503(now, tx, req, "Draining");
         }
         let mut resp = Response::for_request(req, 200, "OK");
@@ -383,7 +389,7 @@ impl Recorder {
         req: Request,
         flow: Flow,
     ) {
-        if self.draining.is_some() {
+        if self.draining {
             return self.reply_503(now, tx, &req, "Draining");
         }
         if self.sessions.len() >= self.config.max_sessions {

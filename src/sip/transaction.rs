@@ -420,8 +420,11 @@ impl Endpoint {
     /// Answers a request that cannot be served (400/505) when it carries what a response needs,
     /// and reports it either way.
     fn reject(&mut self, flow: Flow, request: &Request, status: u16, problem: &str) {
+        // The client matches a response by its top Via branch and CSeq (RFC 3261 §17.1.3), so
+        // those two are enough to tell it what is wrong, even when Call-ID, From or To is the
+        // missing piece.
         let answerable = request.method != Method::Ack
-            && ["Via", "From", "To", "Call-ID", "CSeq"]
+            && ["Via", "CSeq"]
                 .iter()
                 .all(|h| request.headers.get(h).is_some());
         let via = request
@@ -1509,11 +1512,15 @@ mod tests {
     }
 
     #[test]
-    fn request_missing_call_id_is_dropped_as_malformed() {
+    fn request_missing_call_id_gets_400_naming_it() {
         let mut ep = endpoint();
         let text = invite().replace("Call-ID: call-1\r\n", "");
         ep.handle_message(Instant::now(), udp(), text.as_bytes());
-        assert!(transmits(&mut ep).is_empty());
+        let sent = transmits(&mut ep);
+        assert_eq!(sent.len(), 1, "answered: Via and CSeq are enough to match the response");
+        let r = response(&sent[0]);
+        assert_eq!(r.status, 400);
+        assert!(r.reason.contains("Call-ID"), "{}", r.reason);
         match events(&mut ep).as_slice() {
             [Event::Malformed { reason, .. }] => assert!(reason.contains("Call-ID")),
             other => panic!("{other:?}"),
