@@ -352,10 +352,11 @@ fn drain_refuses_new_calls_lets_active_finish_then_is_drained() {
     let r = sim.finals().pop().expect("answer");
     assert_eq!(r.status, 503);
     assert!(r.headers.get("Retry-After").is_some());
-    assert!(!sim.rec.is_drained());
+    assert!(!sim.rec.is_drained(sim.now));
     bye(&mut sim, "active", &tag, 2);
-    sim.run_for(T1 * 64);
-    assert!(sim.rec.is_drained());
+    assert!(!sim.rec.is_drained(sim.now), "transactions linger a moment");
+    sim.run_for(reel::control::recorder::DRAIN_LINGER);
+    assert!(sim.rec.is_drained(sim.now));
     assert_eq!(sim.finalized().len(), 1);
 }
 

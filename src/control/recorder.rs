@@ -82,6 +82,9 @@ pub enum StorageOp {
     Abandon { id: String },
 }
 
+/// How long a drained recorder keeps answering retransmissions before it exits.
+pub const DRAIN_LINGER: Duration = Duration::from_secs(2);
+
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
 const ACCEPT: &str = "application/sdp, application/rs-metadata+xml, multipart/mixed";
 const SUPPORTED: &str = "siprec, timer";
@@ -145,6 +148,10 @@ pub struct Recorder {
     draining: bool,
     /// When the drain gives up waiting and ends the remaining sessions itself (cleared once done).
     drain_deadline: Option<Instant>,
+    /// Draining with no session left since then: transactions get a short linger to deliver
+    /// their last answers, not the full 64*T1 they keep to absorb retransmissions.
+    quiet_since: Option<Instant>,
+    linger_over: bool,
     disk_ok: bool,
     rng: rand::rngs::StdRng,
     pub stats: RecorderStats,
@@ -173,6 +180,8 @@ impl Recorder {
             storage: VecDeque::new(),
             draining: false,
             drain_deadline: None,
+            quiet_since: None,
+            linger_over: false,
             disk_ok: true,
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             stats: RecorderStats::default(),
@@ -232,6 +241,9 @@ impl Recorder {
     }
 
     pub fn handle_timeout(&mut self, now: Instant, wall: SystemTime) {
+        if self.quiet_since.is_some_and(|t| now >= t + DRAIN_LINGER) {
+            self.linger_over = true;
+        }
         self.endpoint.handle_timeout(now);
         self.process_events(now, wall);
         let expired: Vec<SessionKey> = self
@@ -267,12 +279,19 @@ impl Recorder {
         self.draining
     }
 
-    /// Draining and nothing left to do: no session, no transaction still sending.
-    pub fn is_drained(&self) -> bool {
-        self.draining
-            && self.sessions.is_empty()
-            && self.storage.is_empty()
-            && self.endpoint.transaction_count() == 0
+    /// Draining and nothing left to do: no session, no storage work, and either no live
+    /// transaction or [`DRAIN_LINGER`] passed since the last session ended.
+    pub fn is_drained(&mut self, now: Instant) -> bool {
+        if !self.draining || !self.sessions.is_empty() || !self.storage.is_empty() {
+            self.quiet_since = None;
+            self.linger_over = false;
+            return false;
+        }
+        let since = *self.quiet_since.get_or_insert(now);
+        if now >= since + DRAIN_LINGER {
+            self.linger_over = true;
+        }
+        self.endpoint.transaction_count() == 0 || self.linger_over
     }
 
     pub fn session_count(&self) -> usize {
@@ -296,7 +315,11 @@ impl Recorder {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let sessions = self.sessions.values().filter_map(|s| s.session_timer.map(|(_, at)| at));
-        let all = sessions.chain(self.endpoint.poll_timeout()).chain(self.drain_deadline);
+        let linger = self.quiet_since.filter(|_| !self.linger_over).map(|t| t + DRAIN_LINGER);
+        let all = sessions
+            .chain(self.endpoint.poll_timeout())
+            .chain(self.drain_deadline)
+            .chain(linger);
         all.min()
     }
 

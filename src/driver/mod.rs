@@ -178,7 +178,7 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
                 return Err(RunError::Runtime("the writer thread stopped".into()));
             }
         }
-        if recorder.is_drained() {
+        if recorder.is_drained(Instant::now()) {
             break;
         }
         let deadline = recorder.poll_timeout().map(tokio::time::Instant::from_std);
