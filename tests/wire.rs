@@ -21,11 +21,13 @@ fn bye_for(invite_text: &str, tag: &str, port: u16) -> String {
             .map(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()).unwrap_or_default())
             .unwrap_or_default()
     };
+    let cseq: u32 = field("CSeq").split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(1);
     format!(
-        "BYE sip:srs@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-bye-{tag};rport\r\nFrom: {}\r\nTo: {};tag={tag}\r\nCall-ID: {}\r\nCSeq: 999999999 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        "BYE sip:srs@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-bye-{tag};rport\r\nFrom: {}\r\nTo: {};tag={tag}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
         field("From"),
         field("To"),
-        field("Call-ID")
+        field("Call-ID"),
+        cseq + 1
     )
 }
 

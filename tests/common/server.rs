@@ -84,8 +84,16 @@ impl Server {
             std::fs::write(&path, text).expect("write config");
             cmd.arg("--config").arg(path);
         }
-        cmd.args(["--sip", &format!("127.0.0.1:{sip_port}")])
-            .args(["--http", &format!("127.0.0.1:{http_port}")])
+        // A test may bring its own --sip (IPv6 ...): its port is then the one to use.
+        let own_sip = extra.iter().position(|a| *a == "--sip").and_then(|i| extra.get(i + 1));
+        let sip_port = match own_sip {
+            Some(addr) => addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("--sip port"),
+            None => {
+                cmd.args(["--sip", &format!("127.0.0.1:{sip_port}")]);
+                sip_port
+            }
+        };
+        cmd.args(["--http", &format!("127.0.0.1:{http_port}")])
             .args(["--rtp-ports", &format!("{}-{}", rtp.0, rtp.1)])
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
