@@ -43,7 +43,9 @@ fn invite() -> Vec<u8> {
 /// What the recorder does with an INVITE before it answers: parse SIP, split the body, parse
 /// SDP and metadata, merge, choose codecs, build the SDP answer and the 200.
 fn handle(data: &[u8]) -> usize {
-    let Ok(Message::Request(req)) = parse_message(data) else { panic!("bench input parses") };
+    let Ok(Message::Request(req)) = parse_message(data) else {
+        panic!("bench input parses")
+    };
     let parts = split_body(req.headers.get("Content-Type"), &req.body).expect("parts");
     let mut offer = None;
     let mut metadata = Metadata::default();
@@ -61,7 +63,12 @@ fn handle(data: &[u8]) -> usize {
         .enumerate()
         .map(|(i, m)| {
             let (codec, te) = m.choose_codecs().expect("codec");
-            StreamPlan::Accepted { port: 40000 + 2 * i as u16, codec, telephone_event: te, crypto: None }
+            StreamPlan::Accepted {
+                port: 40000 + 2 * i as u16,
+                codec,
+                telephone_event: te,
+                crypto: None,
+            }
         })
         .collect();
     let ip: IpAddr = "198.51.100.20".parse().expect("ip");
@@ -77,12 +84,16 @@ fn bench(c: &mut Criterion) {
     let data = invite();
     eprintln!(
         "machine: {} cores; INVITE size {} bytes; command: cargo bench --bench sip_parse",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         data.len()
     );
     let mut g = c.benchmark_group("siprec_invite");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("parse_sip_only", |b| b.iter(|| parse_message(black_box(&data)).is_ok()));
+    g.bench_function("parse_sip_only", |b| {
+        b.iter(|| parse_message(black_box(&data)).is_ok())
+    });
     g.bench_function("parse_and_answer", |b| b.iter(|| handle(black_box(&data))));
     g.finish();
 }

@@ -31,54 +31,112 @@ enum Kind {
 }
 
 /// name, kind, help, value.
-type Def = (&'static str, Kind, &'static str, fn(&Snapshot) -> Vec<(String, u64)>);
+type Def = (
+    &'static str,
+    Kind,
+    &'static str,
+    fn(&Snapshot) -> Vec<(String, u64)>,
+);
 
 fn one(v: u64) -> Vec<(String, u64)> {
     vec![(String::new(), v)]
 }
 
 const DEFS: &[Def] = &[
-    ("reel_sessions_active", Kind::Gauge, "Recording sessions in progress.", |s| {
-        one(s.sessions_active)
-    }),
-    ("reel_sessions_started_total", Kind::Counter, "Recording sessions answered 200.", |s| {
-        one(s.sessions_started)
-    }),
-    ("reel_sessions_ended_total", Kind::Counter, "Recording sessions ended.", |s| {
-        one(s.sessions_ended)
-    }),
-    ("reel_sip_transactions", Kind::Gauge, "Live SIP transactions.", |s| {
-        one(s.sip_transactions)
-    }),
-    ("reel_sip_malformed_total", Kind::Counter, "SIP messages that could not be used.", |s| {
-        one(s.sip_malformed)
-    }),
-    ("reel_sip_messages_received_total", Kind::Counter, "SIP messages received by transport.", |s| {
-        s.sip_messages_received
-            .iter()
-            .map(|(t, v)| (format!("transport=\"{t}\""), *v))
-            .collect()
-    }),
-    ("reel_sip_rejected_total", Kind::Counter, "Requests answered with a failure, by status.", |s| {
-        s.sip_rejected.iter().map(|(c, v)| (format!("status=\"{c}\""), *v)).collect()
-    }),
-    ("reel_rtp_ports_in_use", Kind::Gauge, "RTP port pairs bound.", |s| one(s.rtp_ports_in_use)),
-    ("reel_rtp_ports_capacity", Kind::Gauge, "RTP port pairs in the range.", |s| {
-        one(s.rtp_ports_capacity)
-    }),
-    ("reel_recordings_finalized_total", Kind::Counter, "Recording folders written.", |s| {
-        one(s.recordings_finalized)
-    }),
-    ("reel_recordings_recovered_total", Kind::Counter, "Spooled sessions finalized at start.", |s| {
-        one(s.recordings_recovered)
-    }),
-    ("reel_storage_errors_total", Kind::Counter, "Failed spool or finalize operations.", |s| {
-        one(s.storage_errors)
-    }),
-    ("reel_draining", Kind::Gauge, "1 while draining after SIGTERM.", |s| one(s.draining as u64)),
-    ("reel_disk_ok", Kind::Gauge, "0 when free disk space is below the threshold.", |s| {
-        one(s.disk_ok as u64)
-    }),
+    (
+        "reel_sessions_active",
+        Kind::Gauge,
+        "Recording sessions in progress.",
+        |s| one(s.sessions_active),
+    ),
+    (
+        "reel_sessions_started_total",
+        Kind::Counter,
+        "Recording sessions answered 200.",
+        |s| one(s.sessions_started),
+    ),
+    (
+        "reel_sessions_ended_total",
+        Kind::Counter,
+        "Recording sessions ended.",
+        |s| one(s.sessions_ended),
+    ),
+    (
+        "reel_sip_transactions",
+        Kind::Gauge,
+        "Live SIP transactions.",
+        |s| one(s.sip_transactions),
+    ),
+    (
+        "reel_sip_malformed_total",
+        Kind::Counter,
+        "SIP messages that could not be used.",
+        |s| one(s.sip_malformed),
+    ),
+    (
+        "reel_sip_messages_received_total",
+        Kind::Counter,
+        "SIP messages received by transport.",
+        |s| {
+            s.sip_messages_received
+                .iter()
+                .map(|(t, v)| (format!("transport=\"{t}\""), *v))
+                .collect()
+        },
+    ),
+    (
+        "reel_sip_rejected_total",
+        Kind::Counter,
+        "Requests answered with a failure, by status.",
+        |s| {
+            s.sip_rejected
+                .iter()
+                .map(|(c, v)| (format!("status=\"{c}\""), *v))
+                .collect()
+        },
+    ),
+    (
+        "reel_rtp_ports_in_use",
+        Kind::Gauge,
+        "RTP port pairs bound.",
+        |s| one(s.rtp_ports_in_use),
+    ),
+    (
+        "reel_rtp_ports_capacity",
+        Kind::Gauge,
+        "RTP port pairs in the range.",
+        |s| one(s.rtp_ports_capacity),
+    ),
+    (
+        "reel_recordings_finalized_total",
+        Kind::Counter,
+        "Recording folders written.",
+        |s| one(s.recordings_finalized),
+    ),
+    (
+        "reel_recordings_recovered_total",
+        Kind::Counter,
+        "Spooled sessions finalized at start.",
+        |s| one(s.recordings_recovered),
+    ),
+    (
+        "reel_storage_errors_total",
+        Kind::Counter,
+        "Failed spool or finalize operations.",
+        |s| one(s.storage_errors),
+    ),
+    (
+        "reel_draining",
+        Kind::Gauge,
+        "1 while draining after SIGTERM.",
+        |s| one(s.draining as u64),
+    ),
+    (
+        "reel_disk_ok",
+        Kind::Gauge,
+        "0 when free disk space is below the threshold.",
+        |s| one(s.disk_ok as u64),
+    ),
 ];
 
 /// Renders the Prometheus text exposition format (version 0.0.4).
@@ -119,6 +177,9 @@ mod tests {
         let mut s = Snapshot::default();
         s.sip_rejected.insert(503, 7);
         let text = render(&s);
-        assert!(text.contains("reel_sip_rejected_total{status=\"503\"} 7"), "{text}");
+        assert!(
+            text.contains("reel_sip_rejected_total{status=\"503\"} 7"),
+            "{text}"
+        );
     }
 }

@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 use common::server::{Server, reel_bin};
 
 fn reel(args: &[&str]) -> std::process::Output {
-    Command::new(reel_bin()).args(args).stdin(Stdio::null()).output().expect("run reel")
+    Command::new(reel_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run reel")
 }
 
 fn write_config(text: &str) -> (tempfile::TempDir, String) {
@@ -23,9 +27,16 @@ fn write_config(text: &str) -> (tempfile::TempDir, String) {
 fn check_config_prints_the_example_configuration() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reel.example.toml");
     let out = reel(&["check-config", "--config", example]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("rtp_port") || text.contains("rtp_ports"), "{text}");
+    assert!(
+        text.contains("rtp_port") || text.contains("rtp_ports"),
+        "{text}"
+    );
     assert!(text.contains("data_dir"), "{text}");
 }
 
@@ -66,7 +77,12 @@ fn bad_flags_exit_2() {
         &["frobnicate"][..],
     ] {
         let out = reel(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!out.stderr.is_empty(), "{args:?} says why");
     }
 }
@@ -84,13 +100,24 @@ fn port_in_use_is_a_runtime_failure_exit_1() {
     let port = taken.local_addr().expect("addr").port();
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(reel_bin())
-        .args(["serve", "--sip", &format!("127.0.0.1:{port}"), "--http", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--sip",
+            &format!("127.0.0.1:{port}"),
+            "--http",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(dir.path())
         .stdin(Stdio::null())
         .output()
         .expect("run");
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -98,10 +125,17 @@ fn start_line_names_the_backend_and_why() {
     for (flag, expect) in [("auto", None), ("epoll", Some("epoll"))] {
         let server = Server::start(&["--io-backend", flag]);
         let log = server.log_text();
-        let line = log.lines().find(|l| l.contains("media I/O backend")).expect("backend line");
+        let line = log
+            .lines()
+            .find(|l| l.contains("media I/O backend"))
+            .expect("backend line");
         assert!(line.contains("reason"), "{line}");
         if let Some(e) = expect {
-            assert!(line.contains(&format!("backend=\"{e}\"")) || line.contains(&format!("backend={e}")), "{line}");
+            assert!(
+                line.contains(&format!("backend=\"{e}\""))
+                    || line.contains(&format!("backend={e}")),
+                "{line}"
+            );
         }
     }
 }
@@ -131,7 +165,10 @@ fn serve_runs_on_embedded_defaults() {
     }
     let client = common::client::UdpClient::new(5060);
     let options = common::sim::request("OPTIONS", "defaults", "z9hG4bK-def", 1, "", "", None, "")
-        .replace("198.51.100.7:5070", &format!("127.0.0.1:{}", client.local_port()));
+        .replace(
+            "198.51.100.7:5070",
+            &format!("127.0.0.1:{}", client.local_port()),
+        );
     client.send(options.as_bytes());
     let answer = client.response(200, Duration::from_secs(5));
     // SAFETY: kill(2) on our own child.
@@ -139,7 +176,11 @@ fn serve_runs_on_embedded_defaults() {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let status = child.wait().expect("wait");
-    assert!(healthy, "HTTP on 127.0.0.1:8080: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        healthy,
+        "HTTP on 127.0.0.1:8080: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert_eq!(answer.map(|r| r.status), Some(200), "SIP on UDP 5060");
     assert!(dir.path().join("reel-data").is_dir(), "data in ./reel-data");
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");

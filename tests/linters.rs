@@ -20,7 +20,11 @@ fn rustfmt_is_clean() {
         eprintln!("skipped: rustfmt is not installed for this toolchain");
         return;
     }
-    assert!(out.status.success(), "cargo fmt --check:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "cargo fmt --check:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]

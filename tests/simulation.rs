@@ -17,12 +17,30 @@ fn established(sim: &mut Sim, call_id: &str) -> String {
     assert_eq!(finals.len(), 1, "one final response");
     assert_eq!(finals[0].status, 200, "{}", finals[0].reason);
     let tag = to_tag(&finals[0]);
-    sim.send(&request("ACK", call_id, &format!("z9hG4bK-{call_id}-ack"), 1, &tag, "", None, ""));
+    sim.send(&request(
+        "ACK",
+        call_id,
+        &format!("z9hG4bK-{call_id}-ack"),
+        1,
+        &tag,
+        "",
+        None,
+        "",
+    ));
     tag
 }
 
 fn bye(sim: &mut Sim, call_id: &str, tag: &str, cseq: u32) {
-    sim.send(&request("BYE", call_id, &format!("z9hG4bK-{call_id}-bye{cseq}"), cseq, tag, "", None, ""));
+    sim.send(&request(
+        "BYE",
+        call_id,
+        &format!("z9hG4bK-{call_id}-bye{cseq}"),
+        cseq,
+        tag,
+        "",
+        None,
+        "",
+    ));
 }
 
 #[test]
@@ -36,14 +54,29 @@ fn basic_call_answers_recvonly_and_finalizes_on_bye() {
     let answer = body(ok);
     assert_eq!(answer.matches("m=audio ").count(), 2, "{answer}");
     assert_eq!(answer.matches("a=recvonly").count(), 2, "{answer}");
-    assert!(answer.contains("a=label:1") && answer.contains("a=label:2"), "{answer}");
+    assert!(
+        answer.contains("a=label:1") && answer.contains("a=label:2"),
+        "{answer}"
+    );
     assert!(ok.headers.get("Contact").unwrap_or("").contains("+sip.srs"));
     let tag = to_tag(ok);
-    sim.send(&request("ACK", "basic", "z9hG4bK-basic-ack", 1, &tag, "", None, ""));
+    sim.send(&request(
+        "ACK",
+        "basic",
+        "z9hG4bK-basic-ack",
+        1,
+        &tag,
+        "",
+        None,
+        "",
+    ));
     sim.run_for(Duration::from_secs(3));
     bye(&mut sim, "basic", &tag, 2);
     let finals = sim.finals();
-    assert_eq!(finals.iter().map(|r| r.status).collect::<Vec<_>>(), vec![200]);
+    assert_eq!(
+        finals.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![200]
+    );
     let done = sim.finalized();
     assert_eq!(done.len(), 1);
     let m = &done[0];
@@ -71,7 +104,11 @@ fn invite_retransmission_creates_one_session() {
     sim.send(&invite);
     sim.send(&invite);
     sim.send(&invite);
-    let begins = sim.storage.iter().filter(|op| matches!(op, StorageOp::Begin { .. })).count();
+    let begins = sim
+        .storage
+        .iter()
+        .filter(|op| matches!(op, StorageOp::Begin { .. }))
+        .count();
     assert_eq!(begins, 1, "retransmissions are absorbed by the transaction");
     assert!(sim.responses().iter().all(|r| r.status == 100));
     sim.ack_storage(true);
@@ -87,7 +124,10 @@ fn unacknowledged_200_is_retransmitted_then_session_ends_with_bye() {
     sim.run_for(T1 * 64 + Duration::from_millis(10));
     let retransmitted = sim.finals().iter().filter(|r| r.status == 200).count();
     // T1 doubling to T2 = 4 s inside 32 s: 0.5, 1, 2, 4, 4, 4 ... -> 10 retransmissions.
-    assert!((8..=11).contains(&retransmitted), "{retransmitted} retransmissions");
+    assert!(
+        (8..=11).contains(&retransmitted),
+        "{retransmitted} retransmissions"
+    );
     let byes = sim.requests();
     assert_eq!(byes.len(), 1, "Reel ends the dialog with BYE");
     assert_eq!(byes[0].method, reel::sip::Method::Bye);
@@ -101,7 +141,16 @@ fn cancel_before_answer_gets_487_and_no_recording() {
     let mut sim = Sim::new();
     sim.auto_store = false;
     sim.send(&siprec_invite("cancel", "z9hG4bK-cancel-1"));
-    sim.send(&request("CANCEL", "cancel", "z9hG4bK-cancel-1", 1, "", "", None, ""));
+    sim.send(&request(
+        "CANCEL",
+        "cancel",
+        "z9hG4bK-cancel-1",
+        1,
+        "",
+        "",
+        None,
+        "",
+    ));
     sim.ack_storage(true);
     let finals = sim.finals();
     let statuses: Vec<(u16, String)> = finals
@@ -110,9 +159,16 @@ fn cancel_before_answer_gets_487_and_no_recording() {
         .collect();
     assert!(statuses.contains(&(200, "1 CANCEL".into())), "{statuses:?}");
     assert!(statuses.contains(&(487, "1 INVITE".into())), "{statuses:?}");
-    assert!(!statuses.contains(&(200, "1 INVITE".into())), "{statuses:?}");
+    assert!(
+        !statuses.contains(&(200, "1 INVITE".into())),
+        "{statuses:?}"
+    );
     assert!(sim.finalized().is_empty());
-    assert!(sim.storage.iter().any(|op| matches!(op, StorageOp::Abandon { .. })));
+    assert!(
+        sim.storage
+            .iter()
+            .any(|op| matches!(op, StorageOp::Abandon { .. }))
+    );
     assert!(sim.ports.borrow().is_empty(), "ports released");
 }
 
@@ -120,7 +176,16 @@ fn cancel_before_answer_gets_487_and_no_recording() {
 fn cancel_after_answer_changes_nothing() {
     let mut sim = Sim::new();
     let tag = established(&mut sim, "late-cancel");
-    sim.send(&request("CANCEL", "late-cancel", "z9hG4bK-late-cancel-1", 1, "", "", None, ""));
+    sim.send(&request(
+        "CANCEL",
+        "late-cancel",
+        "z9hG4bK-late-cancel-1",
+        1,
+        "",
+        "",
+        None,
+        "",
+    ));
     let finals = sim.finals();
     assert_eq!(finals.len(), 1);
     assert_eq!(finals[0].status, 200);
@@ -138,7 +203,10 @@ fn bye_before_ack_ends_the_session() {
     assert_eq!(sim.finals()[0].status, 200);
     assert_eq!(sim.finalized().len(), 1);
     sim.run_for(T1 * 64 + Duration::from_secs(1));
-    assert!(sim.requests().is_empty(), "no BYE from Reel for an ended session");
+    assert!(
+        sim.requests().is_empty(),
+        "no BYE from Reel for an ended session"
+    );
     assert_eq!(sim.finalized().len(), 1, "finalized once");
 }
 
@@ -178,7 +246,16 @@ fn reinvite_hold_with_partial_metadata_then_resume() {
     assert_eq!(body(&ok).matches("a=inactive").count(), 2, "{}", body(&ok));
     let ports_during_hold = sim.ports.borrow().clone();
     assert_eq!(ports_during_hold.len(), 2, "ports kept on hold");
-    sim.send(&request("ACK", "hold", "z9hG4bK-hold-ack2", 2, &tag, "", None, ""));
+    sim.send(&request(
+        "ACK",
+        "hold",
+        "z9hG4bK-hold-ack2",
+        2,
+        &tag,
+        "",
+        None,
+        "",
+    ));
     sim.send(&request(
         "INVITE",
         "hold",
@@ -191,13 +268,38 @@ fn reinvite_hold_with_partial_metadata_then_resume() {
     ));
     let ok = sim.finals().pop().expect("answer");
     assert_eq!(body(&ok).matches("a=recvonly").count(), 2);
-    assert_eq!(*sim.ports.borrow(), ports_during_hold, "same ports after resume");
-    sim.send(&request("ACK", "hold", "z9hG4bK-hold-ack3", 3, &tag, "", None, ""));
+    assert_eq!(
+        *sim.ports.borrow(),
+        ports_during_hold,
+        "same ports after resume"
+    );
+    sim.send(&request(
+        "ACK",
+        "hold",
+        "z9hG4bK-hold-ack3",
+        3,
+        &tag,
+        "",
+        None,
+        "",
+    ));
     bye(&mut sim, "hold", &tag, 4);
     let m = &sim.finalized()[0];
-    let names: Vec<_> = m.participants.iter().filter_map(|p| p.name.clone()).collect();
-    assert_eq!(names, vec!["Alice", "Bob", "Carol"], "partial update merged");
-    let versions = sim.storage.iter().filter(|op| matches!(op, StorageOp::Metadata { .. })).count();
+    let names: Vec<_> = m
+        .participants
+        .iter()
+        .filter_map(|p| p.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["Alice", "Bob", "Carol"],
+        "partial update merged"
+    );
+    let versions = sim
+        .storage
+        .iter()
+        .filter(|op| matches!(op, StorageOp::Metadata { .. }))
+        .count();
     assert_eq!(versions, 2, "both metadata versions stored");
 }
 
@@ -206,13 +308,29 @@ fn metadata_only_update_gets_200_without_sdp() {
     let mut sim = Sim::new();
     let tag = established(&mut sim, "upd");
     let partial = r#"<?xml version="1.0"?><recording xmlns="urn:ietf:params:xml:ns:recording:1"><datamode>partial</datamode><participant participant_id="cGFydDI="><nameID aor="sip:bob@example.com"><name>Robert</name></nameID></participant></recording>"#;
-    sim.send(&request("UPDATE", "upd", "z9hG4bK-upd-2", 2, &tag, "", Some("application/rs-metadata+xml"), partial));
+    sim.send(&request(
+        "UPDATE",
+        "upd",
+        "z9hG4bK-upd-2",
+        2,
+        &tag,
+        "",
+        Some("application/rs-metadata+xml"),
+        partial,
+    ));
     let ok = sim.finals().pop().expect("answer");
     assert_eq!(ok.status, 200);
-    assert!(ok.body.is_empty(), "no SDP in the answer to a metadata-only UPDATE");
+    assert!(
+        ok.body.is_empty(),
+        "no SDP in the answer to a metadata-only UPDATE"
+    );
     bye(&mut sim, "upd", &tag, 3);
     let m = &sim.finalized()[0];
-    assert!(m.participants.iter().any(|p| p.name.as_deref() == Some("Robert")));
+    assert!(
+        m.participants
+            .iter()
+            .any(|p| p.name.as_deref() == Some("Robert"))
+    );
 }
 
 #[test]
@@ -220,19 +338,50 @@ fn reinvite_without_sdp_gets_our_offer() {
     let mut sim = Sim::new();
     let tag = established(&mut sim, "nosdp");
     let partial = metadata("partial", "");
-    sim.send(&request("INVITE", "nosdp", "z9hG4bK-nosdp-2", 2, &tag, "", Some("application/rs-metadata+xml"), &partial));
+    sim.send(&request(
+        "INVITE",
+        "nosdp",
+        "z9hG4bK-nosdp-2",
+        2,
+        &tag,
+        "",
+        Some("application/rs-metadata+xml"),
+        &partial,
+    ));
     let ok = sim.finals().pop().expect("answer");
     assert_eq!(ok.status, 200);
-    assert_eq!(body(&ok).matches("m=audio").count(), 2, "current description offered");
+    assert_eq!(
+        body(&ok).matches("m=audio").count(),
+        2,
+        "current description offered"
+    );
 }
 
 #[test]
 fn in_dialog_request_with_lower_cseq_is_refused() {
     let mut sim = Sim::new();
     let tag = established(&mut sim, "cseq");
-    sim.send(&request("INFO", "cseq", "z9hG4bK-cseq-5", 5, &tag, "", None, ""));
+    sim.send(&request(
+        "INFO",
+        "cseq",
+        "z9hG4bK-cseq-5",
+        5,
+        &tag,
+        "",
+        None,
+        "",
+    ));
     assert_eq!(sim.finals()[0].status, 200, "INFO gets 200");
-    sim.send(&request("INFO", "cseq", "z9hG4bK-cseq-3", 3, &tag, "", None, ""));
+    sim.send(&request(
+        "INFO",
+        "cseq",
+        "z9hG4bK-cseq-3",
+        3,
+        &tag,
+        "",
+        None,
+        "",
+    ));
     assert_eq!(sim.finals()[0].status, 500);
 }
 
@@ -241,21 +390,53 @@ fn unknown_dialog_gets_481() {
     let mut sim = Sim::new();
     bye(&mut sim, "nobody", "deadbeef", 2);
     assert_eq!(sim.finals()[0].status, 481);
-    sim.send(&request("INVITE", "nobody", "z9hG4bK-nobody-3", 3, "deadbeef", "", Some("application/sdp"), SDP_TWO_STREAMS));
+    sim.send(&request(
+        "INVITE",
+        "nobody",
+        "z9hG4bK-nobody-3",
+        3,
+        "deadbeef",
+        "",
+        Some("application/sdp"),
+        SDP_TWO_STREAMS,
+    ));
     assert_eq!(sim.finals()[0].status, 481);
 }
 
 #[test]
 fn options_gets_200_with_siprec_then_503_while_draining() {
     let mut sim = Sim::new();
-    sim.send(&request("OPTIONS", "opt", "z9hG4bK-opt-1", 1, "", "", None, ""));
+    sim.send(&request(
+        "OPTIONS",
+        "opt",
+        "z9hG4bK-opt-1",
+        1,
+        "",
+        "",
+        None,
+        "",
+    ));
     let ok = sim.finals().pop().expect("answer");
     assert_eq!(ok.status, 200);
     assert!(ok.headers.has_token("Supported", "siprec"));
     assert!(ok.headers.get("Allow").unwrap_or("").contains("INVITE"));
-    assert!(ok.headers.get("Accept").unwrap_or("").contains("application/sdp"));
+    assert!(
+        ok.headers
+            .get("Accept")
+            .unwrap_or("")
+            .contains("application/sdp")
+    );
     sim.rec.start_drain(sim.now);
-    sim.send(&request("OPTIONS", "opt", "z9hG4bK-opt-2", 2, "", "", None, ""));
+    sim.send(&request(
+        "OPTIONS",
+        "opt",
+        "z9hG4bK-opt-2",
+        2,
+        "",
+        "",
+        None,
+        "",
+    ));
     let busy = sim.finals().pop().expect("answer");
     assert_eq!(busy.status, 503);
     assert!(busy.headers.get("Retry-After").is_some());
@@ -263,7 +444,10 @@ fn options_gets_200_with_siprec_then_503_while_draining() {
 
 #[test]
 fn full_recorder_answers_503_with_retry_after() {
-    let config = RecorderConfig { max_sessions: 1, ..RecorderConfig::default() };
+    let config = RecorderConfig {
+        max_sessions: 1,
+        ..RecorderConfig::default()
+    };
     let mut sim = Sim::with(config, 1000);
     established(&mut sim, "first");
     sim.send(&siprec_invite("second", "z9hG4bK-second-1"));
@@ -277,7 +461,10 @@ fn no_free_ports_answers_503_and_leaks_nothing() {
     let mut sim = Sim::with(RecorderConfig::default(), 1);
     sim.send(&siprec_invite("ports", "z9hG4bK-ports-1"));
     assert_eq!(sim.finals().pop().expect("answer").status, 503);
-    assert!(sim.ports.borrow().is_empty(), "the one allocated port was given back");
+    assert!(
+        sim.ports.borrow().is_empty(),
+        "the one allocated port was given back"
+    );
     assert_eq!(sim.rec.session_count(), 0);
 }
 
@@ -308,19 +495,46 @@ fn session_timer_expiry_ends_the_session_with_bye() {
     sim.send(&invite);
     let ok = sim.finals().pop().expect("answer");
     assert_eq!(ok.status, 200);
-    assert!(ok.headers.get("Session-Expires").unwrap_or("").starts_with("120"));
+    assert!(
+        ok.headers
+            .get("Session-Expires")
+            .unwrap_or("")
+            .starts_with("120")
+    );
     assert!(ok.headers.has_token("Require", "timer"));
     let tag = to_tag(&ok);
-    sim.send(&request("ACK", "timer", "z9hG4bK-timer-ack", 1, &tag, "", None, ""));
+    sim.send(&request(
+        "ACK",
+        "timer",
+        "z9hG4bK-timer-ack",
+        1,
+        &tag,
+        "",
+        None,
+        "",
+    ));
     // A refresh (UPDATE) at 100 s keeps it alive past 120 s.
     sim.run_for(Duration::from_secs(100));
-    sim.send(&request("UPDATE", "timer", "z9hG4bK-timer-2", 2, &tag, "Session-Expires: 120;refresher=uac\r\n", None, ""));
+    sim.send(&request(
+        "UPDATE",
+        "timer",
+        "z9hG4bK-timer-2",
+        2,
+        &tag,
+        "Session-Expires: 120;refresher=uac\r\n",
+        None,
+        "",
+    ));
     assert_eq!(sim.finals().pop().expect("answer").status, 200);
     sim.run_for(Duration::from_secs(100));
     assert_eq!(sim.rec.session_count(), 1, "refreshed");
     sim.run_for(Duration::from_secs(30));
     assert_eq!(sim.rec.session_count(), 0, "expired");
-    assert!(sim.requests().iter().any(|r| r.method == reel::sip::Method::Bye));
+    assert!(
+        sim.requests()
+            .iter()
+            .any(|r| r.method == reel::sip::Method::Bye)
+    );
     assert_eq!(sim.finalized()[0].end_reason, "session-timer");
 }
 
@@ -362,19 +576,35 @@ fn drain_refuses_new_calls_lets_active_finish_then_is_drained() {
 
 #[test]
 fn drain_timeout_sends_bye_and_finalizes() {
-    let config = RecorderConfig { drain_timeout: Duration::from_secs(5), ..RecorderConfig::default() };
+    let config = RecorderConfig {
+        drain_timeout: Duration::from_secs(5),
+        ..RecorderConfig::default()
+    };
     let mut sim = Sim::with(config, 1000);
     established(&mut sim, "stuck");
     sim.rec.start_drain(sim.now);
     sim.run_for(Duration::from_secs(6));
-    assert!(sim.requests().iter().any(|r| r.method == reel::sip::Method::Bye));
+    assert!(
+        sim.requests()
+            .iter()
+            .any(|r| r.method == reel::sip::Method::Bye)
+    );
     assert_eq!(sim.finalized()[0].end_reason, "shutdown");
 }
 
 #[test]
 fn unsupported_method_gets_405_with_allow() {
     let mut sim = Sim::new();
-    sim.send(&request("REGISTER", "reg", "z9hG4bK-reg-1", 1, "", "", None, ""));
+    sim.send(&request(
+        "REGISTER",
+        "reg",
+        "z9hG4bK-reg-1",
+        1,
+        "",
+        "",
+        None,
+        "",
+    ));
     let r = sim.finals().pop().expect("answer");
     assert_eq!(r.status, 405);
     assert!(r.headers.get("Allow").is_some());
@@ -405,23 +635,43 @@ fn recorder_accepts_every_fixture_and_answers_bad_ones_as_documented() {
         sim.send_bytes(&std::fs::read(&path).expect("read"));
         let finals = sim.finals();
         assert_eq!(finals.len(), 1, "{}: one final", path.display());
-        assert_eq!(finals[0].status, 200, "{}: {} {:?}", path.display(), finals[0].reason, finals[0].headers.get("Warning"));
+        assert_eq!(
+            finals[0].status,
+            200,
+            "{}: {} {:?}",
+            path.display(),
+            finals[0].reason,
+            finals[0].headers.get("Warning")
+        );
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} fixtures");
     let expected = std::fs::read_to_string(dir.join("bad/EXPECTED.txt")).expect("EXPECTED.txt");
     let mut bad = 0;
-    for line in expected.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+    for line in expected
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
         let mut words = line.split_whitespace();
-        let (Some(file), Some(status)) = (words.next(), words.next()) else { continue };
+        let (Some(file), Some(status)) = (words.next(), words.next()) else {
+            continue;
+        };
         let status: u16 = status.parse().expect("status");
         let mut sim = Sim::new();
         sim.send_bytes(&std::fs::read(dir.join("bad").join(file)).expect("read"));
         let finals = sim.finals();
         assert_eq!(finals.len(), 1, "{file}: one final");
-        assert_eq!(finals[0].status, status, "{file}: got {} {}", finals[0].status, finals[0].reason);
+        assert_eq!(
+            finals[0].status, status,
+            "{file}: got {} {}",
+            finals[0].status, finals[0].reason
+        );
         if status >= 400 {
-            let says = finals[0].headers.get("Warning").map(str::to_string).unwrap_or(finals[0].reason.clone());
+            let says = finals[0]
+                .headers
+                .get("Warning")
+                .map(str::to_string)
+                .unwrap_or(finals[0].reason.clone());
             assert!(!says.is_empty(), "{file}: the answer names the problem");
         }
         bad += 1;
@@ -431,9 +681,13 @@ fn recorder_accepts_every_fixture_and_answers_bad_ones_as_documented() {
 
 #[test]
 fn recorder_accepts_every_vendor_sample() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/siprec-samples/good");
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/siprec-samples/good");
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        eprintln!("skipped: vendor samples not found at {} (they live beside the project)", dir.display());
+        eprintln!(
+            "skipped: vendor samples not found at {} (they live beside the project)",
+            dir.display()
+        );
         return;
     };
     let mut n = 0;
@@ -443,9 +697,19 @@ fn recorder_accepts_every_vendor_sample() {
         sim.send_bytes(&std::fs::read(&path).expect("read"));
         let finals = sim.finals();
         assert_eq!(finals.len(), 1, "{}", path.display());
-        assert_eq!(finals[0].status, 200, "{}: {} {:?}", path.display(), finals[0].reason, finals[0].headers.get("Warning"));
+        assert_eq!(
+            finals[0].status,
+            200,
+            "{}: {} {:?}",
+            path.display(),
+            finals[0].reason,
+            finals[0].headers.get("Warning")
+        );
         let answer = body(&finals[0]);
-        assert!(answer.contains("a=recvonly") || answer.contains("a=inactive"), "{answer}");
+        assert!(
+            answer.contains("a=recvonly") || answer.contains("a=inactive"),
+            "{answer}"
+        );
         n += 1;
     }
     assert!(n >= 10);

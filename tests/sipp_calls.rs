@@ -17,21 +17,37 @@ fn basic_call(transport: &str) {
     let (dir, json) = &recs[0];
     assert_eq!(json["state"], "no-media");
     assert!(json["call_id"].as_str().is_some_and(|c| !c.is_empty()));
-    assert!(json["duration_ms"].as_u64().is_some_and(|d| d >= 900), "{json}");
+    assert!(
+        json["duration_ms"].as_u64().is_some_and(|d| d >= 900),
+        "{json}"
+    );
     let participants = json["participants"].as_array().expect("participants");
-    let aors: Vec<&str> = participants.iter().filter_map(|p| p["aor"].as_str()).collect();
-    assert_eq!(aors, vec!["sip:alice@example.com", "sip:bob@example.com"], "{json}");
+    let aors: Vec<&str> = participants
+        .iter()
+        .filter_map(|p| p["aor"].as_str())
+        .collect();
+    assert_eq!(
+        aors,
+        vec!["sip:alice@example.com", "sip:bob@example.com"],
+        "{json}"
+    );
     let streams = json["streams"].as_array().expect("streams");
     assert_eq!(streams.len(), 2);
     assert_eq!(streams[0]["label"], "1");
     assert_eq!(streams[0]["codec"], "PCMU");
-    assert_eq!(streams[0]["participant"], participants[0]["id"], "channel 0 is the first participant");
+    assert_eq!(
+        streams[0]["participant"], participants[0]["id"],
+        "channel 0 is the first participant"
+    );
     for file in json["files"].as_array().expect("files") {
         let path = dir.join(file["path"].as_str().expect("path"));
         let bytes = std::fs::read(&path).expect("listed file exists");
         assert_eq!(file["bytes"].as_u64(), Some(bytes.len() as u64));
         use sha2::Digest;
-        assert_eq!(file["sha256"].as_str(), Some(hex::encode(sha2::Sha256::digest(&bytes)).as_str()));
+        assert_eq!(
+            file["sha256"].as_str(),
+            Some(hex::encode(sha2::Sha256::digest(&bytes)).as_str())
+        );
     }
     assert!(dir.join("metadata.xml").exists());
     assert!(dir.join("audio.wav").exists());
@@ -63,9 +79,16 @@ fn reinvite_hold_resume_merges_metadata_over_udp_and_tcp() {
     }
     for transport in ["u1", "t1"] {
         let json = scenario_records("reinvite_hold_resume.xml", transport);
-        let aors: Vec<&str> =
-            json["participants"].as_array().expect("p").iter().filter_map(|p| p["aor"].as_str()).collect();
-        assert!(aors.contains(&"sip:carol@example.com"), "partial metadata merged: {json}");
+        let aors: Vec<&str> = json["participants"]
+            .as_array()
+            .expect("p")
+            .iter()
+            .filter_map(|p| p["aor"].as_str())
+            .collect();
+        assert!(
+            aors.contains(&"sip:carol@example.com"),
+            "partial metadata merged: {json}"
+        );
         assert_eq!(json["streams"].as_array().expect("s").len(), 2);
     }
 }
@@ -77,7 +100,11 @@ fn metadata_only_update_over_udp_and_tcp() {
     }
     for transport in ["u1", "t1"] {
         let json = scenario_records("update_metadata.xml", transport);
-        assert_eq!(json["participants"].as_array().expect("p").len(), 2, "{json}");
+        assert_eq!(
+            json["participants"].as_array().expect("p").len(),
+            2,
+            "{json}"
+        );
     }
 }
 
@@ -88,7 +115,12 @@ fn options_answered_over_udp_and_tcp() {
     }
     let server = Server::start(&[]);
     for transport in ["u1", "t1"] {
-        assert!(sipp(&server, "options.xml", transport, &[]).status.success(), "{transport}");
+        assert!(
+            sipp(&server, "options.xml", transport, &[])
+                .status
+                .success(),
+            "{transport}"
+        );
     }
 }
 
@@ -99,7 +131,10 @@ fn cancel_gets_487_or_a_clean_call() {
     }
     let server = Server::start(&[]);
     for transport in ["u1", "t1"] {
-        assert!(sipp(&server, "cancel.xml", transport, &[]).status.success(), "{transport}");
+        assert!(
+            sipp(&server, "cancel.xml", transport, &[]).status.success(),
+            "{transport}"
+        );
     }
     // Whichever way the race went, no session is left behind.
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -123,7 +158,16 @@ fn malformed_requests_get_documented_statuses_while_a_call_goes_on() {
                 .arg("-sf")
                 .arg(dir.join("basic_call.xml"))
                 .arg(format!("127.0.0.1:{}", server.sip_port))
-                .args(["-t", transport, "-m", "1", "-i", "127.0.0.1", "-p", &port.to_string()])
+                .args([
+                    "-t",
+                    transport,
+                    "-m",
+                    "1",
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                ])
                 .args(["-mp", &common::server::free_port().to_string()])
                 .args(["-timeout", "30s", "-timeout_error"])
                 .stdin(std::process::Stdio::null())
@@ -134,7 +178,10 @@ fn malformed_requests_get_documented_statuses_while_a_call_goes_on() {
         let bad = sipp(&server, "malformed.xml", transport, &[]);
         let good = good.wait_with_output().expect("sipp");
         assert!(bad.status.success(), "malformed scenario over {transport}");
-        assert!(good.status.success(), "the good call over {transport} was disturbed");
+        assert!(
+            good.status.success(),
+            "the good call over {transport} was disturbed"
+        );
     }
     assert_eq!(server.wait_recordings(2).len(), 2);
 }

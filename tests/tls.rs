@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::client::{stream_response, stream_send};
 use common::server::Server;
-use common::sim::{metadata, multipart, request, to_tag, SDP_TWO_STREAMS};
+use common::sim::{SDP_TWO_STREAMS, metadata, multipart, request, to_tag};
 use reel::sip::StreamFramer;
 
 #[test]
@@ -41,7 +41,8 @@ fn siprec_call_over_tls_is_recorded() {
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
     let conn = rustls::ClientConnection::new(Arc::new(client), name).expect("tls");
     let tcp = TcpStream::connect(("127.0.0.1", server.sip_port + 1)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let mut framer = StreamFramer::new(65536);
 
@@ -61,7 +62,12 @@ fn siprec_call_over_tls_is_recorded() {
     assert_eq!(ok.status, 200, "{}", server.log_text());
     let answer = String::from_utf8_lossy(&ok.body).into_owned();
     assert_eq!(answer.matches("a=recvonly").count(), 2, "{answer}");
-    assert!(ok.headers.get("Contact").unwrap_or("").contains("transport=tls"));
+    assert!(
+        ok.headers
+            .get("Contact")
+            .unwrap_or("")
+            .contains("transport=tls")
+    );
     let tag = to_tag(&ok);
     let ack = request("ACK", "tls-call", "z9hG4bK-tls-ack", 1, &tag, "", None, "")
         .replace("SIP/2.0/UDP", "SIP/2.0/TLS");

@@ -10,18 +10,29 @@ use std::time::Duration;
 
 use common::client::{UdpClient, retarget, stream_response, stream_send};
 use common::server::Server;
-use common::sim::{metadata, multipart, request, siprec_invite, to_tag, SDP_TWO_STREAMS};
+use common::sim::{SDP_TWO_STREAMS, metadata, multipart, request, siprec_invite, to_tag};
 use reel::sip::StreamFramer;
 
 fn bye_for(invite_text: &str, tag: &str, port: u16) -> String {
     let field = |name: &str| {
         invite_text
             .lines()
-            .find(|l| l.to_ascii_lowercase().starts_with(&format!("{}:", name.to_ascii_lowercase())))
-            .map(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()).unwrap_or_default())
+            .find(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+            })
+            .map(|l| {
+                l.split_once(':')
+                    .map(|(_, v)| v.trim().to_string())
+                    .unwrap_or_default()
+            })
             .unwrap_or_default()
     };
-    let cseq: u32 = field("CSeq").split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(1);
+    let cseq: u32 = field("CSeq")
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
     format!(
         "BYE sip:srs@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-bye-{tag};rport\r\nFrom: {}\r\nTo: {};tag={tag}\r\nCall-ID: {}\r\nCSeq: {} BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
         field("From"),
@@ -41,14 +52,26 @@ fn every_vendor_capture_is_answered_200_and_recorded() {
     let server = Server::start(&[]);
     let mut n = 0;
     for (i, entry) in entries.flatten().enumerate() {
-        let text = String::from_utf8_lossy(&std::fs::read(entry.path()).expect("read")).into_owned();
+        let text =
+            String::from_utf8_lossy(&std::fs::read(entry.path()).expect("read")).into_owned();
         let client = UdpClient::new(server.sip_port);
         let invite = retarget(&text, "UDP", client.local_port(), &format!("vendor{i}"));
         client.send(invite.as_bytes());
-        let ok = client.response(200, Duration::from_secs(5)).expect("final answer");
-        assert_eq!(ok.status, 200, "{}: {} {:?}", entry.path().display(), ok.reason, ok.headers.get("Warning"));
+        let ok = client
+            .response(200, Duration::from_secs(5))
+            .expect("final answer");
+        assert_eq!(
+            ok.status,
+            200,
+            "{}: {} {:?}",
+            entry.path().display(),
+            ok.reason,
+            ok.headers.get("Warning")
+        );
         client.send(bye_for(&invite, &to_tag(&ok), client.local_port()).as_bytes());
-        let done = client.response(200, Duration::from_secs(5)).expect("BYE answer");
+        let done = client
+            .response(200, Duration::from_secs(5))
+            .expect("BYE answer");
         assert_eq!(done.status, 200, "{}", entry.path().display());
         n += 1;
     }
@@ -64,17 +87,21 @@ fn ipv6_request_is_answered_with_ipv6_sdp() {
     let port = common::server::free_port();
     let server = Server::start(&["--sip", &format!("[::1]:{port}")]);
     let sock = std::net::UdpSocket::bind("[::1]:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
     let invite = siprec_invite("v6", "z9hG4bK-v6-1")
         .replace("sip:srs@192.0.2.10:5060", &format!("sip:srs@[::1]:{port}"))
         .replace("198.51.100.7:5070", "[::1]:5070");
-    sock.send_to(invite.as_bytes(), ("::1", port)).expect("send");
+    sock.send_to(invite.as_bytes(), ("::1", port))
+        .expect("send");
     let mut buf = vec![0u8; 65536];
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut got = None;
     while std::time::Instant::now() < deadline {
         if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if let Ok(reel::sip::Message::Response(r)) = reel::sip::message::parse_message(&buf[..n]) {
+            if let Ok(reel::sip::Message::Response(r)) =
+                reel::sip::message::parse_message(&buf[..n])
+            {
                 if r.status >= 200 {
                     got = Some(r);
                     break;
@@ -97,9 +124,20 @@ fn large_invite_in_one_datagram_is_accepted() {
         .collect();
     let body = multipart(SDP_TWO_STREAMS, &metadata("complete", &many));
     assert!(body.len() > 8000, "{}", body.len());
-    let invite = request("INVITE", "big", "z9hG4bK-big-1", 1, "", "Require: siprec\r\n", Some("multipart/mixed;boundary=BND"), &body);
+    let invite = request(
+        "INVITE",
+        "big",
+        "z9hG4bK-big-1",
+        1,
+        "",
+        "Require: siprec\r\n",
+        Some("multipart/mixed;boundary=BND"),
+        &body,
+    );
     client.send(invite.as_bytes());
-    let ok = client.response(200, Duration::from_secs(5)).expect("answer");
+    let ok = client
+        .response(200, Duration::from_secs(5))
+        .expect("answer");
     assert_eq!(ok.status, 200);
 }
 
@@ -111,12 +149,23 @@ fn garbage_datagrams_do_not_disturb_a_call() {
     let ok = client.response(200, Duration::from_secs(5)).expect("200");
     let tag = to_tag(&ok);
     let junk = UdpClient::new(server.sip_port);
-    for payload in [&b"\x00\x00\x00"[..], b"INVITE", b"SIP/2.0 200 OK\r\n\r\n", &[0xffu8; 1400], b"\r\n\r\n"] {
+    for payload in [
+        &b"\x00\x00\x00"[..],
+        b"INVITE",
+        b"SIP/2.0 200 OK\r\n\r\n",
+        &[0xffu8; 1400],
+        b"\r\n\r\n",
+    ] {
         junk.send(payload);
     }
     junk.send(b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bK-x\r\nContent-Length: 99999\r\n\r\n");
     client.send(request("BYE", "steady", "z9hG4bK-steady-bye", 2, &tag, "", None, "").as_bytes());
-    assert_eq!(client.response(200, Duration::from_secs(5)).map(|r| r.status), Some(200));
+    assert_eq!(
+        client
+            .response(200, Duration::from_secs(5))
+            .map(|r| r.status),
+        Some(200)
+    );
     assert_eq!(server.wait_recordings(1).len(), 1);
 }
 
@@ -124,9 +173,11 @@ fn garbage_datagrams_do_not_disturb_a_call() {
 fn tcp_split_and_pipelined_messages_are_framed() {
     let server = Server::start(&[]);
     let mut tcp = TcpStream::connect(("127.0.0.1", server.sip_port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut framer = StreamFramer::new(65536);
-    let invite = siprec_invite("tcp-split", "z9hG4bK-tcp-split-1").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let invite =
+        siprec_invite("tcp-split", "z9hG4bK-tcp-split-1").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
     // Byte by byte for the first 200 bytes, then the rest.
     for b in invite.as_bytes()[..200].iter() {
         tcp.write_all(&[*b]).expect("write");
@@ -136,8 +187,10 @@ fn tcp_split_and_pipelined_messages_are_framed() {
     assert_eq!(ok.status, 200);
     let tag = to_tag(&ok);
     // ACK and BYE in one write.
-    let ack = request("ACK", "tcp-split", "z9hG4bK-tcp-ack", 1, &tag, "", None, "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
-    let bye = request("BYE", "tcp-split", "z9hG4bK-tcp-bye", 2, &tag, "", None, "").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let ack = request("ACK", "tcp-split", "z9hG4bK-tcp-ack", 1, &tag, "", None, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let bye = request("BYE", "tcp-split", "z9hG4bK-tcp-bye", 2, &tag, "", None, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
     stream_send(&mut tcp, &format!("{ack}{bye}"));
     let ok = stream_response(&mut tcp, &mut framer, 200).expect("BYE answer");
     assert_eq!(ok.headers.get("CSeq"), Some("2 BYE"));
@@ -148,10 +201,18 @@ fn tcp_split_and_pipelined_messages_are_framed() {
 fn a_broken_tcp_stream_closes_only_itself() {
     let server = Server::start(&[]);
     let mut bad = TcpStream::connect(("127.0.0.1", server.sip_port)).expect("connect");
-    stream_send(&mut bad, "INVITE sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n");
+    stream_send(
+        &mut bad,
+        "INVITE sip:x SIP/2.0\r\nContent-Length: banana\r\n\r\n",
+    );
     let client = UdpClient::new(server.sip_port);
     client.send(request("OPTIONS", "after", "z9hG4bK-after", 1, "", "", None, "").as_bytes());
-    assert_eq!(client.response(200, Duration::from_secs(5)).map(|r| r.status), Some(200));
+    assert_eq!(
+        client
+            .response(200, Duration::from_secs(5))
+            .map(|r| r.status),
+        Some(200)
+    );
 }
 
 #[test]
@@ -167,6 +228,23 @@ fn metrics_and_sessions_api_reflect_a_live_call() {
     let (_, metrics) = server.http_get("/metrics").expect("metrics");
     assert!(metrics.contains("reel_sessions_active 1"), "{metrics}");
     assert!(metrics.contains("reel_rtp_ports_in_use 2"), "{metrics}");
-    client.send(request("BYE", "api", "z9hG4bK-api-bye", 2, &to_tag(&ok), "", None, "").as_bytes());
-    assert_eq!(client.response(200, Duration::from_secs(5)).map(|r| r.status), Some(200));
+    client.send(
+        request(
+            "BYE",
+            "api",
+            "z9hG4bK-api-bye",
+            2,
+            &to_tag(&ok),
+            "",
+            None,
+            "",
+        )
+        .as_bytes(),
+    );
+    assert_eq!(
+        client
+            .response(200, Duration::from_secs(5))
+            .map(|r| r.status),
+        Some(200)
+    );
 }

@@ -25,14 +25,23 @@ impl PortPool {
     /// A pool over the even ports of `lo..=hi`. Binds to `[::]` (dual-stack) when the host has
     /// IPv6, else `0.0.0.0`.
     pub fn new(lo: u16, hi: u16, rcvbuf: usize) -> PortPool {
-        let first = if lo % 2 == 0 { lo } else { lo.saturating_add(1) };
+        let first = if lo % 2 == 0 {
+            lo
+        } else {
+            lo.saturating_add(1)
+        };
         let free = (first..hi).step_by(2).collect();
         let v6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         let bind_ip = match UdpSocket::bind(SocketAddr::new(v6, 0)) {
             Ok(_) => v6,
             Err(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         };
-        PortPool { free, bound: HashMap::new(), bind_ip, rcvbuf }
+        PortPool {
+            free,
+            bound: HashMap::new(),
+            bind_ip,
+            rcvbuf,
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -107,7 +116,9 @@ mod tests {
         // Tests run in parallel: each call starts its search in its own stretch.
         use std::sync::atomic::{AtomicU16, Ordering};
         static NEXT: AtomicU16 = AtomicU16::new(0);
-        let start = 41000 + NEXT.fetch_add(1, Ordering::SeqCst) * 512 + (std::process::id() % 64) as u16 * 64;
+        let start = 41000
+            + NEXT.fetch_add(1, Ordering::SeqCst) * 512
+            + (std::process::id() % 64) as u16 * 64;
         for base in (start..64000).step_by(64) {
             let ok = (base..base + len).all(|p| UdpSocket::bind(("0.0.0.0", p)).is_ok());
             if ok {
@@ -123,8 +134,14 @@ mod tests {
         let mut pool = PortPool::new(lo, hi, 65536);
         let port = pool.allocate().expect("a pair is free");
         assert_eq!(port % 2, 0);
-        assert!(UdpSocket::bind(("0.0.0.0", port)).is_err(), "RTP port is held");
-        assert!(UdpSocket::bind(("0.0.0.0", port + 1)).is_err(), "RTCP port is held");
+        assert!(
+            UdpSocket::bind(("0.0.0.0", port)).is_err(),
+            "RTP port is held"
+        );
+        assert!(
+            UdpSocket::bind(("0.0.0.0", port + 1)).is_err(),
+            "RTCP port is held"
+        );
     }
 
     #[test]
@@ -133,7 +150,10 @@ mod tests {
         let mut pool = PortPool::new(lo, hi, 65536);
         let a = pool.allocate().expect("free");
         pool.release(a);
-        assert!(UdpSocket::bind(("0.0.0.0", a)).is_ok(), "socket closed on release");
+        assert!(
+            UdpSocket::bind(("0.0.0.0", a)).is_ok(),
+            "socket closed on release"
+        );
         let b = pool.allocate().expect("free");
         assert_ne!(a, b, "freed port goes to the back of the queue");
     }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::record::{ParticipantRecord, RecordingMeta, RecordingState, StreamRecord};
 use crate::sip::{
-    ConnId, Dialog, Endpoint, EndpointConfig, Event, Flow, Method, Request, Response,
-    Transmit, TxId,
+    ConnId, Dialog, Endpoint, EndpointConfig, Event, Flow, Method, Request, Response, Transmit,
+    TxId,
 };
 use crate::siprec::metadata::Limits;
 use crate::siprec::sdp::{self, Direction, SessionDescription, StreamPlan};
@@ -71,7 +71,10 @@ pub struct SessionKey(pub u64);
 #[derive(Clone, Debug, PartialEq)]
 pub enum StorageOp {
     /// Create the spool entry; answer with [`Recorder::handle_storage`].
-    Begin { session: SessionKey, meta: RecordingMeta },
+    Begin {
+        session: SessionKey,
+        meta: RecordingMeta,
+    },
     /// Save the current state (for crash recovery).
     Save { meta: RecordingMeta },
     /// Store one received metadata document.
@@ -221,7 +224,9 @@ impl Recorder {
         session: SessionKey,
         result: Result<(), String>,
     ) {
-        let Some(s) = self.sessions.get(&session) else { return };
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
         if s.phase != Phase::Starting {
             return;
         }
@@ -314,8 +319,14 @@ impl Recorder {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let sessions = self.sessions.values().filter_map(|s| s.session_timer.map(|(_, at)| at));
-        let linger = self.quiet_since.filter(|_| !self.linger_over).map(|t| t + DRAIN_LINGER);
+        let sessions = self
+            .sessions
+            .values()
+            .filter_map(|s| s.session_timer.map(|(_, at)| at));
+        let linger = self
+            .quiet_since
+            .filter(|_| !self.linger_over)
+            .map(|t| t + DRAIN_LINGER);
         let all = sessions
             .chain(self.endpoint.poll_timeout())
             .chain(self.drain_deadline)
@@ -353,7 +364,9 @@ impl Recorder {
                 }
                 Event::Ack { request, .. } => self.on_ack(&request),
                 Event::Cancel { invite_tx, .. } => self.on_cancel(now, invite_tx),
-                Event::AckTimeout { call_id, local_tag, .. } => {
+                Event::AckTimeout {
+                    call_id, local_tag, ..
+                } => {
                     if let Some(key) = self.by_dialog.get(&(call_id, local_tag)).copied() {
                         self.end_session(now, wall, key, "ack-timeout", true);
                     }
@@ -431,7 +444,8 @@ impl Recorder {
             Ok(t) => t,
             Err(()) => {
                 let mut resp = Response::for_request(&req, 422, "Session Interval Too Small");
-                resp.headers.push("Min-SE", self.config.min_se_s.to_string());
+                resp.headers
+                    .push("Min-SE", self.config.min_se_s.to_string());
                 self.decorate(&mut resp);
                 ensure_to_tag(&mut resp, &mut self.rng);
                 self.count_reject(422);
@@ -442,7 +456,12 @@ impl Recorder {
             Ok(o) => o,
             Err(e) => return self.reply_body_error(now, tx, &req, &e),
         };
-        let Offer { sdp, metadata_docs, warnings: mut offer_warnings, siprec } = offer;
+        let Offer {
+            sdp,
+            metadata_docs,
+            warnings: mut offer_warnings,
+            siprec,
+        } = offer;
         if !siprec {
             offer_warnings.push(
                 "not a SIPREC request (no siprec option tag, +sip.src or metadata); \
@@ -533,10 +552,14 @@ impl Recorder {
         self.by_dialog.insert((call_id, local_tag), key);
         let meta = self.snapshot(key, wall, RecordingState::NoMedia, "");
         if let Some(meta) = meta {
-            self.storage.push_back(StorageOp::Begin { session: key, meta });
+            self.storage
+                .push_back(StorageOp::Begin { session: key, meta });
         }
         for xml in versions {
-            self.storage.push_back(StorageOp::Metadata { id: id.clone(), xml });
+            self.storage.push_back(StorageOp::Metadata {
+                id: id.clone(),
+                xml,
+            });
         }
     }
 
@@ -546,7 +569,9 @@ impl Recorder {
             Some(s) => self.build_answer_sdp(s),
             None => return,
         };
-        let Some(s) = self.sessions.get_mut(&key) else { return };
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
         let Some(tx) = s.invite_tx else { return };
         let mut resp = Response::for_request(&s.invite, 200, "OK");
         let dialog = match Dialog::new_uas(&s.invite, &s.local_tag, s.flow) {
@@ -558,10 +583,14 @@ impl Recorder {
             }
         };
         dialog.tag_response(&mut resp);
-        resp.headers.push("Contact", contact_for(s.media_ip, &s.flow));
+        resp.headers
+            .push("Contact", contact_for(s.media_ip, &s.flow));
         resp.headers.push("Content-Type", "application/sdp");
         if let Some((interval, _)) = s.session_timer {
-            resp.headers.push("Session-Expires", format!("{};refresher=uac", interval.as_secs()));
+            resp.headers.push(
+                "Session-Expires",
+                format!("{};refresher=uac", interval.as_secs()),
+            );
             resp.headers.push("Require", "timer");
         }
         resp.body = answer.into_bytes();
@@ -586,7 +615,9 @@ impl Recorder {
         reason: &str,
         warning: &str,
     ) {
-        let Some(s) = self.remove_session(key) else { return };
+        let Some(s) = self.remove_session(key) else {
+            return;
+        };
         if let Some(tx) = s.invite_tx {
             self.reply(now, tx, &s.invite, status, reason, Some(warning));
         }
@@ -594,8 +625,12 @@ impl Recorder {
     }
 
     fn on_cancel(&mut self, now: Instant, invite_tx: TxId) {
-        let Some(key) = self.by_invite_tx.get(&invite_tx).copied() else { return };
-        let Some(s) = self.remove_session(key) else { return };
+        let Some(key) = self.by_invite_tx.get(&invite_tx).copied() else {
+            return;
+        };
+        let Some(s) = self.remove_session(key) else {
+            return;
+        };
         let mut resp = Response::for_request(&s.invite, 487, "Request Terminated");
         add_tag(&mut resp, &s.local_tag);
         self.decorate(&mut resp);
@@ -604,7 +639,9 @@ impl Recorder {
     }
 
     fn on_ack(&mut self, req: &Request) {
-        let Some(key) = self.dialog_key(req) else { return };
+        let Some(key) = self.dialog_key(req) else {
+            return;
+        };
         if let Some(s) = self.sessions.get_mut(&key) {
             if s.phase == Phase::Answered {
                 s.phase = Phase::Confirmed;
@@ -656,7 +693,14 @@ impl Recorder {
 
     /// re-INVITE or UPDATE: new offer (hold, resume, streams added or removed), new metadata,
     /// or both; also a session refresh (RFC 4028).
-    fn on_refresh(&mut self, now: Instant, wall: SystemTime, tx: TxId, req: Request, key: SessionKey) {
+    fn on_refresh(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        tx: TxId,
+        req: Request,
+        key: SessionKey,
+    ) {
         if let Some(status) = self.check_require(now, tx, &req) {
             return status;
         }
@@ -664,7 +708,8 @@ impl Recorder {
             Ok(t) => t,
             Err(()) => {
                 let mut resp = Response::for_request(&req, 422, "Session Interval Too Small");
-                resp.headers.push("Min-SE", self.config.min_se_s.to_string());
+                resp.headers
+                    .push("Min-SE", self.config.min_se_s.to_string());
                 self.decorate(&mut resp);
                 return self.endpoint.respond(now, tx, resp);
             }
@@ -673,7 +718,9 @@ impl Recorder {
             Ok(o) => o,
             Err(e) => return self.reply_body_error(now, tx, &req, &e),
         };
-        let Some(s) = self.sessions.get(&key) else { return };
+        let Some(s) = self.sessions.get(&key) else {
+            return;
+        };
         // Plan the new offer against the current streams before changing anything, so a
         // refused offer leaves the session as it was (RFC 3264 §8).
         let mut new_ports: Vec<u16> = Vec::new();
@@ -702,7 +749,11 @@ impl Recorder {
                     crypto: None,
                     direction: m.direction,
                 };
-                let accepted = if m.port == 0 { Err("removed".into()) } else { self.accept_stream(m) };
+                let accepted = if m.port == 0 {
+                    Err("removed".into())
+                } else {
+                    self.accept_stream(m)
+                };
                 match accepted {
                     Ok((codec, te, crypto)) => {
                         let port = match old.and_then(|o| o.port) {
@@ -747,7 +798,9 @@ impl Recorder {
             }
         }
 
-        let Some(s) = self.sessions.get_mut(&key) else { return };
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
         let mut released = Vec::new();
         if let Some(sdp) = offer.sdp {
             for old in &s.streams {
@@ -787,14 +840,20 @@ impl Recorder {
         for p in released {
             self.host.release_port(p);
         }
-        let Some(s) = self.sessions.get(&key) else { return };
+        let Some(s) = self.sessions.get(&key) else {
+            return;
+        };
         let mut resp = Response::for_request(&req, 200, "OK");
         if let Some(d) = &s.dialog {
             d.tag_response(&mut resp);
         }
-        resp.headers.push("Contact", contact_for(s.media_ip, &s.flow));
+        resp.headers
+            .push("Contact", contact_for(s.media_ip, &s.flow));
         if let Some((interval, _)) = s.session_timer {
-            resp.headers.push("Session-Expires", format!("{};refresher=uac", interval.as_secs()));
+            resp.headers.push(
+                "Session-Expires",
+                format!("{};refresher=uac", interval.as_secs()),
+            );
             resp.headers.push("Require", "timer");
         }
         // A re-INVITE always gets an SDP answer (or, without an offer, our offer: the current
@@ -807,7 +866,10 @@ impl Recorder {
         self.decorate(&mut resp);
         self.endpoint.respond(now, tx, resp);
         for xml in new_versions {
-            self.storage.push_back(StorageOp::Metadata { id: id.clone(), xml });
+            self.storage.push_back(StorageOp::Metadata {
+                id: id.clone(),
+                xml,
+            });
         }
         if let Some(meta) = self.snapshot(key, wall, RecordingState::NoMedia, "") {
             self.storage.push_back(StorageOp::Save { meta });
@@ -818,20 +880,33 @@ impl Recorder {
 
     /// Ends a session: finalize its recording, close its ports, and (when Reel ends it) send
     /// BYE.
-    fn end_session(&mut self, now: Instant, wall: SystemTime, key: SessionKey, why: &str, send_bye: bool) {
-        let Some(phase) = self.sessions.get(&key).map(|s| s.phase) else { return };
+    fn end_session(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        key: SessionKey,
+        why: &str,
+        send_bye: bool,
+    ) {
+        let Some(phase) = self.sessions.get(&key).map(|s| s.phase) else {
+            return;
+        };
         if phase == Phase::Starting {
             // Never answered: refuse instead.
             let status = if why == "shutdown" { 503 } else { 500 };
             return self.refuse_starting(now, key, status, "Session Ended", why);
         }
         let meta = self.snapshot(key, wall, RecordingState::NoMedia, why);
-        let Some(mut s) = self.remove_session(key) else { return };
+        let Some(mut s) = self.remove_session(key) else {
+            return;
+        };
         if send_bye {
             if let Some(d) = s.dialog.as_mut() {
                 let mut bye = d.make_request(Method::Bye);
-                bye.headers.push("Reason", format!("SIP;cause=200;text=\"{why}\""));
-                bye.headers.push("User-Agent", self.config.endpoint.user_agent.clone());
+                bye.headers
+                    .push("Reason", format!("SIP;cause=200;text=\"{why}\""));
+                bye.headers
+                    .push("User-Agent", self.config.endpoint.user_agent.clone());
                 let flow = d.flow;
                 self.endpoint.send_request(now, bye, flow);
             }
@@ -844,7 +919,8 @@ impl Recorder {
 
     fn remove_session(&mut self, key: SessionKey) -> Option<Session> {
         let s = self.sessions.remove(&key)?;
-        self.by_dialog.remove(&(s.call_id.clone(), s.local_tag.clone()));
+        self.by_dialog
+            .remove(&(s.call_id.clone(), s.local_tag.clone()));
         if let Some(tx) = s.invite_tx {
             self.by_invite_tx.remove(&tx);
         }
@@ -873,7 +949,11 @@ impl Recorder {
             .metadata
             .participants
             .iter()
-            .map(|p| ParticipantRecord { id: p.id.clone(), aor: p.aor.clone(), name: p.name.clone() })
+            .map(|p| ParticipantRecord {
+                id: p.id.clone(),
+                aor: p.aor.clone(),
+                name: p.name.clone(),
+            })
             .collect();
         let mut streams: Vec<(usize, StreamRecord)> = s
             .streams
@@ -966,9 +1046,13 @@ impl Recorder {
     /// RFC 4028: the interval to run, `None` when no timer is asked for (or the UAC does not
     /// support refreshing it), `Err` when it is below our Min-SE.
     fn session_timer_request(&self, req: &Request) -> Result<Option<Duration>, ()> {
-        let Some(value) = req.headers.get("Session-Expires") else { return Ok(None) };
+        let Some(value) = req.headers.get("Session-Expires") else {
+            return Ok(None);
+        };
         let delta = value.split(';').next().unwrap_or("").trim();
-        let Ok(secs) = delta.parse::<u64>() else { return Ok(None) };
+        let Ok(secs) = delta.parse::<u64>() else {
+            return Ok(None);
+        };
         if secs < u64::from(self.config.min_se_s) {
             return Err(());
         }
@@ -993,7 +1077,10 @@ impl Recorder {
             return Err(format!("{} streams are not recorded", m.media));
         }
         if !m.acceptable_transport() {
-            return Err(format!("transport {} with these keys cannot be decrypted", m.proto));
+            return Err(format!(
+                "transport {} with these keys cannot be decrypted",
+                m.proto
+            ));
         }
         let Some((codec, te)) = m.choose_codecs() else {
             return Err("no offered codec among PCMU, PCMA, G722, G729, opus".into());
@@ -1017,14 +1104,18 @@ impl Recorder {
     fn build_answer_sdp(&self, s: &Session) -> String {
         let plan: Vec<StreamPlan> = (0..s.offer.media.len())
             .map(|i| match s.streams.iter().find(|st| st.index == i) {
-                Some(StreamState { port: Some(port), codec: Some(codec), telephone_event, crypto, .. }) => {
-                    StreamPlan::Accepted {
-                        port: *port,
-                        codec: codec.clone(),
-                        telephone_event: telephone_event.clone(),
-                        crypto: crypto.clone(),
-                    }
-                }
+                Some(StreamState {
+                    port: Some(port),
+                    codec: Some(codec),
+                    telephone_event,
+                    crypto,
+                    ..
+                }) => StreamPlan::Accepted {
+                    port: *port,
+                    codec: codec.clone(),
+                    telephone_event: telephone_event.clone(),
+                    crypto: crypto.clone(),
+                },
                 _ => StreamPlan::Rejected,
             })
             .collect();
@@ -1042,15 +1133,26 @@ impl Recorder {
                     "an INVITE without an SDP offer is not supported by this recorder".into(),
                 ));
             }
-            return Err(BodyError::UnsupportedType("the body has no application/sdp part".into()));
+            return Err(BodyError::UnsupportedType(
+                "the body has no application/sdp part".into(),
+            ));
         };
-        Ok(Offer { sdp, metadata_docs: offer.metadata_docs, warnings: offer.warnings, siprec })
+        Ok(Offer {
+            sdp,
+            metadata_docs: offer.metadata_docs,
+            warnings: offer.warnings,
+            siprec,
+        })
     }
 
     fn read_update(&self, req: &Request) -> Result<Update, BodyError> {
         let parts = self.split(req)?;
         let u = self.read_parts(parts)?;
-        Ok(Update { sdp: u.sdp, metadata_docs: u.metadata_docs, warnings: u.warnings })
+        Ok(Update {
+            sdp: u.sdp,
+            metadata_docs: u.metadata_docs,
+            warnings: u.warnings,
+        })
     }
 
     fn split(&self, req: &Request) -> Result<Vec<BodyPart>, BodyError> {
@@ -1074,7 +1176,8 @@ impl Recorder {
         for part in parts {
             if part.content_type == "application/sdp" {
                 if out.sdp.is_some() {
-                    out.warnings.push("more than one SDP part; the first is used".into());
+                    out.warnings
+                        .push("more than one SDP part; the first is used".into());
                     continue;
                 }
                 let sdp = sdp::parse_sdp(&part.body)?;
@@ -1097,10 +1200,13 @@ impl Recorder {
                     Err(e) if e.reason().contains("DTD") || e.reason().contains("depth") => {
                         return Err(e);
                     }
-                    Err(e) => out.warnings.push(format!("metadata ignored: {}", e.reason())),
+                    Err(e) => out
+                        .warnings
+                        .push(format!("metadata ignored: {}", e.reason())),
                 }
             } else {
-                out.warnings.push(format!("body part {} ignored", part.content_type));
+                out.warnings
+                    .push(format!("body part {} ignored", part.content_type));
             }
         }
         if !known && !out.warnings.is_empty() {
@@ -1132,7 +1238,15 @@ impl Recorder {
         self.endpoint.respond(now, tx, resp);
     }
 
-    fn reply(&mut self, now: Instant, tx: TxId, req: &Request, status: u16, reason: &str, warning: Option<&str>) {
+    fn reply(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        req: &Request,
+        status: u16,
+        reason: &str,
+        warning: Option<&str>,
+    ) {
         let mut resp = Response::for_request(req, status, reason);
         if let Some(w) = warning {
             resp.headers.push("Warning", warning_value(w));
@@ -1147,7 +1261,8 @@ impl Recorder {
 
     fn reply_503(&mut self, now: Instant, tx: TxId, req: &Request, reason: &str) {
         let mut resp = Response::for_request(req, 503, reason);
-        resp.headers.push("Retry-After", self.config.retry_after_s.to_string());
+        resp.headers
+            .push("Retry-After", self.config.retry_after_s.to_string());
         self.decorate(&mut resp);
         ensure_to_tag(&mut resp, &mut self.rng);
         self.count_reject(503);
@@ -1169,7 +1284,8 @@ impl Recorder {
         if resp.status == 200 && resp.body.is_empty() {
             resp.headers.push("Accept", ACCEPT);
         }
-        resp.headers.push("Server", self.config.endpoint.user_agent.clone());
+        resp.headers
+            .push("Server", self.config.endpoint.user_agent.clone());
     }
 
     fn count_reject(&mut self, status: u16) {
@@ -1199,7 +1315,11 @@ struct PartsRead {
 }
 
 fn offer_was_present(req: &Request) -> bool {
-    let ct = req.headers.get("Content-Type").unwrap_or("").to_ascii_lowercase();
+    let ct = req
+        .headers
+        .get("Content-Type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if ct.starts_with("application/sdp") {
         return true;
     }
@@ -1215,7 +1335,13 @@ fn offer_was_present(req: &Request) -> bool {
 fn warning_value(text: &str) -> String {
     let clean: String = text
         .chars()
-        .map(|c| if c == '"' || c == '\\' || c.is_control() { '\'' } else { c })
+        .map(|c| {
+            if c == '"' || c == '\\' || c.is_control() {
+                '\''
+            } else {
+                c
+            }
+        })
         .take(200)
         .collect();
     format!("399 reel \"{clean}\"")
@@ -1238,7 +1364,9 @@ fn ensure_to_tag(resp: &mut Response, rng: &mut rand::rngs::StdRng) {
 fn random_token(rng: &mut rand::rngs::StdRng, len: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    (0..len).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// A random (version 4) UUID: unique across nodes without coordination.
@@ -1248,7 +1376,14 @@ fn new_recording_id(rng: &mut rand::rngs::StdRng) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn contact_for(ip: IpAddr, flow: &Flow) -> String {
@@ -1262,7 +1397,10 @@ fn contact_for(ip: IpAddr, flow: &Flow) -> String {
         crate::sip::Transport::Tls => ";transport=tls",
     };
     let scheme = "sip";
-    format!("<{scheme}:reel@{host}:{}{transport}>;+sip.srs", flow.local.port())
+    format!(
+        "<{scheme}:reel@{host}:{}{transport}>;+sip.srs",
+        flow.local.port()
+    )
 }
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack socket) compare as IPv4.

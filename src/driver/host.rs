@@ -15,7 +15,11 @@ pub struct Host {
 
 impl Host {
     pub fn new(pool: PortPool, advertise: Option<IpAddr>) -> Host {
-        Host { pool, advertise, routes: HashMap::new() }
+        Host {
+            pool,
+            advertise,
+            routes: HashMap::new(),
+        }
     }
 }
 
@@ -88,7 +92,11 @@ mod tests {
     #[test]
     fn specific_listener_address_is_advertised() {
         let mut h = Host::new(PortPool::new(50000, 50001, 0), None);
-        assert_eq!(h.media_ip(&flow("127.0.0.2:5060", "127.0.0.1:5070")).to_string(), "127.0.0.2");
+        assert_eq!(
+            h.media_ip(&flow("127.0.0.2:5060", "127.0.0.1:5070"))
+                .to_string(),
+            "127.0.0.2"
+        );
     }
 
     #[test]
@@ -101,6 +109,10 @@ mod tests {
     #[test]
     fn configured_advertise_ip_wins() {
         let mut h = Host::new(PortPool::new(50000, 50001, 0), "192.0.2.7".parse().ok());
-        assert_eq!(h.media_ip(&flow("0.0.0.0:5060", "127.0.0.1:5070")).to_string(), "192.0.2.7");
+        assert_eq!(
+            h.media_ip(&flow("0.0.0.0:5060", "127.0.0.1:5070"))
+                .to_string(),
+            "192.0.2.7"
+        );
     }
 }

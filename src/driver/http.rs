@@ -21,7 +21,9 @@ pub struct Published {
 
 pub async fn serve(listener: TcpListener, state: Rc<RefCell<Published>>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         tokio::task::spawn_local(async move {
             let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, state)).await;
@@ -65,7 +67,11 @@ fn route(method: &str, path: &str, p: &Published) -> (&'static str, &'static str
                 ("200 OK", "text/plain", "ok\n".into())
             }
         }
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics::render(&p.snapshot)),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            metrics::render(&p.snapshot),
+        ),
         "/api/sessions" => {
             let body = serde_json::json!({ "sessions": p.sessions }).to_string();
             ("200 OK", "application/json", body)

@@ -38,9 +38,17 @@ const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
 const MAX_CONNECTIONS: usize = 4096;
 
 enum Input {
-    Message { flow: Flow, data: Vec<u8> },
-    Opened { conn: ConnId, writer: mpsc::UnboundedSender<Vec<u8>> },
-    Closed { conn: ConnId },
+    Message {
+        flow: Flow,
+        data: Vec<u8>,
+    },
+    Opened {
+        conn: ConnId,
+        writer: mpsc::UnboundedSender<Vec<u8>>,
+    },
+    Closed {
+        conn: ConnId,
+    },
 }
 
 /// Runs the recorder until SIGTERM/SIGINT has drained it.
@@ -88,15 +96,19 @@ fn tls_acceptor(config: &Config) -> Result<tokio_rustls::TlsAcceptor, RunError> 
 }
 
 async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
-    let spool = Spool::open(&config.data_dir).map_err(|e| {
-        RunError::Runtime(format!("data_dir {}: {e}", config.data_dir.display()))
-    })?;
+    let spool = Spool::open(&config.data_dir)
+        .map_err(|e| RunError::Runtime(format!("data_dir {}: {e}", config.data_dir.display())))?;
     let (input_tx, mut inputs) = mpsc::channel::<Input>(8192);
     let (report_tx, mut reports) = mpsc::unbounded_channel();
     let writer = writer::start(spool, report_tx)
         .map_err(|e| RunError::Runtime(format!("cannot start the writer thread: {e}")))?;
 
-    let tls = if config.sip.listen.iter().any(|l| l.proto == ListenProto::Tls) {
+    let tls = if config
+        .sip
+        .listen
+        .iter()
+        .any(|l| l.proto == ListenProto::Tls)
+    {
         Some(tls_acceptor(&config)?)
     } else {
         None
@@ -116,7 +128,11 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
             }
             ListenProto::Tcp | ListenProto::Tls => {
                 let listener = TcpListener::bind(l.addr).await.map_err(bind_err)?;
-                let acceptor = if l.proto == ListenProto::Tls { tls.clone() } else { None };
+                let acceptor = if l.proto == ListenProto::Tls {
+                    tls.clone()
+                } else {
+                    None
+                };
                 tokio::task::spawn_local(accept_loop(
                     listener,
                     acceptor,
@@ -138,7 +154,11 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
     }));
     tokio::task::spawn_local(http::serve(http, published.clone()));
 
-    let pool = PortPool::new(config.media.rtp_port_lo, config.media.rtp_port_hi, config.media.rcvbuf);
+    let pool = PortPool::new(
+        config.media.rtp_port_lo,
+        config.media.rtp_port_hi,
+        config.media.rcvbuf,
+    );
     tracing::info!(
         lo = config.media.rtp_port_lo,
         hi = config.media.rtp_port_hi,
@@ -159,10 +179,20 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         endpoint: EndpointConfig::default(),
     };
     let pool_stats = PoolStats::default();
-    let mut recorder = Recorder::new(rc, Box::new(StatsHost { inner: host, stats: pool_stats.clone() }), rand::random());
+    let mut recorder = Recorder::new(
+        rc,
+        Box::new(StatsHost {
+            inner: host,
+            stats: pool_stats.clone(),
+        }),
+        rand::random(),
+    );
 
     let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
-    let mut snapshot = crate::metrics::Snapshot { disk_ok: true, ..Default::default() };
+    let mut snapshot = crate::metrics::Snapshot {
+        disk_ok: true,
+        ..Default::default()
+    };
     let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -171,7 +201,14 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
     loop {
         // Outputs first: every input may have produced transmits and storage work.
         while let Some(t) = recorder.poll_transmit() {
-            send(t, &udp, &conns, &input_tx, &next_conn, config.sip.max_message_bytes);
+            send(
+                t,
+                &udp,
+                &conns,
+                &input_tx,
+                &next_conn,
+                config.sip.max_message_bytes,
+            );
         }
         while let Some(op) = recorder.poll_storage() {
             if writer.ops.send(op).is_err() {
@@ -290,7 +327,12 @@ fn publish(
     snapshot.sessions_ended = recorder.stats.sessions_ended;
     snapshot.sip_transactions = recorder.transaction_count() as u64;
     snapshot.sip_malformed = recorder.stats.malformed;
-    snapshot.sip_rejected = recorder.stats.rejected.iter().map(|(k, v)| (*k, *v)).collect();
+    snapshot.sip_rejected = recorder
+        .stats
+        .rejected
+        .iter()
+        .map(|(k, v)| (*k, *v))
+        .collect();
     let (in_use, capacity) = pool.0.get();
     snapshot.rtp_ports_in_use = in_use;
     if capacity > 0 {
@@ -304,7 +346,9 @@ fn publish(
 
 fn disk_ok(dir: &std::path::Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return true };
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return true;
+    };
     // SAFETY: statvfs writes one `struct statvfs` into the zeroed value we own; `path` is a
     // valid NUL-terminated string for the whole call.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -328,8 +372,20 @@ async fn udp_reader(sock: Rc<UdpSocket>, inputs: mpsc::Sender<Input>) {
     loop {
         match sock.recv_from(&mut buf).await {
             Ok((n, remote)) => {
-                let flow = Flow { transport: Transport::Udp, local, remote: unmap(remote), conn: None };
-                if inputs.send(Input::Message { flow, data: buf[..n].to_vec() }).await.is_err() {
+                let flow = Flow {
+                    transport: Transport::Udp,
+                    local,
+                    remote: unmap(remote),
+                    conn: None,
+                };
+                if inputs
+                    .send(Input::Message {
+                        flow,
+                        data: buf[..n].to_vec(),
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -346,7 +402,9 @@ async fn accept_loop(
     next_conn: Rc<std::cell::Cell<u64>>,
     max_message: usize,
 ) {
-    let Ok(local) = listener.local_addr() else { return };
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
     let open = Rc::new(std::cell::Cell::new(0usize));
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
@@ -360,8 +418,17 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let conn = ConnId(next_conn.get());
         next_conn.set(conn.0 + 1);
-        let transport = if tls.is_some() { Transport::Tls } else { Transport::Tcp };
-        let flow = Flow { transport, local: unmap(local), remote: unmap(remote), conn: Some(conn) };
+        let transport = if tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        };
+        let flow = Flow {
+            transport,
+            local: unmap(local),
+            remote: unmap(remote),
+            conn: Some(conn),
+        };
         let inputs = inputs.clone();
         let tls = tls.clone();
         let open = open.clone();
@@ -370,7 +437,8 @@ async fn accept_loop(
             match tls {
                 Some(acceptor) => {
                     let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await;
                     match handshake {
                         Ok(Ok(s)) => connection(s, flow, inputs, max_message).await,
                         Ok(Err(e)) => tracing::info!(%remote, error = %e, "TLS handshake failed"),
@@ -392,7 +460,14 @@ where
     let Some(conn) = flow.conn else { return };
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-    if inputs.send(Input::Opened { conn, writer: wtx.clone() }).await.is_err() {
+    if inputs
+        .send(Input::Opened {
+            conn,
+            writer: wtx.clone(),
+        })
+        .await
+        .is_err()
+    {
         return;
     }
     let mut framer = StreamFramer::new(max_message);
@@ -436,7 +511,11 @@ fn send(
         Transport::Udp => {
             let sock = udp
                 .iter()
-                .find(|s| s.local_addr().map(|a| unmap(a) == t.flow.local).unwrap_or(false))
+                .find(|s| {
+                    s.local_addr()
+                        .map(|a| unmap(a) == t.flow.local)
+                        .unwrap_or(false)
+                })
                 .or_else(|| udp.iter().find(|s| same_family(s, &t.flow.remote)))
                 .or(udp.first());
             let Some(sock) = sock else { return };
@@ -464,14 +543,21 @@ fn send(
             next_conn.set(conn.0 + 1);
             let inputs = inputs.clone();
             tokio::task::spawn_local(async move {
-                let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(t.flow.remote)).await;
+                let connect =
+                    tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(t.flow.remote))
+                        .await;
                 let Ok(Ok(stream)) = connect else {
                     tracing::info!(remote = %t.flow.remote, "cannot open a TCP connection to send");
                     return;
                 };
                 let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().map(unmap).unwrap_or(t.flow.local);
-                let flow = Flow { transport: Transport::Tcp, local, remote: t.flow.remote, conn: Some(conn) };
+                let flow = Flow {
+                    transport: Transport::Tcp,
+                    local,
+                    remote: t.flow.remote,
+                    conn: Some(conn),
+                };
                 let mut stream = stream;
                 if stream.write_all(&t.data).await.is_err() {
                     return;
@@ -483,7 +569,9 @@ fn send(
 }
 
 fn same_family(sock: &UdpSocket, remote: &SocketAddr) -> bool {
-    sock.local_addr().map(|a| a.is_ipv6() == remote.is_ipv6() || a.is_ipv6()).unwrap_or(false)
+    sock.local_addr()
+        .map(|a| a.is_ipv6() == remote.is_ipv6() || a.is_ipv6())
+        .unwrap_or(false)
 }
 
 fn unmap(addr: SocketAddr) -> SocketAddr {

@@ -12,9 +12,17 @@ use crate::record::Spool;
 /// What the writer tells the control thread.
 #[derive(Debug)]
 pub enum WriterReport {
-    Begun { session: SessionKey, result: Result<(), String> },
-    Finalized { id: String, result: Result<String, String> },
-    Recovered { count: usize },
+    Begun {
+        session: SessionKey,
+        result: Result<(), String>,
+    },
+    Finalized {
+        id: String,
+        result: Result<String, String>,
+    },
+    Recovered {
+        count: usize,
+    },
     Error,
 }
 
@@ -26,16 +34,20 @@ pub struct Writer {
 /// Starts the writer: it first finalizes what a crash left in the spool, then takes ops.
 pub fn start(spool: Spool, reports: UnboundedSender<WriterReport>) -> std::io::Result<Writer> {
     let (tx, rx) = mpsc::channel::<StorageOp>();
-    let handle = thread::Builder::new().name("reel-writer".into()).spawn(move || {
-        let recovered = spool.recover();
-        for path in &recovered {
-            tracing::info!(path = %path.display(), "recovered a spooled session as partial");
-        }
-        let _ = reports.send(WriterReport::Recovered { count: recovered.len() });
-        while let Ok(op) = rx.recv() {
-            run(&spool, op, &reports);
-        }
-    })?;
+    let handle = thread::Builder::new()
+        .name("reel-writer".into())
+        .spawn(move || {
+            let recovered = spool.recover();
+            for path in &recovered {
+                tracing::info!(path = %path.display(), "recovered a spooled session as partial");
+            }
+            let _ = reports.send(WriterReport::Recovered {
+                count: recovered.len(),
+            });
+            while let Ok(op) = rx.recv() {
+                run(&spool, op, &reports);
+            }
+        })?;
     Ok(Writer { ops: tx, handle })
 }
 

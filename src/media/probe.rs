@@ -46,7 +46,11 @@ pub fn probe_uring() -> Result<(), String> {
     // laid out as `Params` above) through the pointer, which is valid for the call. The
     // returned fd, if any, is closed right away.
     let fd = unsafe {
-        libc::syscall(libc::SYS_io_uring_setup, 4 as libc::c_long, &mut params as *mut Params)
+        libc::syscall(
+            libc::SYS_io_uring_setup,
+            4 as libc::c_long,
+            &mut params as *mut Params,
+        )
     };
     if fd < 0 {
         return Err(std::io::Error::last_os_error().to_string());
@@ -78,7 +82,9 @@ pub fn choose_backend(requested: IoBackend) -> Result<BackendChoice, String> {
         }),
         (IoBackend::Uring, Err(e)) => Err(format!(
             "io_backend = uring but io_uring is unavailable: {e}{}",
-            disabled_sysctl().map(|s| format!(" ({s})")).unwrap_or_default()
+            disabled_sysctl()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
         )),
         (IoBackend::Auto, Ok(())) => Ok(BackendChoice {
             backend: Backend::Uring,
@@ -88,7 +94,9 @@ pub fn choose_backend(requested: IoBackend) -> Result<BackendChoice, String> {
             backend: Backend::Epoll,
             reason: format!(
                 "auto: io_uring unavailable ({e}{}), falling back to epoll",
-                disabled_sysctl().map(|s| format!("; {s}")).unwrap_or_default()
+                disabled_sysctl()
+                    .map(|s| format!("; {s}"))
+                    .unwrap_or_default()
             ),
         }),
     }
@@ -108,13 +116,20 @@ mod tests {
     #[test]
     fn auto_agrees_with_the_probe() {
         let c = choose_backend(IoBackend::Auto).expect("auto never fails");
-        let expected = if probe_uring().is_ok() { Backend::Uring } else { Backend::Epoll };
+        let expected = if probe_uring().is_ok() {
+            Backend::Uring
+        } else {
+            Backend::Epoll
+        };
         assert_eq!(c.backend, expected);
         assert!(!c.reason.is_empty());
     }
 
     #[test]
     fn forced_uring_fails_only_when_probe_fails() {
-        assert_eq!(choose_backend(IoBackend::Uring).is_ok(), probe_uring().is_ok());
+        assert_eq!(
+            choose_backend(IoBackend::Uring).is_ok(),
+            probe_uring().is_ok()
+        );
     }
 }

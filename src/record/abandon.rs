@@ -9,7 +9,10 @@ impl Spool {
     /// Removes `spool/<id>/`. An id that is not a plain folder name is refused.
     pub fn abandon(&self, id: &str) -> io::Result<()> {
         if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad spool id {id:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad spool id {id:?}"),
+            ));
         }
         let dir = self.data_dir().join("spool").join(id);
         match std::fs::remove_dir_all(&dir) {

@@ -1517,7 +1517,11 @@ mod tests {
         let text = invite().replace("Call-ID: call-1\r\n", "");
         ep.handle_message(Instant::now(), udp(), text.as_bytes());
         let sent = transmits(&mut ep);
-        assert_eq!(sent.len(), 1, "answered: Via and CSeq are enough to match the response");
+        assert_eq!(
+            sent.len(),
+            1,
+            "answered: Via and CSeq are enough to match the response"
+        );
         let r = response(&sent[0]);
         assert_eq!(r.status, 400);
         assert!(r.reason.contains("Call-ID"), "{}", r.reason);

@@ -17,8 +17,12 @@ pub struct UdpClient {
 impl UdpClient {
     pub fn new(server_port: u16) -> UdpClient {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        sock.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-        UdpClient { sock, server: ([127, 0, 0, 1], server_port).into() }
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        UdpClient {
+            sock,
+            server: ([127, 0, 0, 1], server_port).into(),
+        }
     }
 
     pub fn local_port(&self) -> u16 {
@@ -34,7 +38,9 @@ impl UdpClient {
         let deadline = Instant::now() + timeout;
         let mut buf = vec![0u8; 65536];
         while Instant::now() < deadline {
-            let Ok((n, _)) = self.sock.recv_from(&mut buf) else { continue };
+            let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
+                continue;
+            };
             if let Ok(Message::Response(r)) = parse_message(&buf[..n]) {
                 if r.status >= min_status {
                     return Some(r);

@@ -49,7 +49,10 @@ pub fn free_rtp_block(len: u16) -> (u16, u16) {
             NEXT.store(40000, Ordering::SeqCst);
             continue;
         }
-        if (lo..lo + len).step_by(7).all(|p| UdpSocket::bind(("0.0.0.0", p)).is_ok()) {
+        if (lo..lo + len)
+            .step_by(7)
+            .all(|p| UdpSocket::bind(("0.0.0.0", p)).is_ok())
+        {
             return (lo, lo + len - 1);
         }
     }
@@ -85,9 +88,16 @@ impl Server {
             cmd.arg("--config").arg(path);
         }
         // A test may bring its own --sip (IPv6 ...): its port is then the one to use.
-        let own_sip = extra.iter().position(|a| *a == "--sip").and_then(|i| extra.get(i + 1));
+        let own_sip = extra
+            .iter()
+            .position(|a| *a == "--sip")
+            .and_then(|i| extra.get(i + 1));
         let sip_port = match own_sip {
-            Some(addr) => addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("--sip port"),
+            Some(addr) => addr
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .expect("--sip port"),
             None => {
                 cmd.args(["--sip", &format!("127.0.0.1:{sip_port}")]);
                 sip_port
@@ -104,7 +114,15 @@ impl Server {
             .stderr(std::fs::File::create(&log).expect("log file"));
         let args = cmd.get_args().map(|a| a.to_owned()).collect();
         let child = cmd.spawn().expect("start reel");
-        let server = Server { child: Some(child), sip_port, http_port, rtp, data_dir, log, args };
+        let server = Server {
+            child: Some(child),
+            sip_port,
+            http_port,
+            rtp,
+            data_dir,
+            log,
+            args,
+        };
         server.wait_ready();
         server
     }
@@ -136,7 +154,10 @@ impl Server {
         let mut text = String::new();
         s.read_to_string(&mut text)?;
         let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((status, body))
     }
 
@@ -157,7 +178,8 @@ impl Server {
                 return found
                     .into_iter()
                     .map(|dir| {
-                        let text = std::fs::read_to_string(dir.join("recording.json")).expect("json");
+                        let text =
+                            std::fs::read_to_string(dir.join("recording.json")).expect("json");
                         (dir, serde_json::from_str(&text).expect("valid JSON"))
                     })
                     .collect();
@@ -189,7 +211,10 @@ impl Server {
     /// Starts the same command again (same ports, same data), after a stop or a kill.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
-        let log = std::fs::OpenOptions::new().append(true).open(&self.log).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("log");
         let child = Command::new(reel_bin())
             .args(&self.args)
             .env("REEL_LOG", "debug")
@@ -220,7 +245,9 @@ impl Drop for Server {
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -259,14 +286,24 @@ pub fn sipp(server: &Server, scenario: &str, transport: &str, extra: &[&str]) ->
         .args(["-t", transport, "-m", "1", "-i", "127.0.0.1"])
         .args(["-p", &local_port.to_string()])
         .args(["-mp", &free_port().to_string()])
-        .args(["-timeout", "30s", "-timeout_error", "-trace_err", "-trace_msg"])
+        .args([
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-trace_err",
+            "-trace_msg",
+        ])
         .args(extra)
         .stdin(Stdio::null())
         .output()
         .expect("run sipp");
     if !out.status.success() {
         let mut logs = String::new();
-        for e in std::fs::read_dir(work.path()).into_iter().flatten().flatten() {
+        for e in std::fs::read_dir(work.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             logs.push_str(&format!("== {}\n", e.path().display()));
             logs.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
         }

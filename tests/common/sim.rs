@@ -27,7 +27,10 @@ impl MediaHost for FakeHost {
         Some(p)
     }
     fn release_port(&mut self, port: u16) {
-        assert!(self.in_use.borrow_mut().remove(&port), "port {port} released twice");
+        assert!(
+            self.in_use.borrow_mut().remove(&port),
+            "port {port} released twice"
+        );
     }
     fn media_ip(&mut self, _flow: &Flow) -> IpAddr {
         "192.0.2.10".parse().expect("ip")
@@ -54,7 +57,11 @@ impl Sim {
 
     pub fn with(config: RecorderConfig, port_limit: usize) -> Sim {
         let ports = std::rc::Rc::new(std::cell::RefCell::new(BTreeSet::new()));
-        let host = FakeHost { next: 20000, limit: port_limit, in_use: ports.clone() };
+        let host = FakeHost {
+            next: 20000,
+            limit: port_limit,
+            in_use: ports.clone(),
+        };
         Sim {
             rec: Recorder::new(config, Box::new(host), 7),
             now: Instant::now(),
@@ -75,12 +82,14 @@ impl Sim {
 
     pub fn send(&mut self, text: &str) {
         let data = text.replace("\r\n", "\n").replace('\n', "\r\n");
-        self.rec.handle_message(self.now, self.wall, self.flow, data.as_bytes());
+        self.rec
+            .handle_message(self.now, self.wall, self.flow, data.as_bytes());
         self.drain();
     }
 
     pub fn send_bytes(&mut self, data: &[u8]) {
-        self.rec.handle_message(self.now, self.wall, self.flow, data);
+        self.rec
+            .handle_message(self.now, self.wall, self.flow, data);
         self.drain();
     }
 
@@ -117,7 +126,11 @@ impl Sim {
     pub fn ack_storage(&mut self, ok: bool) {
         let keys: Vec<_> = self.pending_begin.drain(..).collect();
         for k in keys {
-            let r = if ok { Ok(()) } else { Err("disk on fire".to_string()) };
+            let r = if ok {
+                Ok(())
+            } else {
+                Err("disk on fire".to_string())
+            };
             self.rec.handle_storage(self.now, self.wall, k, r);
         }
         self.drain();
@@ -174,7 +187,10 @@ impl Sim {
 
     /// The final responses (>= 200) sent so far, taken.
     pub fn finals(&mut self) -> Vec<Response> {
-        self.responses().into_iter().filter(|r| r.status >= 200).collect()
+        self.responses()
+            .into_iter()
+            .filter(|r| r.status >= 200)
+            .collect()
     }
 
     pub fn finalized(&self) -> Vec<reel::record::RecordingMeta> {
@@ -245,7 +261,9 @@ pub fn request(
     } else {
         format!("<sip:srs@192.0.2.10>;tag={to_tag}")
     };
-    let ct = content_type.map(|c| format!("Content-Type: {c}\r\n")).unwrap_or_default();
+    let ct = content_type
+        .map(|c| format!("Content-Type: {c}\r\n"))
+        .unwrap_or_default();
     let cseq_method = if method == "ACK" { "ACK" } else { method };
     format!(
         "{method} sip:srs@192.0.2.10:5060 SIP/2.0\r
@@ -279,7 +297,11 @@ pub fn siprec_invite(call_id: &str, branch: &str) -> String {
 /// The To tag of a response.
 pub fn to_tag(resp: &Response) -> String {
     let to = resp.headers.get("To").expect("To");
-    reel::sip::NameAddr::parse(to).expect("To parses").tag().expect("tag").to_string()
+    reel::sip::NameAddr::parse(to)
+        .expect("To parses")
+        .tag()
+        .expect("tag")
+        .to_string()
 }
 
 pub fn body(resp: &Response) -> String {
