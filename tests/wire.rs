@@ -98,16 +98,13 @@ fn ipv6_request_is_answered_with_ipv6_sdp() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut got = None;
     while std::time::Instant::now() < deadline {
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if let Ok(reel::sip::Message::Response(r)) =
+        if let Ok((n, _)) = sock.recv_from(&mut buf)
+            && let Ok(reel::sip::Message::Response(r)) =
                 reel::sip::message::parse_message(&buf[..n])
-            {
-                if r.status >= 200 {
+                && r.status >= 200 {
                     got = Some(r);
                     break;
                 }
-            }
-        }
     }
     let ok = got.expect("answer over IPv6");
     assert_eq!(ok.status, 200, "{}", server.log_text());

@@ -25,7 +25,7 @@ impl PortPool {
     /// A pool over the even ports of `lo..=hi`. Binds to `[::]` (dual-stack) when the host has
     /// IPv6, else `0.0.0.0`.
     pub fn new(lo: u16, hi: u16, rcvbuf: usize) -> PortPool {
-        let first = if lo % 2 == 0 {
+        let first = if lo.is_multiple_of(2) {
             lo
         } else {
             lo.saturating_add(1)

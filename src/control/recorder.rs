@@ -206,11 +206,10 @@ impl Recorder {
             if session.flow.conn == Some(conn) {
                 session.flow.conn = None;
             }
-            if let Some(d) = session.dialog.as_mut() {
-                if d.flow.conn == Some(conn) {
+            if let Some(d) = session.dialog.as_mut()
+                && d.flow.conn == Some(conn) {
                     d.flow.conn = None;
                 }
-            }
         }
         self.process_events(now, wall);
     }
@@ -260,15 +259,14 @@ impl Recorder {
         for key in expired {
             self.end_session(now, wall, key, "session-timer", true);
         }
-        if let Some(deadline) = self.drain_deadline {
-            if now >= deadline {
+        if let Some(deadline) = self.drain_deadline
+            && now >= deadline {
                 self.drain_deadline = None;
                 let keys: Vec<SessionKey> = self.sessions.keys().copied().collect();
                 for key in keys {
                     self.end_session(now, wall, key, "shutdown", true);
                 }
             }
-        }
     }
 
     /// SIGTERM: refuse new sessions (503), let active ones finish; after the drain timeout Reel
@@ -642,11 +640,10 @@ impl Recorder {
         let Some(key) = self.dialog_key(req) else {
             return;
         };
-        if let Some(s) = self.sessions.get_mut(&key) {
-            if s.phase == Phase::Answered {
+        if let Some(s) = self.sessions.get_mut(&key)
+            && s.phase == Phase::Answered {
                 s.phase = Phase::Confirmed;
             }
-        }
     }
 
     fn on_in_dialog(
@@ -754,32 +751,29 @@ impl Recorder {
                 } else {
                     self.accept_stream(m)
                 };
-                match accepted {
-                    Ok((codec, te, crypto)) => {
-                        let port = match old.and_then(|o| o.port) {
-                            Some(p) => Some(p),
-                            None => match self.host.allocate_port() {
-                                Some(p) => {
-                                    new_ports.push(p);
-                                    Some(p)
-                                }
-                                None => None,
-                            },
-                        };
-                        if port.is_none() {
-                            for p in new_ports {
-                                self.host.release_port(p);
+                if let Ok((codec, te, crypto)) = accepted {
+                    let port = match old.and_then(|o| o.port) {
+                        Some(p) => Some(p),
+                        None => match self.host.allocate_port() {
+                            Some(p) => {
+                                new_ports.push(p);
+                                Some(p)
                             }
-                            return self.reply_503(now, tx, &req, "No RTP Ports Available");
+                            None => None,
+                        },
+                    };
+                    if port.is_none() {
+                        for p in new_ports {
+                            self.host.release_port(p);
                         }
-                        // An SRTP key is kept across re-offers of the same stream.
-                        let crypto = old.and_then(|o| o.crypto.clone()).or(crypto);
-                        st.port = port;
-                        st.codec = Some(codec);
-                        st.telephone_event = te;
-                        st.crypto = crypto;
+                        return self.reply_503(now, tx, &req, "No RTP Ports Available");
                     }
-                    Err(_) => {}
+                    // An SRTP key is kept across re-offers of the same stream.
+                    let crypto = old.and_then(|o| o.crypto.clone()).or(crypto);
+                    st.port = port;
+                    st.codec = Some(codec);
+                    st.telephone_event = te;
+                    st.crypto = crypto;
                 }
                 plan.push(st);
             }
@@ -804,11 +798,10 @@ impl Recorder {
         let mut released = Vec::new();
         if let Some(sdp) = offer.sdp {
             for old in &s.streams {
-                if let Some(p) = old.port {
-                    if !plan.iter().any(|n| n.port == Some(p)) {
+                if let Some(p) = old.port
+                    && !plan.iter().any(|n| n.port == Some(p)) {
                         released.push(p);
                     }
-                }
             }
             // Streams that no longer exist stay in the recording (they were recorded) but
             // without a port.
@@ -900,8 +893,8 @@ impl Recorder {
         let Some(mut s) = self.remove_session(key) else {
             return;
         };
-        if send_bye {
-            if let Some(d) = s.dialog.as_mut() {
+        if send_bye
+            && let Some(d) = s.dialog.as_mut() {
                 let mut bye = d.make_request(Method::Bye);
                 bye.headers
                     .push("Reason", format!("SIP;cause=200;text=\"{why}\""));
@@ -910,7 +903,6 @@ impl Recorder {
                 let flow = d.flow;
                 self.endpoint.send_request(now, bye, flow);
             }
-        }
         self.stats.sessions_ended += 1;
         if let Some(meta) = meta {
             self.storage.push_back(StorageOp::Finalize { meta });
@@ -1348,12 +1340,11 @@ fn warning_value(text: &str) -> String {
 }
 
 fn add_tag(resp: &mut Response, tag: &str) {
-    if let Some(to) = resp.headers.get("To") {
-        if !to.contains(";tag=") {
+    if let Some(to) = resp.headers.get("To")
+        && !to.contains(";tag=") {
             let v = format!("{to};tag={tag}");
             resp.headers.set("To", v);
         }
-    }
 }
 
 fn ensure_to_tag(resp: &mut Response, rng: &mut rand::rngs::StdRng) {

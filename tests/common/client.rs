@@ -41,11 +41,10 @@ impl UdpClient {
             let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
                 continue;
             };
-            if let Ok(Message::Response(r)) = parse_message(&buf[..n]) {
-                if r.status >= min_status {
+            if let Ok(Message::Response(r)) = parse_message(&buf[..n])
+                && r.status >= min_status {
                     return Some(r);
                 }
-            }
         }
         None
     }
@@ -60,13 +59,11 @@ pub fn stream_response<S: Read>(
     let mut buf = [0u8; 8192];
     loop {
         while let Ok(Some(frame)) = framer.next_frame() {
-            if let Frame::Message(data) = frame {
-                if let Ok(Message::Response(r)) = parse_message(&data) {
-                    if r.status >= min_status {
+            if let Frame::Message(data) = frame
+                && let Ok(Message::Response(r)) = parse_message(&data)
+                    && r.status >= min_status {
                         return Some(r);
                     }
-                }
-            }
         }
         let n = stream.read(&mut buf).ok()?;
         if n == 0 {
