@@ -101,10 +101,11 @@ fn ipv6_request_is_answered_with_ipv6_sdp() {
         if let Ok((n, _)) = sock.recv_from(&mut buf)
             && let Ok(reel::sip::Message::Response(r)) =
                 reel::sip::message::parse_message(&buf[..n])
-                && r.status >= 200 {
-                    got = Some(r);
-                    break;
-                }
+            && r.status >= 200
+        {
+            got = Some(r);
+            break;
+        }
     }
     let ok = got.expect("answer over IPv6");
     assert_eq!(ok.status, 200, "{}", server.log_text());

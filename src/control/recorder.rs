@@ -207,9 +207,10 @@ impl Recorder {
                 session.flow.conn = None;
             }
             if let Some(d) = session.dialog.as_mut()
-                && d.flow.conn == Some(conn) {
-                    d.flow.conn = None;
-                }
+                && d.flow.conn == Some(conn)
+            {
+                d.flow.conn = None;
+            }
         }
         self.process_events(now, wall);
     }
@@ -260,13 +261,14 @@ impl Recorder {
             self.end_session(now, wall, key, "session-timer", true);
         }
         if let Some(deadline) = self.drain_deadline
-            && now >= deadline {
-                self.drain_deadline = None;
-                let keys: Vec<SessionKey> = self.sessions.keys().copied().collect();
-                for key in keys {
-                    self.end_session(now, wall, key, "shutdown", true);
-                }
+            && now >= deadline
+        {
+            self.drain_deadline = None;
+            let keys: Vec<SessionKey> = self.sessions.keys().copied().collect();
+            for key in keys {
+                self.end_session(now, wall, key, "shutdown", true);
             }
+        }
     }
 
     /// SIGTERM: refuse new sessions (503), let active ones finish; after the drain timeout Reel
@@ -641,9 +643,10 @@ impl Recorder {
             return;
         };
         if let Some(s) = self.sessions.get_mut(&key)
-            && s.phase == Phase::Answered {
-                s.phase = Phase::Confirmed;
-            }
+            && s.phase == Phase::Answered
+        {
+            s.phase = Phase::Confirmed;
+        }
     }
 
     fn on_in_dialog(
@@ -799,9 +802,10 @@ impl Recorder {
         if let Some(sdp) = offer.sdp {
             for old in &s.streams {
                 if let Some(p) = old.port
-                    && !plan.iter().any(|n| n.port == Some(p)) {
-                        released.push(p);
-                    }
+                    && !plan.iter().any(|n| n.port == Some(p))
+                {
+                    released.push(p);
+                }
             }
             // Streams that no longer exist stay in the recording (they were recorded) but
             // without a port.
@@ -893,16 +897,15 @@ impl Recorder {
         let Some(mut s) = self.remove_session(key) else {
             return;
         };
-        if send_bye
-            && let Some(d) = s.dialog.as_mut() {
-                let mut bye = d.make_request(Method::Bye);
-                bye.headers
-                    .push("Reason", format!("SIP;cause=200;text=\"{why}\""));
-                bye.headers
-                    .push("User-Agent", self.config.endpoint.user_agent.clone());
-                let flow = d.flow;
-                self.endpoint.send_request(now, bye, flow);
-            }
+        if send_bye && let Some(d) = s.dialog.as_mut() {
+            let mut bye = d.make_request(Method::Bye);
+            bye.headers
+                .push("Reason", format!("SIP;cause=200;text=\"{why}\""));
+            bye.headers
+                .push("User-Agent", self.config.endpoint.user_agent.clone());
+            let flow = d.flow;
+            self.endpoint.send_request(now, bye, flow);
+        }
         self.stats.sessions_ended += 1;
         if let Some(meta) = meta {
             self.storage.push_back(StorageOp::Finalize { meta });
@@ -1341,10 +1344,11 @@ fn warning_value(text: &str) -> String {
 
 fn add_tag(resp: &mut Response, tag: &str) {
     if let Some(to) = resp.headers.get("To")
-        && !to.contains(";tag=") {
-            let v = format!("{to};tag={tag}");
-            resp.headers.set("To", v);
-        }
+        && !to.contains(";tag=")
+    {
+        let v = format!("{to};tag={tag}");
+        resp.headers.set("To", v);
+    }
 }
 
 fn ensure_to_tag(resp: &mut Response, rng: &mut rand::rngs::StdRng) {

@@ -42,9 +42,10 @@ impl UdpClient {
                 continue;
             };
             if let Ok(Message::Response(r)) = parse_message(&buf[..n])
-                && r.status >= min_status {
-                    return Some(r);
-                }
+                && r.status >= min_status
+            {
+                return Some(r);
+            }
         }
         None
     }
@@ -61,9 +62,10 @@ pub fn stream_response<S: Read>(
         while let Ok(Some(frame)) = framer.next_frame() {
             if let Frame::Message(data) = frame
                 && let Ok(Message::Response(r)) = parse_message(&data)
-                    && r.status >= min_status {
-                        return Some(r);
-                    }
+                && r.status >= min_status
+            {
+                return Some(r);
+            }
         }
         let n = stream.read(&mut buf).ok()?;
         if n == 0 {
