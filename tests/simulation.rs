@@ -137,7 +137,7 @@ fn unacknowledged_200_is_retransmitted_then_session_ends_with_bye() {
 }
 
 #[test]
-fn cancel_before_answer_gets_487_and_no_recording() {
+fn cancel_before_answer_gets_487_and_a_cancelled_record() {
     let mut sim = Sim::new();
     sim.auto_store = false;
     sim.send(&siprec_invite("cancel", "z9hG4bK-cancel-1"));
@@ -163,12 +163,11 @@ fn cancel_before_answer_gets_487_and_no_recording() {
         !statuses.contains(&(200, "1 INVITE".into())),
         "{statuses:?}"
     );
-    assert!(sim.finalized().is_empty());
-    assert!(
-        sim.storage
-            .iter()
-            .any(|op| matches!(op, StorageOp::Abandon { .. }))
-    );
+    let done = sim.finalized();
+    assert_eq!(done.len(), 1, "the attempt is kept as a folder");
+    assert_eq!(done[0].end_reason, "cancel");
+    assert_eq!(done[0].state, RecordingState::NoMedia);
+    assert_eq!(sim.rec.session_count(), 0);
     assert!(sim.ports.borrow().is_empty(), "ports released");
 }
 

@@ -363,7 +363,7 @@ impl Recorder {
                     self.on_request(now, wall, tx, request, flow)
                 }
                 Event::Ack { request, .. } => self.on_ack(&request),
-                Event::Cancel { invite_tx, .. } => self.on_cancel(now, invite_tx),
+                Event::Cancel { invite_tx, .. } => self.on_cancel(now, wall, invite_tx),
                 Event::AckTimeout {
                     call_id, local_tag, ..
                 } => {
@@ -624,10 +624,14 @@ impl Recorder {
         self.storage.push_back(StorageOp::Abandon { id: s.id });
     }
 
-    fn on_cancel(&mut self, now: Instant, invite_tx: TxId) {
+    /// A CANCEL before our 200: 487, and the attempt still ends in a folder (`no-media`,
+    /// `end_reason: cancel`, timeline from the INVITE to the CANCEL) so an audit can see that
+    /// the SRC tried to record this call and withdrew.
+    fn on_cancel(&mut self, now: Instant, wall: SystemTime, invite_tx: TxId) {
         let Some(key) = self.by_invite_tx.get(&invite_tx).copied() else {
             return;
         };
+        let meta = self.snapshot(key, wall, RecordingState::NoMedia, "cancel");
         let Some(s) = self.remove_session(key) else {
             return;
         };
@@ -635,7 +639,10 @@ impl Recorder {
         add_tag(&mut resp, &s.local_tag);
         self.decorate(&mut resp);
         self.endpoint.respond(now, invite_tx, resp);
-        self.storage.push_back(StorageOp::Abandon { id: s.id });
+        self.stats.sessions_ended += 1;
+        if let Some(meta) = meta {
+            self.storage.push_back(StorageOp::Finalize { meta });
+        }
     }
 
     fn on_ack(&mut self, req: &Request) {
