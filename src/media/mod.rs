@@ -4,5 +4,6 @@
 
 pub mod probe;
 pub mod rtp;
+pub mod stream;
 
 pub use probe::{Backend, BackendChoice, choose_backend};
