@@ -9,7 +9,7 @@
 //! send on this stream (latching, `foreign`) and SRTP authentication are decided by the caller
 //! before a packet gets here; decoding and gap filling happen at finalize.
 //!
-//! Shape: a [`StreamState`] is a fixed-size value (about 400 bytes) with up to [`MAX_SSRCS`]
+//! Shape: a [`StreamState`] is a fixed-size value (under 512 bytes) with up to [`MAX_SSRCS`]
 //! per-SSRC sub-states, so a stream that changes SSRC (transfer, re-INVITE, SBC failover) keeps
 //! each source's sequence space apart. Tracking is probation-free: the first packet of a new
 //! SSRC is accepted at once, because a recorder that waits for RFC 3550's `MIN_SEQUENTIAL`
