@@ -3,5 +3,6 @@
 //! receive loops, rings and journal land with the media issue.
 
 pub mod probe;
+pub mod srtp;
 
 pub use probe::{Backend, BackendChoice, choose_backend};
