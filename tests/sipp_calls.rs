@@ -150,33 +150,12 @@ fn malformed_requests_get_documented_statuses_while_a_call_goes_on() {
     let server = Server::start(&[]);
     for transport in ["u1", "t1"] {
         // A good call runs beside the bad requests and must not notice them.
-        let good = {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp");
-            let port = common::server::free_port();
-            std::process::Command::new("sipp")
-                .current_dir(server.data_dir.path())
-                .arg("-sf")
-                .arg(dir.join("basic_call.xml"))
-                .arg(format!("127.0.0.1:{}", server.sip_port))
-                .args([
-                    "-t",
-                    transport,
-                    "-m",
-                    "1",
-                    "-i",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                ])
-                .args(["-mp", &common::server::free_port().to_string()])
-                .args(["-timeout", "30s", "-timeout_error"])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("sipp")
-        };
-        let bad = sipp(&server, "malformed.xml", transport, &[]);
-        let good = good.wait_with_output().expect("sipp");
+        let good = std::thread::scope(|scope| {
+            let good = scope.spawn(|| sipp(&server, "basic_call.xml", transport, &[]));
+            let bad = sipp(&server, "malformed.xml", transport, &[]);
+            (bad, good.join().expect("sipp thread"))
+        });
+        let (bad, good) = good;
         assert!(bad.status.success(), "malformed scenario over {transport}");
         assert!(
             good.status.success(),

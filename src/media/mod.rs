@@ -5,6 +5,7 @@
 
 pub mod dtmf;
 pub mod probe;
+pub mod ring;
 pub mod rtp;
 pub mod srtp;
 pub mod stream;

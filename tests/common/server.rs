@@ -16,21 +16,23 @@ pub struct Server {
     args: Vec<std::ffi::OsString>,
 }
 
-/// A port free for both UDP and TCP on 127.0.0.1 (and the next one, for SIPp's media).
+/// A port free for both UDP and TCP on 127.0.0.1, with the three above it free too (SIPp's
+/// `-mp P` binds audio RTP/RTCP and video RTP/RTCP on P..P+3).
+/// Fixed ports come from below the kernel's ephemeral range (32768-60999), so a socket some
+/// other test binds to port 0 can never take one between this check and its use.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let seed = (std::process::id() % 500) as u16 * 40;
-    let _ = NEXT.compare_exchange(0, 21000 + seed, Ordering::SeqCst, Ordering::SeqCst);
+    let seed = (std::process::id() % 250) as u16 * 40;
+    let _ = NEXT.compare_exchange(0, 10000 + seed, Ordering::SeqCst, Ordering::SeqCst);
     loop {
-        let p = NEXT.fetch_add(2, Ordering::SeqCst);
-        if p > 39000 {
-            NEXT.store(21000, Ordering::SeqCst);
+        let p = NEXT.fetch_add(4, Ordering::SeqCst);
+        if p > 19990 {
+            NEXT.store(10000, Ordering::SeqCst);
             continue;
         }
-        let ok = UdpSocket::bind(("127.0.0.1", p)).is_ok()
-            && TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok();
+        let ok = TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && (p..p + 4).all(|q| UdpSocket::bind(("127.0.0.1", q)).is_ok());
         if ok {
             return p;
         }
@@ -41,12 +43,12 @@ pub fn free_port() -> u16 {
 pub fn free_rtp_block(len: u16) -> (u16, u16) {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let seed = (std::process::id() % 50) as u16 * 400;
-    let _ = NEXT.compare_exchange(0, 40000 + seed, Ordering::SeqCst, Ordering::SeqCst);
+    let seed = (std::process::id() % 50) as u16 * 200;
+    let _ = NEXT.compare_exchange(0, 20000 + seed, Ordering::SeqCst, Ordering::SeqCst);
     loop {
         let lo = NEXT.fetch_add(len, Ordering::SeqCst);
-        if lo > 64000 {
-            NEXT.store(40000, Ordering::SeqCst);
+        if lo + len > 32700 {
+            NEXT.store(20000, Ordering::SeqCst);
             continue;
         }
         if (lo..lo + len)
