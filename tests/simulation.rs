@@ -713,3 +713,87 @@ fn recorder_accepts_every_vendor_sample() {
     }
     assert!(n >= 10);
 }
+
+#[test]
+fn streams_reach_the_media_path_only_after_the_200() {
+    let mut sim = Sim::new();
+    sim.auto_store = false;
+    sim.send(&siprec_invite("media", "z9hG4bK-media-1"));
+    assert!(
+        sim.started.borrow().is_empty(),
+        "no media before the answer"
+    );
+    sim.ack_storage(true);
+    let started = sim.started.borrow().clone();
+    assert_eq!(started.len(), 2);
+    assert_eq!(started[0].1.mline, 0);
+    assert_eq!(started[1].1.mline, 1);
+    assert_eq!(started[0].1.payload_type, 0);
+    assert_eq!(started[0].1.event_pt, Some(101));
+    let tag = to_tag(&sim.finals()[0]);
+    bye(&mut sim, "media", &tag, 2);
+    let finalize = sim.storage.iter().find_map(|op| match op {
+        StorageOp::Finalize { media_streams, .. } => Some(media_streams.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        finalize,
+        Some(vec![0, 1]),
+        "the writer waits for both streams' end records"
+    );
+}
+
+#[test]
+fn srtp_offer_hands_the_src_key_to_the_media_path() {
+    let mut sim = Sim::new();
+    let sdp = SDP_TWO_STREAMS.replace("RTP/AVP", "RTP/SAVP").replace(
+        "a=sendonly\r\n",
+        "a=sendonly\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n",
+    );
+    let invite = request(
+        "INVITE",
+        "srtp",
+        "z9hG4bK-srtp-1",
+        1,
+        "",
+        "Require: siprec\r\n",
+        Some("application/sdp"),
+        &sdp,
+    );
+    sim.send(&invite);
+    let ok = sim.finals().pop().expect("answer");
+    assert_eq!(ok.status, 200, "{:?}", ok.headers.get("Warning"));
+    let answer = body(&ok);
+    assert_eq!(answer.matches("RTP/SAVP").count(), 2, "{answer}");
+    assert!(
+        !answer.contains("WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz"),
+        "our own key, not theirs"
+    );
+    let started = sim.started.borrow();
+    assert!(started.iter().all(|(_, spec)| spec.srtp.is_some()));
+}
+
+#[test]
+fn srtp_offer_with_an_unusable_key_gets_488() {
+    let mut sim = Sim::new();
+    let sdp = SDP_TWO_STREAMS.replace("RTP/AVP", "RTP/SAVP").replace(
+        "a=sendonly\r\n",
+        "a=sendonly\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:dG9vc2hvcnQ=\r\n",
+    );
+    let invite = request(
+        "INVITE",
+        "badkey",
+        "z9hG4bK-badkey-1",
+        1,
+        "",
+        "",
+        Some("application/sdp"),
+        &sdp,
+    );
+    sim.send(&invite);
+    assert_eq!(
+        sim.finals().pop().expect("answer").status,
+        488,
+        "never a plain RTP answer"
+    );
+}

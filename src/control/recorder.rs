@@ -30,6 +30,23 @@ pub trait MediaHost {
     fn release_port(&mut self, port: u16);
     /// The address to put in SDP `c=` and Contact for a request that arrived on `flow`.
     fn media_ip(&mut self, flow: &Flow) -> IpAddr;
+    /// Start recording what arrives on an allocated port (after the 200 OK that announced it).
+    /// [`MediaHost::release_port`] later stops it; the port is reused only once its sockets
+    /// are closed.
+    fn start_stream(&mut self, port: u16, spec: MediaSpec);
+}
+
+/// What the media path needs to record one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaSpec {
+    /// The session, as the writer's recording slot.
+    pub session: SessionKey,
+    /// m-line index in the offer.
+    pub mline: u16,
+    pub payload_type: u8,
+    pub event_pt: Option<u8>,
+    /// The SRC's own SDES key (what it encrypts with).
+    pub srtp: Option<crate::media::srtp::SrtpKey>,
 }
 
 #[derive(Clone, Debug)]
@@ -79,8 +96,12 @@ pub enum StorageOp {
     Save { meta: RecordingMeta },
     /// Store one received metadata document.
     Metadata { id: String, xml: Vec<u8> },
-    /// The session ended: write the recording folder.
-    Finalize { meta: RecordingMeta },
+    /// The session ended: write the recording folder once the end records of `media_streams`
+    /// (m-line indexes handed to the media path) have arrived from the media threads.
+    Finalize {
+        meta: RecordingMeta,
+        media_streams: Vec<u16>,
+    },
     /// A session that never started (cancelled, refused after Begin): drop its spool entry.
     Abandon { id: String },
 }
@@ -103,7 +124,11 @@ struct StreamState {
     codec: Option<sdp::Codec>,
     telephone_event: Option<sdp::Codec>,
     crypto: Option<String>,
+    /// The key the SRC encrypts this stream with (from its offer).
+    srtp: Option<crate::media::srtp::SrtpKey>,
     direction: Direction,
+    /// Handed to the media path (after the 200 OK that announced the port).
+    started: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -482,15 +507,18 @@ impl Recorder {
                 codec: None,
                 telephone_event: None,
                 crypto: None,
+                srtp: None,
                 direction: m.direction,
+                started: false,
             };
             match self.accept_stream(m) {
-                Ok((codec, te, crypto)) => match self.host.allocate_port() {
+                Ok(a) => match self.host.allocate_port() {
                     Some(port) => {
                         st.port = Some(port);
-                        st.codec = Some(codec);
-                        st.telephone_event = te;
-                        st.crypto = crypto;
+                        st.codec = Some(a.codec);
+                        st.telephone_event = a.te;
+                        st.crypto = a.crypto;
+                        st.srtp = a.srtp;
                     }
                     None => {
                         self.release_streams(&streams);
@@ -602,8 +630,30 @@ impl Recorder {
         self.stats.sessions_started += 1;
         self.decorate(&mut resp);
         self.endpoint.respond(now, tx, resp);
+        self.start_media(key);
         if let Some(meta) = self.snapshot(key, wall, RecordingState::NoMedia, "") {
             self.storage.push_back(StorageOp::Save { meta });
+        }
+    }
+
+    /// Hands every accepted, not yet started stream of the session to the media path.
+    fn start_media(&mut self, key: SessionKey) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        for st in s.streams.iter_mut().filter(|st| !st.started) {
+            let (Some(port), Some(codec)) = (st.port, st.codec.as_ref()) else {
+                continue;
+            };
+            let spec = MediaSpec {
+                session: key,
+                mline: u16::try_from(st.index).unwrap_or(u16::MAX),
+                payload_type: codec.payload_type,
+                event_pt: st.telephone_event.as_ref().map(|c| c.payload_type),
+                srtp: st.srtp.clone(),
+            };
+            self.host.start_stream(port, spec);
+            st.started = true;
         }
     }
 
@@ -641,7 +691,10 @@ impl Recorder {
         self.endpoint.respond(now, invite_tx, resp);
         self.stats.sessions_ended += 1;
         if let Some(meta) = meta {
-            self.storage.push_back(StorageOp::Finalize { meta });
+            self.storage.push_back(StorageOp::Finalize {
+                meta,
+                media_streams: Vec::new(),
+            });
         }
     }
 
@@ -754,14 +807,16 @@ impl Recorder {
                     codec: None,
                     telephone_event: None,
                     crypto: None,
+                    srtp: None,
                     direction: m.direction,
+                    started: false,
                 };
                 let accepted = if m.port == 0 {
                     Err("removed".into())
                 } else {
                     self.accept_stream(m)
                 };
-                if let Ok((codec, te, crypto)) = accepted {
+                if let Ok(a) = accepted {
                     let port = match old.and_then(|o| o.port) {
                         Some(p) => Some(p),
                         None => match self.host.allocate_port() {
@@ -778,11 +833,14 @@ impl Recorder {
                         }
                         return self.reply_503(now, tx, &req, "No RTP Ports Available");
                     }
-                    // An SRTP key is kept across re-offers of the same stream.
-                    let crypto = old.and_then(|o| o.crypto.clone()).or(crypto);
+                    // A kept stream keeps its SRTP keys and its media path: a re-offer that
+                    // changes the SRC's key mid-call is not followed (noted in docs).
+                    let crypto = old.and_then(|o| o.crypto.clone()).or(a.crypto);
+                    st.srtp = old.and_then(|o| o.srtp.clone()).or(a.srtp);
+                    st.started = old.is_some_and(|o| o.started && o.port == port);
                     st.port = port;
-                    st.codec = Some(codec);
-                    st.telephone_event = te;
+                    st.codec = Some(a.codec);
+                    st.telephone_event = a.te;
                     st.crypto = crypto;
                 }
                 plan.push(st);
@@ -869,6 +927,7 @@ impl Recorder {
         }
         self.decorate(&mut resp);
         self.endpoint.respond(now, tx, resp);
+        self.start_media(key);
         for xml in new_versions {
             self.storage.push_back(StorageOp::Metadata {
                 id: id.clone(),
@@ -904,6 +963,12 @@ impl Recorder {
         let Some(mut s) = self.remove_session(key) else {
             return;
         };
+        let media_streams: Vec<u16> = s
+            .streams
+            .iter()
+            .filter(|st| st.started)
+            .map(|st| u16::try_from(st.index).unwrap_or(u16::MAX))
+            .collect();
         if send_bye && let Some(d) = s.dialog.as_mut() {
             let mut bye = d.make_request(Method::Bye);
             bye.headers
@@ -915,7 +980,10 @@ impl Recorder {
         }
         self.stats.sessions_ended += 1;
         if let Some(meta) = meta {
-            self.storage.push_back(StorageOp::Finalize { meta });
+            self.storage.push_back(StorageOp::Finalize {
+                meta,
+                media_streams,
+            });
         }
     }
 
@@ -1068,10 +1136,7 @@ impl Recorder {
         Ok(Some(Duration::from_secs(secs)))
     }
 
-    fn accept_stream(
-        &self,
-        m: &sdp::MediaDescription,
-    ) -> Result<(sdp::Codec, Option<sdp::Codec>, Option<String>), String> {
+    fn accept_stream(&self, m: &sdp::MediaDescription) -> Result<Accepted, String> {
         if m.port == 0 {
             return Err("offered with port 0".into());
         }
@@ -1087,20 +1152,26 @@ impl Recorder {
         let Some((codec, te)) = m.choose_codecs() else {
             return Err("no offered codec among PCMU, PCMA, G722, G729, opus".into());
         };
-        let crypto = if m.proto.to_ascii_uppercase().contains("SAVP") {
-            let answer = m
-                .crypto
-                .iter()
-                .find(|c| sdp::SUPPORTED_CRYPTO_SUITES.contains(&c.suite.as_str()))
-                .and_then(sdp::answer_crypto);
-            match answer {
-                Some(a) => Some(a),
-                None => return Err("no supported SRTP crypto suite".into()),
+        let (crypto, srtp) = if m.proto.to_ascii_uppercase().contains("SAVP") {
+            // The first offered line whose key Reel can actually use decides; an offer with
+            // none is refused rather than answered with plain RTP.
+            let usable = m.crypto.iter().find_map(|c| {
+                let key = crate::media::srtp::SrtpKey::from_sdes(&c.suite, &c.key_params).ok()?;
+                Some((sdp::answer_crypto(c)?, key))
+            });
+            match usable {
+                Some((answer, key)) => (Some(answer), Some(key)),
+                None => return Err("no usable SRTP crypto line (suite or key)".into()),
             }
         } else {
-            None
+            (None, None)
         };
-        Ok((codec, te, crypto))
+        Ok(Accepted {
+            codec,
+            te,
+            crypto,
+            srtp,
+        })
     }
 
     fn build_answer_sdp(&self, s: &Session) -> String {
@@ -1293,6 +1364,13 @@ impl Recorder {
     fn count_reject(&mut self, status: u16) {
         *self.stats.rejected.entry(status).or_default() += 1;
     }
+}
+
+struct Accepted {
+    codec: sdp::Codec,
+    te: Option<sdp::Codec>,
+    crypto: Option<String>,
+    srtp: Option<crate::media::srtp::SrtpKey>,
 }
 
 struct Offer {

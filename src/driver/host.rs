@@ -32,6 +32,8 @@ impl MediaHost for Host {
         self.pool.release(port)
     }
 
+    fn start_stream(&mut self, _port: u16, _spec: crate::control::recorder::MediaSpec) {}
+
     fn media_ip(&mut self, flow: &Flow) -> IpAddr {
         if let Some(ip) = self.advertise {
             return ip;

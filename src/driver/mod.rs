@@ -307,6 +307,9 @@ impl crate::control::MediaHost for StatsHost {
     fn media_ip(&mut self, flow: &Flow) -> std::net::IpAddr {
         self.inner.media_ip(flow)
     }
+    fn start_stream(&mut self, port: u16, spec: crate::control::recorder::MediaSpec) {
+        self.inner.start_stream(port, spec);
+    }
 }
 
 impl StatsHost {

@@ -72,7 +72,7 @@ fn run(spool: &Spool, op: StorageOp, reports: &UnboundedSender<WriterReport>) {
                 let _ = reports.send(WriterReport::Error);
             }
         }
-        StorageOp::Finalize { meta } => {
+        StorageOp::Finalize { meta, .. } => {
             let result = spool.finalize(&meta).map(|p| p.display().to_string());
             match &result {
                 Ok(path) => tracing::info!(id = %meta.id, call_id = %meta.call_id,

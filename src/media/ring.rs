@@ -180,7 +180,6 @@ impl RingReader {
             for (d, s) in len.iter_mut().zip(a.iter().chain(b.iter())) {
                 *d = *s;
             }
-            drop(peek);
             let total = u32::from_le_bytes(len) as usize;
             if total < PREFIX_LEN + META_LEN || total > available {
                 // A writer commits whole records, so a short count means a bug, not a race:

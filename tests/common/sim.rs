@@ -14,6 +14,7 @@ pub struct FakeHost {
     pub next: u16,
     pub limit: usize,
     pub in_use: std::rc::Rc<std::cell::RefCell<BTreeSet<u16>>>,
+    pub started: std::rc::Rc<std::cell::RefCell<Vec<(u16, reel::control::recorder::MediaSpec)>>>,
 }
 
 impl MediaHost for FakeHost {
@@ -32,6 +33,13 @@ impl MediaHost for FakeHost {
             "port {port} released twice"
         );
     }
+    fn start_stream(&mut self, port: u16, spec: reel::control::recorder::MediaSpec) {
+        assert!(
+            self.in_use.borrow().contains(&port),
+            "started port {port} is allocated"
+        );
+        self.started.borrow_mut().push((port, spec));
+    }
     fn media_ip(&mut self, _flow: &Flow) -> IpAddr {
         "192.0.2.10".parse().expect("ip")
     }
@@ -47,6 +55,7 @@ pub struct Sim {
     pub pending_begin: Vec<reel::control::SessionKey>,
     pub auto_store: bool,
     pub ports: std::rc::Rc<std::cell::RefCell<BTreeSet<u16>>>,
+    pub started: std::rc::Rc<std::cell::RefCell<Vec<(u16, reel::control::recorder::MediaSpec)>>>,
     pub flow: Flow,
 }
 
@@ -57,10 +66,12 @@ impl Sim {
 
     pub fn with(config: RecorderConfig, port_limit: usize) -> Sim {
         let ports = std::rc::Rc::new(std::cell::RefCell::new(BTreeSet::new()));
+        let started = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let host = FakeHost {
             next: 20000,
             limit: port_limit,
             in_use: ports.clone(),
+            started: started.clone(),
         };
         Sim {
             rec: Recorder::new(config, Box::new(host), 7),
@@ -71,6 +82,7 @@ impl Sim {
             pending_begin: Vec::new(),
             auto_store: true,
             ports,
+            started,
             flow: Flow {
                 transport: Transport::Udp,
                 local: "192.0.2.10:5060".parse().expect("addr"),
@@ -197,7 +209,7 @@ impl Sim {
         self.storage
             .iter()
             .filter_map(|op| match op {
-                StorageOp::Finalize { meta } => Some(meta.clone()),
+                StorageOp::Finalize { meta, .. } => Some(meta.clone()),
                 _ => None,
             })
             .collect()

@@ -1,0 +1,321 @@
+//! A media thread: one receive backend (io_uring or epoll), the streams it serves, and the ring
+//! to its writer thread.
+//!
+//! Per packet: find the stream by token (a slab index, no hashing), drop what is not from the
+//! latched source, demultiplex RTCP, decrypt SRTP into a scratch buffer, parse RTP, drop
+//! duplicates, push `(PacketMeta, payload)` into the ring. No allocation, no lock, no log.
+//! Commands (add/remove a stream) arrive on a channel, with the backend's waker to cut a wait
+//! short; totals leave with each stream's end record, through the same ring as its packets,
+//! so the writer sees them after the last packet.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::time::Duration;
+
+use super::backend::{Received, RecvBackend};
+use super::ring::{KIND_AUDIO, KIND_END, KIND_EVENT, PacketMeta, RingWriter, StreamTotals};
+use super::rtp::{is_rtcp, parse_rtp, payload};
+use super::srtp::{SrtpContext, SrtpError, SrtpKey};
+use super::stream::{PacketVerdict, StreamState};
+
+/// Everything a media thread needs to record one stream.
+#[derive(Debug)]
+pub struct StreamConfig {
+    /// Unique per stream across the process (the driver numbers them).
+    pub key: u64,
+    /// The writer's recording slot.
+    pub recording: u32,
+    /// m-line index in the offer.
+    pub mline: u16,
+    pub rtp: UdpSocket,
+    pub rtcp: Option<UdpSocket>,
+    pub event_pt: Option<u8>,
+    /// The SRC's offered SDES key: what it encrypts with.
+    pub srtp: Option<SrtpKey>,
+    /// Drop packets from any source but the first one heard.
+    pub latch: bool,
+}
+
+pub enum MediaCommand {
+    Add(Box<StreamConfig>),
+    /// Stop receiving; the stream's end record follows its last packet into the ring.
+    Remove { key: u64 },
+    Shutdown,
+}
+
+/// What a media thread tells the control thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaReport {
+    /// The stream's sockets are closed: its ports may be reused.
+    Closed { key: u64 },
+}
+
+/// Counters a media thread publishes (relaxed atomics, written about once per poll).
+#[derive(Debug, Default)]
+pub struct MediaCounters {
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+    pub foreign: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub srtp_failures: AtomicU64,
+    pub srtp_replays: AtomicU64,
+    pub malformed: AtomicU64,
+    pub rtcp: AtomicU64,
+    pub ring_drops: AtomicU64,
+    pub ring_used_bytes: AtomicU64,
+    pub enobufs: AtomicU64,
+    pub wakeups: AtomicU64,
+    pub streams: AtomicU64,
+}
+
+struct Stream {
+    key: u64,
+    recording: u32,
+    mline: u16,
+    event_pt: Option<u8>,
+    srtp: Option<SrtpContext>,
+    latch: bool,
+    latched: Option<SocketAddr>,
+    state: StreamState,
+    totals: StreamTotals,
+}
+
+/// Local tallies, flushed to the shared atomics once per poll.
+#[derive(Default)]
+struct Tally {
+    packets: u64,
+    bytes: u64,
+    foreign: u64,
+    duplicates: u64,
+    srtp_failures: u64,
+    srtp_replays: u64,
+    malformed: u64,
+    rtcp: u64,
+    ring_drops: u64,
+}
+
+pub struct Worker {
+    backend: Box<dyn RecvBackend>,
+    commands: Receiver<MediaCommand>,
+    reports: Sender<MediaReport>,
+    ring: RingWriter,
+    counters: Arc<MediaCounters>,
+    slab: Vec<Option<Stream>>,
+    free: Vec<usize>,
+    scratch: Box<[u8; 4096]>,
+    /// Sleep between polls so each wake takes many completions (a recorder needs no
+    /// per-packet latency; the socket buffers hold what arrives meanwhile).
+    batch: Duration,
+}
+
+impl Worker {
+    pub fn new(
+        backend: Box<dyn RecvBackend>,
+        commands: Receiver<MediaCommand>,
+        reports: Sender<MediaReport>,
+        ring: RingWriter,
+        counters: Arc<MediaCounters>,
+        batch: Duration,
+    ) -> Worker {
+        Worker {
+            backend,
+            commands,
+            reports,
+            ring,
+            counters,
+            slab: Vec::new(),
+            free: Vec::new(),
+            scratch: Box::new([0u8; 4096]),
+            batch,
+        }
+    }
+
+    /// Runs until [`MediaCommand::Shutdown`] or the command channel closes.
+    pub fn run(mut self) {
+        loop {
+            if !self.take_commands() {
+                break;
+            }
+            let mut tally = Tally::default();
+            let Worker { backend, slab, scratch, ring, .. } = &mut self;
+            let result = backend.poll(Duration::from_millis(100), &mut |rx: Received<'_>| {
+                on_packet(slab, scratch, ring, &mut tally, rx);
+            });
+            if result.is_err() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.publish(&tally);
+            if !self.batch.is_zero() {
+                std::thread::sleep(self.batch);
+            }
+        }
+        let keys: Vec<u64> = self.slab.iter().flatten().map(|s| s.key).collect();
+        for key in keys {
+            self.remove(key);
+        }
+    }
+
+    fn publish(&self, t: &Tally) {
+        let c = &self.counters;
+        c.packets.fetch_add(t.packets, Ordering::Relaxed);
+        c.bytes.fetch_add(t.bytes, Ordering::Relaxed);
+        c.foreign.fetch_add(t.foreign, Ordering::Relaxed);
+        c.duplicates.fetch_add(t.duplicates, Ordering::Relaxed);
+        c.srtp_failures.fetch_add(t.srtp_failures, Ordering::Relaxed);
+        c.srtp_replays.fetch_add(t.srtp_replays, Ordering::Relaxed);
+        c.malformed.fetch_add(t.malformed, Ordering::Relaxed);
+        c.rtcp.fetch_add(t.rtcp, Ordering::Relaxed);
+        c.ring_drops.fetch_add(t.ring_drops, Ordering::Relaxed);
+        c.ring_used_bytes.store(self.ring.used() as u64, Ordering::Relaxed);
+        let s = self.backend.stats();
+        c.enobufs.store(s.enobufs, Ordering::Relaxed);
+        c.wakeups.store(s.wakeups, Ordering::Relaxed);
+        c.streams.store(self.slab.iter().flatten().count() as u64, Ordering::Relaxed);
+    }
+
+    /// Applies queued commands; `false` on shutdown.
+    fn take_commands(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(MediaCommand::Add(cfg)) => self.add(*cfg),
+                Ok(MediaCommand::Remove { key }) => self.remove(key),
+                Ok(MediaCommand::Shutdown) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn add(&mut self, cfg: StreamConfig) {
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slab.push(None);
+            self.slab.len() - 1
+        });
+        let token = (index as u64) << 1;
+        let key = cfg.key;
+        if self.backend.add_socket(cfg.rtp, token).is_err() {
+            // Nothing to record from; report the stream closed so its ports come back.
+            self.free.push(index);
+            let _ = self.reports.send(MediaReport::Closed { key });
+            return;
+        }
+        if let Some(rtcp) = cfg.rtcp {
+            let _ = self.backend.add_socket(rtcp, token | 1);
+        }
+        self.slab[index] = Some(Stream {
+            key,
+            recording: cfg.recording,
+            mline: cfg.mline,
+            event_pt: cfg.event_pt,
+            srtp: cfg.srtp.as_ref().map(SrtpContext::new),
+            latch: cfg.latch,
+            latched: None,
+            state: StreamState::new(),
+            totals: StreamTotals::default(),
+        });
+    }
+
+    fn remove(&mut self, key: u64) {
+        let Some(index) = self.slab.iter().position(|s| s.as_ref().is_some_and(|s| s.key == key))
+        else {
+            let _ = self.reports.send(MediaReport::Closed { key });
+            return;
+        };
+        let token = (index as u64) << 1;
+        let _ = self.backend.remove_socket(token);
+        let _ = self.backend.remove_socket(token | 1);
+        if let Some(mut s) = self.slab[index].take() {
+            let end = PacketMeta { stream: s.mline, kind: KIND_END, ..PacketMeta::default() };
+            // The end record must arrive: wait for room (this is the control path, not the
+            // packet path, and the writer drains every few milliseconds).
+            let totals = s.totals.encode();
+            for _ in 0..1000 {
+                if self.ring.push(s.recording, &end, &totals) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.free.push(index);
+        let _ = self.reports.send(MediaReport::Closed { key });
+    }
+}
+
+#[inline]
+fn on_packet(
+    slab: &mut [Option<Stream>],
+    scratch: &mut [u8; 4096],
+    ring: &mut RingWriter,
+    tally: &mut Tally,
+    rx: Received<'_>,
+) {
+    let Some(Some(stream)) = slab.get_mut((rx.token >> 1) as usize) else { return };
+    tally.bytes += rx.data.len() as u64;
+    if rx.token & 1 == 1 || is_rtcp(rx.data) {
+        stream.totals.rtcp_packets += 1;
+        tally.rtcp += 1;
+        return;
+    }
+    if stream.latch && stream.latched.is_some_and(|a| a != rx.source) {
+        stream.totals.foreign += 1;
+        tally.foreign += 1;
+        return;
+    }
+    let packet: &[u8] = match stream.srtp.as_mut() {
+        Some(ctx) => {
+            let Some(buf) = scratch.get_mut(..rx.data.len()) else {
+                stream.totals.malformed += 1;
+                tally.malformed += 1;
+                return;
+            };
+            buf.copy_from_slice(rx.data);
+            match ctx.unprotect_rtp(buf) {
+                Ok(n) => &scratch[..n],
+                Err(e) => {
+                    stream.totals.srtp_failures += 1;
+                    tally.srtp_failures += 1;
+                    if e == SrtpError::Replay {
+                        tally.srtp_replays += 1;
+                    }
+                    return;
+                }
+            }
+        }
+        None => rx.data,
+    };
+    let Ok(h) = parse_rtp(packet) else {
+        stream.totals.malformed += 1;
+        tally.malformed += 1;
+        return;
+    };
+    match stream.state.on_packet(&h, rx.arrival_ns) {
+        PacketVerdict::Accept { .. } => {}
+        PacketVerdict::Duplicate | PacketVerdict::TooOld => {
+            stream.totals.duplicates += 1;
+            tally.duplicates += 1;
+            return;
+        }
+    }
+    if stream.latched.is_none() {
+        stream.latched = Some(rx.source);
+    }
+    let kind = if Some(h.payload_type) == stream.event_pt { KIND_EVENT } else { KIND_AUDIO };
+    let meta = PacketMeta {
+        stream: stream.mline,
+        kind,
+        marker: h.marker,
+        payload_type: h.payload_type,
+        seq: h.sequence,
+        timestamp: h.timestamp,
+        ssrc: h.ssrc,
+        arrival_ns: rx.arrival_ns,
+    };
+    if ring.push(stream.recording, &meta, payload(packet, &h)) {
+        stream.totals.packets += 1;
+        tally.packets += 1;
+    } else {
+        stream.totals.ring_drops += 1;
+        tally.ring_drops += 1;
+    }
+}
