@@ -95,6 +95,20 @@ fn bench(c: &mut Criterion) {
         b.iter(|| parse_message(black_box(&data)).is_ok())
     });
     g.bench_function("parse_and_answer", |b| b.iter(|| handle(black_box(&data))));
+    // The stages, to see where the time goes.
+    let Ok(Message::Request(req)) = parse_message(&data) else {
+        panic!("parses")
+    };
+    let ct = req.headers.get("Content-Type").map(str::to_string);
+    g.bench_function("stage_split_body", |b| {
+        b.iter(|| split_body(ct.as_deref(), black_box(&req.body)).map(|p| p.len()))
+    });
+    g.bench_function("stage_parse_sdp", |b| {
+        b.iter(|| parse_sdp(black_box(SDP.as_bytes())).is_ok())
+    });
+    g.bench_function("stage_parse_metadata", |b| {
+        b.iter(|| parse_metadata(black_box(XML.as_bytes()), &Limits::default()).is_ok())
+    });
     g.finish();
 }
 
