@@ -17,6 +17,8 @@ pub struct StreamSockets {
 pub struct PortPool {
     free: VecDeque<u16>,
     bound: HashMap<u16, StreamSockets>,
+    /// Ports whose sockets were handed to a media thread: in use until released.
+    lent: std::collections::HashSet<u16>,
     bind_ip: IpAddr,
     rcvbuf: usize,
 }
@@ -39,17 +41,26 @@ impl PortPool {
         PortPool {
             free,
             bound: HashMap::new(),
+            lent: std::collections::HashSet::new(),
             bind_ip,
             rcvbuf,
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.free.len() + self.bound.len()
+        self.free.len() + self.bound.len() + self.lent.len()
     }
 
     pub fn in_use(&self) -> usize {
-        self.bound.len()
+        self.bound.len() + self.lent.len()
+    }
+
+    /// Hands an allocated pair's sockets to the media path. The port stays in use until
+    /// [`PortPool::release`], which the caller makes only once the media thread closed them.
+    pub fn take(&mut self, port: u16) -> Option<StreamSockets> {
+        let sockets = self.bound.remove(&port)?;
+        self.lent.insert(port);
+        Some(sockets)
     }
 
     /// Binds the next free pair. Ports held by another process are skipped (and go to the back
@@ -82,6 +93,8 @@ impl PortPool {
     pub fn release(&mut self, port: u16) {
         if let Some(sockets) = self.bound.remove(&port) {
             drop(sockets);
+            self.free.push_back(port);
+        } else if self.lent.remove(&port) {
             self.free.push_back(port);
         }
     }
@@ -156,6 +169,20 @@ mod tests {
         );
         let b = pool.allocate().expect("free");
         assert_ne!(a, b, "freed port goes to the back of the queue");
+    }
+
+    #[test]
+    fn taken_port_stays_in_use_until_released() {
+        let (lo, hi) = free_range(4);
+        let mut pool = PortPool::new(lo, hi, 65536);
+        let a = pool.allocate().expect("free");
+        let sockets = pool.take(a).expect("bound");
+        assert_eq!(pool.in_use(), 1);
+        assert!(pool.take(a).is_none(), "taken once");
+        drop(sockets);
+        pool.release(a);
+        assert_eq!(pool.in_use(), 0);
+        assert_eq!(pool.capacity(), 2);
     }
 
     #[test]
