@@ -123,7 +123,11 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
             ListenProto::Udp => {
                 let sock = bind_udp(l.addr).map_err(bind_err)?;
                 let sock = Rc::new(sock);
-                tokio::task::spawn_local(udp_reader(sock.clone(), input_tx.clone()));
+                tokio::task::spawn_local(udp_reader(
+                    sock.clone(),
+                    input_tx.clone(),
+                    config.sip.max_message_bytes,
+                ));
                 udp.push(sock);
             }
             ListenProto::Tcp | ListenProto::Tls => {
@@ -368,12 +372,15 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(std)
 }
 
-async fn udp_reader(sock: Rc<UdpSocket>, inputs: mpsc::Sender<Input>) {
+async fn udp_reader(sock: Rc<UdpSocket>, inputs: mpsc::Sender<Input>, max_message: usize) {
     let Ok(local) = sock.local_addr() else { return };
     // SIPREC INVITEs are 2-4 KB and can exceed 8 KB with big metadata: take any datagram.
     let mut buf = vec![0u8; 65536];
     loop {
         match sock.recv_from(&mut buf).await {
+            Ok((n, remote)) if n > max_message => {
+                tracing::info!(%remote, bytes = n, limit = max_message, "dropped an over-size SIP datagram");
+            }
             Ok((n, remote)) => {
                 let flow = Flow {
                     transport: Transport::Udp,
