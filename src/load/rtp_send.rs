@@ -963,8 +963,11 @@ mod tests {
         s
     }
 
-    /// Drives one stream without sockets: (seq, ts, ssrc, marker, pt, payload) per packet.
-    fn drive(spec: StreamSpec) -> (Vec<(u16, u32, u32, bool, u8, Vec<u8>)>, Vec<u64>) {
+    /// (seq, ts, ssrc, marker, pt, payload) of one packet written by a stream.
+    type Sent = (u16, u32, u32, bool, u8, Vec<u8>);
+
+    /// Drives one stream without sockets: the packets it writes and each slot's due time.
+    fn drive(spec: StreamSpec) -> (Vec<Sent>, Vec<u64>) {
         let frames = encode_period(spec.tone_hz as u32, spec.amplitude, spec.codec);
         let mut s = Stream::new(spec, frames, 0);
         let mut batch = Batch::new(8);
