@@ -243,8 +243,9 @@ fn hold_keeps_sequence_and_jumps_timestamp_by_the_gap() {
     assert_eq!(rx[4].h.timestamp - rx[3].h.timestamp, 160 + 400 * 8);
     assert_eq!(rx[5].h.timestamp - rx[4].h.timestamp, 160);
     assert!(rx[4].h.marker);
+    // 420 ms between the two due times, less however late packet 3 left on a busy machine.
     let gap = rx[4].at - rx[3].at;
-    assert!(gap >= Duration::from_millis(350), "gap {gap:?}");
+    assert!(gap >= Duration::from_millis(300), "gap {gap:?}");
 }
 
 #[test]
@@ -378,7 +379,8 @@ fn many_streams_share_one_socket() {
     let report = run(streams, Duration::from_millis(300), &stop).expect("run");
     assert_eq!(report.send_errors, 0);
     for r in &report.per_stream {
-        assert!((10..=20).contains(&r.packets), "{r:?}");
+        // About 15; the low bound leaves room for a starved thread on a busy machine.
+        assert!((5..=20).contains(&r.packets), "{r:?}");
     }
     let received: usize = receivers
         .iter()
