@@ -372,13 +372,10 @@ impl Sender {
                 break;
             }
             while let Some(&Reverse((due, i))) = heap.peek() {
+                // Paced, only what is due now goes out (so nothing due after the end does, as
+                // now < end); unpaced, the heap's order is the virtual clock.
                 if self.config.paced && due > now {
                     break;
-                }
-                if due >= end_ns && self.config.paced {
-                    // Due after the end: the run ends before it would go out.
-                    heap.pop();
-                    continue;
                 }
                 if batch.len + MAX_PER_SLOT > cap {
                     if !self.config.paced {
