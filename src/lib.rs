@@ -64,6 +64,7 @@
 pub mod config;
 pub mod control;
 pub mod driver;
+pub mod load;
 pub mod media;
 pub mod metrics;
 pub mod record;
