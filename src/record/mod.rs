@@ -5,6 +5,7 @@
 //! Must not: know SIP. Everything here is plain data in, files out.
 
 pub mod abandon;
+pub mod journal;
 pub mod model;
 pub mod spool;
 pub mod wav;
