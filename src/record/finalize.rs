@@ -153,7 +153,14 @@ impl<'a> StreamPlan<'a> {
     }
 
     /// Places one accepted packet: returns its timeline position and anchor epoch.
-    fn place(&mut self, ssrc: u32, ts: u32, arrival_ns: u64, t0_ns: i128, reanchor: bool) -> (i64, u32) {
+    fn place(
+        &mut self,
+        ssrc: u32,
+        ts: u32,
+        arrival_ns: u64,
+        t0_ns: i128,
+        reanchor: bool,
+    ) -> (i64, u32) {
         self.last_ssrc = Some(ssrc);
         let found = self.anchors.iter().position(|a| a.ssrc == ssrc);
         if let (Some(i), false) = (found, reanchor) {
@@ -166,7 +173,8 @@ impl<'a> StreamPlan<'a> {
         // (arrival - t0) in clock units, floored; i128 so no clock or time can overflow.
         let ns = i128::from(arrival_ns) - t0_ns;
         let base = (ns * i128::from(self.clock)).div_euclid(1_000_000_000);
-        let base = i64::try_from(base).unwrap_or(if base < 0 { i64::MIN / 2 } else { i64::MAX / 2 });
+        let base =
+            i64::try_from(base).unwrap_or(if base < 0 { i64::MIN / 2 } else { i64::MAX / 2 });
         self.epochs += 1;
         let anchor = Anchor {
             ssrc,
@@ -331,8 +339,9 @@ impl<'a> Plan<'a> {
             ));
         }
         if unknown > 0 {
-            plan.warnings
-                .push(format!("{unknown} journal records name no stream of this recording"));
+            plan.warnings.push(format!(
+                "{unknown} journal records name no stream of this recording"
+            ));
         }
         for sp in &mut streams {
             sp.tracker.flush();
@@ -384,7 +393,10 @@ impl<'a> Plan<'a> {
             return wav::write_silent(out, layout.format, 1, layout.rate, frames);
         }
         let nch = u16::try_from(layout.channels.len()).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "too many channels for a WAV file")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many channels for a WAV file",
+            )
         })?;
         wav::write_header(out, layout.format, nch, layout.rate, frames)?;
         let k = i64::from(layout.rate / 8000);
@@ -406,7 +418,9 @@ impl<'a> Plan<'a> {
                         tl: Timeline::new(layout.format.silence_byte()),
                     })
                     .collect();
-                render(&mut chans, frames, out, |b: &u8, o: &mut Vec<u8>| o.push(*b))?
+                render(&mut chans, frames, out, |b: &u8, o: &mut Vec<u8>| {
+                    o.push(*b)
+                })?
             }
             WavFormat::Pcm16 => {
                 let mut chans: Vec<PcmChannel> = layout
@@ -431,7 +445,8 @@ impl<'a> Plan<'a> {
             .into_iter()
             .filter(|(i, name)| {
                 // Unknown codecs get a file only when something arrived.
-                !name.ends_with(".raw") || self.streams.get(*i).is_some_and(|s| !s.entries.is_empty())
+                !name.ends_with(".raw")
+                    || self.streams.get(*i).is_some_and(|s| !s.entries.is_empty())
             })
             .collect()
     }
@@ -452,11 +467,7 @@ impl<'a> Plan<'a> {
                 // Raw payloads in timeline order, each slot once (the later record wins).
                 let mut n = 0u64;
                 let wanted = sp.codec;
-                let mut it = sp
-                    .entries
-                    .iter()
-                    .filter(|e| e.codec == wanted)
-                    .peekable();
+                let mut it = sp.entries.iter().filter(|e| e.codec == wanted).peekable();
                 while let Some(e) = it.next() {
                     if it.peek().is_some_and(|next| next.start == e.start) {
                         continue;
@@ -773,7 +784,10 @@ fn write_opus<W: Write>(
     let mut w = ogg::OggWriter::new(out, serial);
     w.write_packet(&ogg::opus_head(if stereo { 2 } else { 1 }), 0)?;
     w.flush()?;
-    w.write_packet(&ogg::opus_tags(concat!("reel ", env!("CARGO_PKG_VERSION"))), 0)?;
+    w.write_packet(
+        &ogg::opus_tags(concat!("reel ", env!("CARGO_PKG_VERSION"))),
+        0,
+    )?;
     w.flush()?;
     let mut pos = 0u64;
     let fill = |w: &mut ogg::OggWriter<&mut W>, pos: &mut u64, upto: u64| -> io::Result<()> {
@@ -811,4 +825,559 @@ fn write_opus<W: Write>(
     }
     fill(&mut w, &mut pos, total)?;
     Ok(w.finish()?.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::record::journal::{JournalRecord, encode_into, file_header};
+    use crate::record::model::StreamRecord;
+    use crate::record::model::tests::t0;
+
+    /// One journal record, arrival in ms after t0 (may be negative).
+    #[derive(Clone)]
+    struct P {
+        stream: u16,
+        kind: RecordKind,
+        pt: u8,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        at_ms: i64,
+        payload: Vec<u8>,
+    }
+
+    fn p(seq: u16, ts: u32, at_ms: i64, byte: u8) -> P {
+        P {
+            stream: 0,
+            kind: RecordKind::Audio,
+            pt: 0,
+            ssrc: 0xAAAA,
+            seq,
+            ts,
+            at_ms,
+            payload: vec![byte; 160],
+        }
+    }
+
+    fn t0_ns() -> i64 {
+        t0().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
+    }
+
+    fn journal(ps: &[P]) -> Vec<u8> {
+        let mut out = file_header().to_vec();
+        for x in ps {
+            encode_into(
+                &JournalRecord {
+                    stream: x.stream,
+                    kind: x.kind,
+                    marker: false,
+                    payload_type: x.pt,
+                    seq: x.seq,
+                    timestamp: x.ts,
+                    ssrc: x.ssrc,
+                    arrival_ns: (t0_ns() + x.at_ms * 1_000_000) as u64,
+                    payload: &x.payload,
+                },
+                &mut out,
+            );
+        }
+        out
+    }
+
+    fn stream(label: &str, codec: &str, pt: u8, mline: usize) -> StreamRecord {
+        StreamRecord {
+            label: label.into(),
+            codec: codec.into(),
+            payload_type: pt,
+            clock_rate: if codec == "opus" { 48_000 } else { 8000 },
+            mline,
+            ..StreamRecord::default()
+        }
+    }
+
+    fn meta(streams: Vec<StreamRecord>, ms: u64) -> RecordingMeta {
+        let mut m = RecordingMeta::new("r", "c@h", t0(), "n");
+        m.ended_at = t0() + Duration::from_millis(ms);
+        m.streams = streams;
+        m
+    }
+
+    fn pcmu(ms: u64) -> RecordingMeta {
+        meta(vec![stream("1", "PCMU", 0, 0)], ms)
+    }
+
+    /// Renders; returns (layout, data bytes after the header).
+    fn render_wav(m: &RecordingMeta, j: &[u8], audio: AudioFormat) -> (WavLayout, Vec<u8>) {
+        let plan = Plan::new(j, m).unwrap();
+        let layout = plan.layout(m, audio);
+        let mut out = Vec::new();
+        let n = plan.write_wav(m, audio, &mut out).unwrap();
+        assert_eq!(n, out.len() as u64);
+        let header = layout.format.header_len() as usize;
+        let data_len = u32::from_le_bytes(out[header - 4..header].try_into().unwrap()) as usize;
+        (layout, out[header..header + data_len].to_vec())
+    }
+
+    fn mono(m: &RecordingMeta, ps: &[P]) -> Vec<u8> {
+        render_wav(m, &journal(ps), AudioFormat::WavG711).1
+    }
+
+    fn counters(m: &RecordingMeta, ps: &[P]) -> RecordingMeta {
+        let j = journal(ps);
+        let plan = Plan::new(&j, m).unwrap();
+        let mut m = m.clone();
+        plan.apply_counters(&mut m);
+        m
+    }
+
+    fn pcm(data: &[u8]) -> Vec<i16> {
+        data.chunks_exact(2)
+            .map(|c| i16::from_le_bytes([c[0], c[1]]))
+            .collect()
+    }
+
+    #[test]
+    fn packet_with_ts_plus_800_lands_100_ms_later() {
+        let d = mono(&pcmu(1000), &[p(1, 1000, 0, 0x11), p(2, 1800, 5, 0x22)]);
+        assert_eq!(d.len(), 8000);
+        assert!(d[..160].iter().all(|&b| b == 0x11));
+        assert!(d[160..800].iter().all(|&b| b == 0xFF), "silence between");
+        assert!(d[800..960].iter().all(|&b| b == 0x22));
+    }
+
+    #[test]
+    fn duration_is_exactly_ended_minus_started() {
+        for ms in [0u64, 1, 999, 61_500] {
+            let d = mono(&pcmu(ms), &[p(1, 0, 0, 0x11)]);
+            assert_eq!(d.len() as u64, ms * 8, "{ms} ms");
+        }
+    }
+
+    #[test]
+    fn late_start_has_leading_silence() {
+        let d = mono(&pcmu(3000), &[p(1, 123_456, 2000, 0x11)]);
+        assert!(d[..16_000].iter().all(|&b| b == 0xFF));
+        assert!(d[16_000..16_160].iter().all(|&b| b == 0x11));
+        assert!(d[16_160..].iter().all(|&b| b == 0xFF));
+    }
+
+    #[test]
+    fn loss_gap_is_silence_and_counted() {
+        let ps = [p(1, 0, 0, 0x11), p(2, 160, 20, 0x22), p(5, 640, 80, 0x55)];
+        let d = mono(&pcmu(200), &ps);
+        assert!(d[320..640].iter().all(|&b| b == 0xFF));
+        assert!(d[640..800].iter().all(|&b| b == 0x55));
+        let m = counters(&pcmu(200), &ps);
+        assert_eq!(m.streams[0].packets, 3);
+        assert_eq!(m.streams[0].lost, 2);
+    }
+
+    #[test]
+    fn hold_gap_is_silence_and_not_loss() {
+        // Consecutive sequence numbers, timestamps jump 5 s (the sender was on hold).
+        let ps = [
+            p(1, 0, 0, 0x11),
+            p(2, 160, 20, 0x22),
+            p(3, 40_320, 5040, 0x33),
+        ];
+        let d = mono(&pcmu(6000), &ps);
+        assert!(d[320..40_320].iter().all(|&b| b == 0xFF));
+        assert!(d[40_320..40_480].iter().all(|&b| b == 0x33));
+        assert_eq!(counters(&pcmu(6000), &ps).streams[0].lost, 0);
+    }
+
+    #[test]
+    fn timestamp_wrap_is_continuous() {
+        let start = u32::MAX - 159; // the second packet wraps to 0
+        let ps = [
+            p(1, start, 0, 0x11),
+            p(2, start.wrapping_add(160), 20, 0x22),
+            p(3, start.wrapping_add(320), 40, 0x33),
+        ];
+        let d = mono(&pcmu(100), &ps);
+        assert!(d[..160].iter().all(|&b| b == 0x11));
+        assert!(d[160..320].iter().all(|&b| b == 0x22));
+        assert!(d[320..480].iter().all(|&b| b == 0x33));
+    }
+
+    #[test]
+    fn sequence_wrap_is_not_loss() {
+        let ps = [
+            p(65_535, 0, 0, 0x11),
+            p(0, 160, 20, 0x22),
+            p(1, 320, 40, 0x33),
+        ];
+        let m = counters(&pcmu(100), &ps);
+        assert_eq!((m.streams[0].packets, m.streams[0].lost), (3, 0));
+    }
+
+    #[test]
+    fn ssrc_change_reanchors_at_its_first_packet() {
+        let mut b = p(1, 999_999, 500, 0x22); // unrelated timestamp, arrives at 500 ms
+        b.ssrc = 0xBBBB;
+        let mut c = p(2, 999_999 + 160, 520, 0x33);
+        c.ssrc = 0xBBBB;
+        let ps = [p(1000, 0, 0, 0x11), b, c];
+        let d = mono(&pcmu(1000), &ps);
+        assert!(d[..160].iter().all(|&x| x == 0x11));
+        assert!(d[4000..4160].iter().all(|&x| x == 0x22), "at 500 ms");
+        assert!(d[4160..4320].iter().all(|&x| x == 0x33));
+        let m = counters(&pcmu(1000), &ps);
+        assert_eq!(m.streams[0].ssrcs, [0xAAAA, 0xBBBB]);
+        assert_eq!(m.streams[0].packets, 3);
+    }
+
+    #[test]
+    fn reordered_packets_land_in_order() {
+        let ps = [
+            p(1, 0, 0, 0x11),
+            p(3, 320, 40, 0x33),
+            p(2, 160, 45, 0x22),
+            p(4, 480, 60, 0x44),
+        ];
+        let d = mono(&pcmu(100), &ps);
+        for (k, b) in [0x11u8, 0x22, 0x33, 0x44].into_iter().enumerate() {
+            assert!(
+                d[k * 160..(k + 1) * 160].iter().all(|&x| x == b),
+                "slot {k}"
+            );
+        }
+        assert_eq!(counters(&pcmu(100), &ps).streams[0].lost, 0);
+    }
+
+    #[test]
+    fn duplicate_records_do_not_double_count() {
+        let ps = [p(1, 0, 0, 0x11), p(2, 160, 20, 0x22), p(2, 160, 21, 0x22)];
+        let m = counters(&pcmu(100), &ps);
+        assert_eq!(m.streams[0].packets, 2);
+        assert_eq!(m.streams[0].lost, 0);
+    }
+
+    #[test]
+    fn overlapping_packet_later_overwrites() {
+        // Same slot twice (a sender's retransmission with a new sequence number).
+        let ps = [p(1, 0, 0, 0x11), p(2, 0, 20, 0x22)];
+        let d = mono(&pcmu(100), &ps);
+        assert!(d[..160].iter().all(|&x| x == 0x22));
+    }
+
+    #[test]
+    fn packets_before_t0_and_after_end_are_clipped() {
+        // First packet arrives 10 ms before the 200 OK: its first 80 samples are cut.
+        let ps = [p(1, 0, -10, 0x11), p(2, 160, 10, 0x22), p(3, 800, 90, 0x33)];
+        let d = mono(&pcmu(100), &ps);
+        assert_eq!(d.len(), 800);
+        assert!(d[..80].iter().all(|&x| x == 0x11));
+        assert!(d[80..240].iter().all(|&x| x == 0x22));
+        assert!(
+            d[720..].iter().all(|&x| x == 0x33),
+            "packet at 90 ms cut at 100 ms"
+        );
+    }
+
+    #[test]
+    fn two_streams_are_stereo_in_streams_order() {
+        // streams[0] is m-line 1: channel 0 must carry m-line 1's packets.
+        let m = meta(
+            vec![stream("b", "PCMU", 0, 1), stream("a", "PCMU", 0, 0)],
+            100,
+        );
+        let mut on1 = p(1, 0, 0, 0x11);
+        on1.stream = 1;
+        let mut on0 = p(1, 0, 0, 0x22);
+        on0.ssrc = 2;
+        let (layout, d) = render_wav(&m, &journal(&[on1, on0]), AudioFormat::WavG711);
+        assert_eq!(layout.channels, [0, 1]);
+        assert_eq!(d.len(), 1600);
+        assert_eq!((d[0], d[1]), (0x11, 0x22));
+        assert_eq!((d[318], d[319]), (0x11, 0x22));
+        assert_eq!((d[320], d[321]), (0xFF, 0xFF));
+    }
+
+    #[test]
+    fn all_pcma_is_alaw_wav() {
+        let m = meta(vec![stream("1", "PCMA", 8, 0)], 100);
+        let mut x = p(1, 0, 0, 0x2A);
+        x.pt = 8;
+        let (layout, d) = render_wav(&m, &journal(&[x]), AudioFormat::WavG711);
+        assert_eq!(layout.format, WavFormat::ALaw);
+        assert!(d[..160].iter().all(|&b| b == 0x2A));
+        assert!(d[160..].iter().all(|&b| b == 0xD5), "A-law silence");
+    }
+
+    #[test]
+    fn all_pcmu_is_mulaw_wav() {
+        let (layout, _) = render_wav(&pcmu(100), &journal(&[p(1, 0, 0, 1)]), AudioFormat::WavG711);
+        assert_eq!((layout.format, layout.rate), (WavFormat::MuLaw, 8000));
+    }
+
+    #[test]
+    fn mixed_laws_are_decoded_to_pcm16() {
+        let m = meta(
+            vec![stream("1", "PCMU", 0, 0), stream("2", "PCMA", 8, 1)],
+            100,
+        );
+        let u = p(1, 0, 0, 0x80); // mu-law +32124
+        let mut a = p(1, 0, 0, 0xAA); // A-law +32256
+        a.stream = 1;
+        a.pt = 8;
+        a.ssrc = 9;
+        let (layout, d) = render_wav(&m, &journal(&[u, a]), AudioFormat::WavG711);
+        assert_eq!((layout.format, layout.rate), (WavFormat::Pcm16, 8000));
+        let s = pcm(&d);
+        assert_eq!((s[0], s[1]), (32124, 32256));
+        assert_eq!((s[320], s[321]), (0, 0), "silence is 0");
+    }
+
+    #[test]
+    fn pcmu_and_pcma_packets_in_one_stream_are_pcm16() {
+        let mut a = p(2, 160, 20, 0xAA);
+        a.pt = 8;
+        let (layout, d) = render_wav(
+            &pcmu(100),
+            &journal(&[p(1, 0, 0, 0x80), a]),
+            AudioFormat::WavG711,
+        );
+        assert_eq!(layout.format, WavFormat::Pcm16);
+        let s = pcm(&d);
+        assert_eq!((s[0], s[160]), (32124, 32256));
+    }
+
+    #[test]
+    fn wav_pcm16_option_decodes_g711() {
+        let (layout, d) = render_wav(
+            &pcmu(100),
+            &journal(&[p(1, 0, 0, 0x80)]),
+            AudioFormat::WavPcm16,
+        );
+        assert_eq!((layout.format, layout.rate), (WavFormat::Pcm16, 8000));
+        assert_eq!(pcm(&d)[0], 32124);
+        assert_eq!(d.len(), 1600);
+    }
+
+    #[test]
+    fn g722_is_decoded_at_16_khz() {
+        let m = meta(
+            vec![stream("1", "G722", 9, 0), stream("2", "PCMU", 0, 1)],
+            1000,
+        );
+        // 1 kHz tone, encoded as the sender would: 20 ms = 320 samples = 160 bytes, ts += 160.
+        let tone: Vec<i16> = (0..16_000)
+            .map(|i| (8000.0 * (2.0 * std::f64::consts::PI * i as f64 / 16.0).sin()) as i16)
+            .collect();
+        let mut bytes = Vec::new();
+        g722::Encoder::new().encode(&tone, &mut bytes);
+        let mut ps: Vec<P> = bytes
+            .chunks(160)
+            .enumerate()
+            .map(|(i, c)| P {
+                pt: 9,
+                payload: c.to_vec(),
+                ..p(i as u16, i as u32 * 160, i as i64 * 20, 0)
+            })
+            .collect();
+        let mut u = p(1, 0, 0, 0x80);
+        u.stream = 1;
+        u.ssrc = 7;
+        ps.push(u);
+        let (layout, d) = render_wav(&m, &journal(&ps), AudioFormat::WavG711);
+        assert_eq!((layout.format, layout.rate), (WavFormat::Pcm16, 16_000));
+        let s = pcm(&d);
+        assert_eq!(s.len(), 2 * 16_000, "two channels, one second at 16 kHz");
+        let left: Vec<i16> = s.iter().step_by(2).copied().collect();
+        let energy: f64 = left[4000..12_000]
+            .iter()
+            .map(|&x| f64::from(x).powi(2))
+            .sum::<f64>()
+            / 8000.0;
+        assert!(
+            energy.sqrt() > 4000.0,
+            "the tone is there: rms {}",
+            energy.sqrt()
+        );
+        // The PCMU channel is upsampled: 160 bytes -> 320 samples at 16 kHz.
+        assert_eq!(s[1], 32124);
+        assert_eq!(s[2 * 319 + 1], 32124);
+        assert_eq!(s[2 * 320 + 1], 0);
+    }
+
+    #[test]
+    fn no_g711_or_g722_stream_gives_silent_mono_wav() {
+        let m = meta(vec![stream("1", "opus", 111, 0)], 500);
+        let (layout, d) = render_wav(&m, &journal(&[]), AudioFormat::WavG711);
+        assert!(layout.channels.is_empty());
+        assert_eq!(d.len(), 4000);
+        assert!(d.iter().all(|&b| b == 0xFF));
+    }
+
+    #[test]
+    fn empty_or_headerless_journal_is_no_media() {
+        for j in [&b""[..], b"REEL"] {
+            let plan = Plan::new(j, &pcmu(100)).unwrap();
+            assert!(!plan.has_media());
+        }
+    }
+
+    #[test]
+    fn foreign_file_is_an_error() {
+        let e = Plan::new(b"RIFF....WAVEfmt xxxxxxxx", &pcmu(100))
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn unknown_stream_index_is_a_warning() {
+        let mut x = p(1, 0, 0, 1);
+        x.stream = 7;
+        let j = journal(&[x]);
+        let plan = Plan::new(&j, &pcmu(100)).unwrap();
+        assert!(!plan.has_media());
+        assert!(
+            plan.warnings[0].contains("no stream"),
+            "{:?}",
+            plan.warnings
+        );
+    }
+
+    #[test]
+    fn dtmf_digits_are_listed_with_time_and_duration() {
+        let ev = |seq: u16, ts: u32, at: i64, event: u8, end: bool, dur: u16| P {
+            kind: RecordKind::Event,
+            pt: 101,
+            payload: vec![
+                event,
+                if end { 0x8A } else { 0x0A },
+                (dur >> 8) as u8,
+                dur as u8,
+            ],
+            ..p(seq, ts, at, 0)
+        };
+        let ps = [
+            p(1, 0, 0, 0x11),
+            ev(2, 8000, 1000, 5, false, 400),
+            ev(3, 8000, 1050, 5, true, 800),
+            ev(4, 8000, 1051, 5, true, 800),
+            ev(5, 16_000, 2000, 11, true, 1600),
+        ];
+        let m = counters(&pcmu(3000), &ps);
+        let d = &m.streams[0].dtmf;
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            (d[0].digit.as_str(), d[0].at_ms, d[0].duration_ms),
+            ("5", 1000, 100)
+        );
+        assert_eq!(
+            (d[1].digit.as_str(), d[1].at_ms, d[1].duration_ms),
+            ("#", 2000, 200)
+        );
+        assert_eq!(m.streams[0].packets, 5);
+    }
+
+    #[test]
+    fn opus_stream_becomes_ogg_spanning_the_timeline() {
+        let m = meta(vec![stream("caller 1", "opus", 111, 0)], 1000);
+        // 20 ms CELT packets at 48 kHz, the first arriving 100 ms in, one lost in the middle.
+        let ps: Vec<P> = (0..10u16)
+            .filter(|&i| i != 4)
+            .map(|i| P {
+                pt: 111,
+                payload: vec![0xFC, i as u8, 1, 2],
+                ..p(i, 5000 + u32::from(i) * 960, 100 + i64::from(i) * 20, 0)
+            })
+            .collect();
+        let j = journal(&ps);
+        let plan = Plan::new(&j, &m).unwrap();
+        let files = plan.stored_files(&m);
+        assert_eq!(files, [(0, "caller_1.opus".to_string())]);
+        let mut out = Vec::new();
+        let n = plan.write_stored(&m, 0, &mut out).unwrap();
+        assert_eq!(n, out.len() as u64);
+        let pages = crate::codec::ogg::tests::pages(&out);
+        assert!(pages.iter().all(|p| p.4), "CRCs verify");
+        assert_eq!(&out[..4], b"OggS");
+        assert_eq!(
+            pages.last().unwrap().1,
+            48_000,
+            "granule ends at the duration"
+        );
+        let packets: Vec<Vec<u8>> = pages[2..].iter().flat_map(|p| p.3.clone()).collect();
+        let total: u32 = packets
+            .iter()
+            .map(|p| ogg::opus_packet_samples(p).unwrap())
+            .sum();
+        assert_eq!(total, 48_000);
+        // 100 ms of leading gap packets, then the first real packet.
+        assert!(packets[..5].iter().all(|p| p.len() == 1));
+        assert_eq!(packets[5], [0xFC, 0, 1, 2]);
+        assert_eq!(packets[8], [0xFC, 3, 1, 2]);
+        assert_eq!(packets[9].len(), 1, "the lost packet is a gap packet");
+        assert_eq!(packets[10], [0xFC, 5, 1, 2]);
+        // The stream is not a WAV channel.
+        assert!(plan.layout(&m, AudioFormat::WavG711).channels.is_empty());
+    }
+
+    #[test]
+    fn g729_stream_is_raw_payloads_in_order() {
+        let m = meta(
+            vec![stream("1", "G729", 18, 0), stream("2", "PCMU", 0, 1)],
+            1000,
+        );
+        let g = |seq: u16, at: i64, b: u8| P {
+            pt: 18,
+            payload: vec![b; 20],
+            ..p(seq, u32::from(seq) * 160, at, 0)
+        };
+        let j = journal(&[g(1, 0, 1), g(3, 40, 3), g(2, 41, 2)]);
+        let plan = Plan::new(&j, &m).unwrap();
+        assert_eq!(plan.stored_files(&m), [(0, "1.g729".to_string())]);
+        let mut out = Vec::new();
+        plan.write_stored(&m, 0, &mut out).unwrap();
+        let want: Vec<u8> = [1u8, 2, 3].iter().flat_map(|&b| [b; 20]).collect();
+        assert_eq!(out, want);
+        assert_eq!(plan.layout(&m, AudioFormat::WavG711).channels, [1]);
+    }
+
+    #[test]
+    fn stored_file_names_are_safe_and_unique() {
+        let m = meta(
+            vec![
+                stream("../x", "opus", 111, 0),
+                stream("../x", "opus", 111, 1),
+                stream("", "G729", 18, 2),
+            ],
+            10,
+        );
+        let names: Vec<String> = stored_file_names(&m).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(names, ["___x.opus", "___x-1.opus", "stream2.g729"]);
+    }
+
+    #[test]
+    fn long_call_renders_in_windows() {
+        // 10 minutes, 30,000 packets: the output is exact and rendering stays windowed.
+        let ps: Vec<P> = (0..30_000u32)
+            .map(|i| p(i as u16, i * 160, i64::from(i) * 20, (i % 200) as u8))
+            .collect();
+        let d = mono(&pcmu(600_000), &ps);
+        assert_eq!(d.len(), 4_800_000);
+        for i in [0usize, 1, 12_345, 29_999] {
+            assert!(
+                d[i * 160..(i + 1) * 160]
+                    .iter()
+                    .all(|&b| b == (i % 200) as u8),
+                "{i}"
+            );
+        }
+    }
+
+    #[test]
+    fn audio_format_names() {
+        assert_eq!(AudioFormat::parse("wav-g711"), Some(AudioFormat::WavG711));
+        assert_eq!(AudioFormat::parse("wav-pcm16"), Some(AudioFormat::WavPcm16));
+        assert_eq!(AudioFormat::parse("mp3"), None);
+        assert_eq!(AudioFormat::default().as_str(), "wav-g711");
+    }
 }

@@ -177,12 +177,7 @@ fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
 /// Every file of a folder (recursively) with size and sha256, paths relative with `/`,
 /// sorted; leaves out the state files, our temp files and the top-level names in `skip`.
 fn list_files(dir: &Path, skip: &[&str]) -> io::Result<Vec<FileEntry>> {
-    fn walk(
-        root: &Path,
-        dir: &Path,
-        skip: &[&str],
-        out: &mut Vec<FileEntry>,
-    ) -> io::Result<()> {
+    fn walk(root: &Path, dir: &Path, skip: &[&str], out: &mut Vec<FileEntry>) -> io::Result<()> {
         for entry in fs::read_dir(dir).map_err(ctx("list", dir))? {
             let entry = entry.map_err(ctx("list", dir))?;
             let path = entry.path();
@@ -381,8 +376,9 @@ impl Spool {
             Err(e) => return Err(ctx("read", &journal_path)(e)),
         };
         if let Some(bytes) = &journal {
-            self.render_journal(dir, bytes, &mut meta)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", journal_path.display())))?;
+            self.render_journal(dir, bytes, &mut meta).map_err(|e| {
+                io::Error::new(e.kind(), format!("{}: {e}", journal_path.display()))
+            })?;
         } else {
             if meta.state == RecordingState::Complete && !meta.has_media() {
                 meta.state = RecordingState::NoMedia;
@@ -435,7 +431,12 @@ impl Spool {
 
     /// Reads the journal against `meta`: counters, DTMF and state into `meta`, then
     /// `audio.wav` and the stored per-stream files, each written atomically.
-    fn render_journal(&self, dir: &Path, journal: &[u8], meta: &mut RecordingMeta) -> io::Result<()> {
+    fn render_journal(
+        &self,
+        dir: &Path,
+        journal: &[u8],
+        meta: &mut RecordingMeta,
+    ) -> io::Result<()> {
         let plan = Plan::new(journal, meta)?;
         plan.apply_counters(meta);
         meta.warnings.extend(plan.warnings.iter().cloned());
