@@ -625,6 +625,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
+    use crate::record::AudioFormat;
     use crate::record::model::StreamRecord;
     use crate::record::model::tests::{sample_meta, t0};
 
@@ -1080,5 +1081,274 @@ mod tests {
             .err()
             .expect("cannot create dirs under a file");
         assert!(e.to_string().contains("not-a-dir"), "{e}");
+    }
+
+    // ---- journal -------------------------------------------------------------------------
+
+    use crate::record::journal::{JournalRecord, JournalWriter, RecordKind};
+
+    fn t0_ns() -> u64 {
+        t0().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    }
+
+    fn pcmu_stream(label: &str, mline: usize) -> StreamRecord {
+        StreamRecord {
+            label: label.into(),
+            codec: "PCMU".into(),
+            clock_rate: 8000,
+            mline,
+            ..StreamRecord::default()
+        }
+    }
+
+    /// `n` 20 ms mu-law packets of byte `b` on m-line `stream`, from t0.
+    fn append_packets(w: &mut JournalWriter, stream: u16, n: u16, b: u8) {
+        let payload = [b; 160];
+        for i in 0..n {
+            w.append(&JournalRecord {
+                stream,
+                kind: RecordKind::Audio,
+                marker: i == 0,
+                payload_type: 0,
+                seq: i,
+                timestamp: u32::from(i) * 160,
+                ssrc: 0x1000 + u32::from(stream),
+                arrival_ns: t0_ns() + u64::from(i) * 20_000_000,
+                payload: &payload,
+            });
+        }
+    }
+
+    fn journaled(s: &Spool, id: &str, ms: u64) -> RecordingMeta {
+        let mut m = no_media(id, ms);
+        m.state = RecordingState::Complete;
+        m.streams = vec![pcmu_stream("1", 0), pcmu_stream("2", 1)];
+        s.save_state(&m).unwrap();
+        let mut w = JournalWriter::create(&s.journal_path(id).unwrap()).unwrap();
+        append_packets(&mut w, 0, 50, 0x11);
+        append_packets(&mut w, 1, 25, 0x22);
+        w.commit().unwrap();
+        m
+    }
+
+    #[test]
+    fn finalize_renders_the_journal_and_deletes_it() {
+        let (_tmp, s) = spool();
+        let m = journaled(&s, "j1", 2000);
+        let out = s.finalize(&m).unwrap();
+        assert!(!out.join(JOURNAL_FILE).exists(), "journal deleted");
+        let v = read_json(&out);
+        assert_eq!(v["state"], "complete");
+        assert_eq!(v["streams"][0]["packets"], 50);
+        assert_eq!(v["streams"][1]["packets"], 25);
+        assert_eq!(v["streams"][0]["ssrcs"][0], 0x1000);
+        assert_eq!(v["streams"][0]["lost"], 0);
+        let paths: Vec<_> = v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["audio.wav"]);
+        let b = fs::read(out.join(AUDIO_FILE)).unwrap();
+        assert_eq!(wav_u16(&b, 22), 2);
+        assert_eq!(wav_u32(&b, 46), 16_000, "2 s of frames");
+        // Stream 1 for 1 s, stream 2 for 0.5 s, then silence.
+        assert_eq!((b[58], b[59]), (0x11, 0x22));
+        assert_eq!((b[58 + 2 * 4000], b[58 + 2 * 4000 + 1]), (0x11, 0xFF));
+        assert_eq!((b[58 + 2 * 8000], b[58 + 2 * 8000 + 1]), (0xFF, 0xFF));
+    }
+
+    #[test]
+    fn keep_raw_keeps_the_journal_as_raw_file() {
+        let (_tmp, mut s) = spool();
+        s.set_keep_raw(true);
+        let m = journaled(&s, "j2", 1000);
+        let out = s.finalize(&m).unwrap();
+        assert!(out.join(JOURNAL_FILE).exists());
+        let v = read_json(&out);
+        let j = v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == JOURNAL_FILE)
+            .expect("journal listed");
+        assert_eq!(j["kind"], "raw");
+        assert_eq!(j["bytes"], fs::metadata(out.join(JOURNAL_FILE)).unwrap().len());
+    }
+
+    #[test]
+    fn journal_without_packets_is_no_media() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("j3", 500);
+        m.state = RecordingState::Complete;
+        m.streams = vec![pcmu_stream("1", 0)];
+        m.streams[0].packets = 7; // what the media thread thought: the journal is the truth
+        s.save_state(&m).unwrap();
+        JournalWriter::create(&s.journal_path("j3").unwrap()).unwrap();
+        let v = read_json(&s.finalize(&m).unwrap());
+        assert_eq!(v["state"], "no-media");
+        assert_eq!(v["streams"][0]["packets"], 0);
+    }
+
+    #[test]
+    fn pcm16_option_is_used() {
+        let (_tmp, mut s) = spool();
+        s.set_audio_format(AudioFormat::WavPcm16);
+        let m = journaled(&s, "j4", 100);
+        let b = fs::read(s.finalize(&m).unwrap().join(AUDIO_FILE)).unwrap();
+        assert_eq!(wav_u16(&b, 20), 1);
+        assert_eq!(wav_u16(&b, 34), 16);
+    }
+
+    #[test]
+    fn opus_stream_is_listed_with_sha256() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("j5", 200);
+        m.state = RecordingState::Complete;
+        m.streams = vec![StreamRecord {
+            label: "7".into(),
+            codec: "opus".into(),
+            payload_type: 111,
+            clock_rate: 48_000,
+            ..StreamRecord::default()
+        }];
+        s.save_state(&m).unwrap();
+        let mut w = JournalWriter::create(&s.journal_path("j5").unwrap()).unwrap();
+        for i in 0..5u16 {
+            w.append(&JournalRecord {
+                stream: 0,
+                kind: RecordKind::Audio,
+                marker: false,
+                payload_type: 111,
+                seq: i,
+                timestamp: u32::from(i) * 960,
+                ssrc: 5,
+                arrival_ns: t0_ns() + u64::from(i) * 20_000_000,
+                payload: &[0xFC, 1, 2, 3],
+            });
+        }
+        w.commit().unwrap();
+        let out = s.finalize(&m).unwrap();
+        let v = read_json(&out);
+        let f = v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == "7.opus")
+            .expect("opus listed")
+            .clone();
+        assert_eq!(f["kind"], "audio");
+        let bytes = fs::read(out.join("7.opus")).unwrap();
+        assert_eq!(&bytes[..4], b"OggS");
+        assert_eq!(f["sha256"], hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(v["streams"][0]["packets"], 5);
+        // audio.wav still spans the timeline (silent mono).
+        let b = fs::read(out.join(AUDIO_FILE)).unwrap();
+        assert_eq!((wav_u16(&b, 22), wav_u32(&b, 46)), (1, 1600));
+    }
+
+    #[test]
+    fn recover_after_crash_keeps_committed_audio_as_partial() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("crash", 0);
+        m.streams = vec![pcmu_stream("1", 0)];
+        // Last state save says 3 s; the writer committed 1 s, then buffered more and died.
+        m.ended_at = t0() + Duration::from_secs(3);
+        s.save_state(&m).unwrap();
+        let mut w = JournalWriter::create(&s.journal_path("crash").unwrap()).unwrap();
+        append_packets(&mut w, 0, 50, 0x11);
+        w.commit().unwrap();
+        append_packets(&mut w, 0, 50, 0x22); // never committed
+        std::mem::forget(w);
+        // A torn record at the tail, as a crash mid-write can leave.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(s.journal_path("crash").unwrap())
+            .unwrap();
+        f.write_all(&[0xA5, 0, 160, 0, 0, 0]).unwrap();
+        drop(f);
+
+        let out = s.recover();
+        assert_eq!(out.len(), 1);
+        let v = read_json(&out[0]);
+        assert_eq!(v["state"], "partial");
+        assert_eq!(v["streams"][0]["packets"], 50);
+        assert!(!out[0].join(JOURNAL_FILE).exists());
+        let b = fs::read(out[0].join(AUDIO_FILE)).unwrap();
+        let frames = wav_u32(&b, 46) as usize;
+        assert!(frames >= 24_000, "spans at least the last saved end: {frames}");
+        assert!(b[58..58 + 8000].iter().all(|&x| x == 0x11), "committed second");
+        assert!(b[58 + 8000..58 + frames].iter().all(|&x| x == 0xFF), "then silence");
+    }
+
+    #[test]
+    fn recover_removes_journal_left_after_recording_json() {
+        let (_tmp, s) = spool();
+        let m = no_media("late-rm", 10);
+        s.save_state(&m).unwrap();
+        let dir = s.session_dir("late-rm").unwrap();
+        fs::write(dir.join(RECORDING_FILE), m.to_json(&[])).unwrap();
+        fs::write(dir.join(JOURNAL_FILE), b"rendered already").unwrap();
+        let out = s.recover();
+        assert!(!out[0].join(JOURNAL_FILE).exists());
+    }
+
+    #[test]
+    fn foreign_journal_goes_to_quarantine() {
+        let (_tmp, s) = spool();
+        s.save_state(&no_media("alien", 10)).unwrap();
+        fs::write(s.journal_path("alien").unwrap(), b"definitely not a journal").unwrap();
+        let report = s.recover_report();
+        assert_eq!(report.quarantined.len(), 1);
+        let q = &report.quarantined[0];
+        assert!(q.join(JOURNAL_FILE).exists(), "nothing deleted");
+        assert!(
+            fs::read_to_string(q.join(REASON_FILE))
+                .unwrap()
+                .contains("journal"),
+        );
+    }
+
+    #[test]
+    fn journal_path_refuses_escaping_ids() {
+        let (_tmp, s) = spool();
+        assert!(s.journal_path("../x").is_err());
+        assert_eq!(
+            s.journal_path("ok").unwrap(),
+            s.spool_dir().join("ok").join(JOURNAL_FILE)
+        );
+    }
+
+    #[test]
+    fn sox_reads_rendered_wavs() {
+        let Ok(v) = std::process::Command::new("sox").arg("--version").output() else {
+            println!("skipped: sox is not installed");
+            return;
+        };
+        if !v.status.success() {
+            println!("skipped: sox --version failed");
+            return;
+        }
+        for (audio, encoding) in [
+            (AudioFormat::WavG711, "u-law"),
+            (AudioFormat::WavPcm16, "Signed"),
+        ] {
+            let (_tmp, mut s) = spool();
+            s.set_audio_format(audio);
+            let m = journaled(&s, "sox", 1500);
+            let out = s.finalize(&m).unwrap();
+            let info = std::process::Command::new("sox")
+                .arg("--i")
+                .arg(out.join(AUDIO_FILE))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&info.stdout);
+            assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+            assert!(text.contains("Channels       : 2"), "{text}");
+            assert!(text.contains("Sample Rate    : 8000"), "{text}");
+            assert!(text.contains("12000 samples"), "{text}");
+            assert!(text.contains(encoding), "{text}");
+        }
     }
 }
