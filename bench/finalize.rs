@@ -99,20 +99,36 @@ fn bench(c: &mut Criterion) {
     let pcmu: Vec<u8> = (0..160u8).collect();
     let j = journal(0, &pcmu);
     let m = meta("PCMU", 0);
-    ratio("G.711 -> mu-law WAV (8 kHz stereo)", &j, &m, AudioFormat::WavG711);
-    ratio("G.711 -> PCM16 WAV (8 kHz stereo)", &j, &m, AudioFormat::WavPcm16);
+    ratio(
+        "G.711 -> mu-law WAV (8 kHz stereo)",
+        &j,
+        &m,
+        AudioFormat::WavG711,
+    );
+    ratio(
+        "G.711 -> PCM16 WAV (8 kHz stereo)",
+        &j,
+        &m,
+        AudioFormat::WavPcm16,
+    );
     let tone: Vec<i16> = (0..320).map(|i| ((i * 97) % 2000) as i16 - 1000).collect();
     let mut g = Vec::new();
     g722::Encoder::new().encode(&tone, &mut g);
     let jg = journal(9, &g);
-    ratio("G.722 -> PCM16 WAV (16 kHz stereo)", &jg, &meta("G722", 9), AudioFormat::WavG711);
+    ratio(
+        "G.722 -> PCM16 WAV (16 kHz stereo)",
+        &jg,
+        &meta("G722", 9),
+        AudioFormat::WavG711,
+    );
 
     let mut group = c.benchmark_group("finalize");
     group.sample_size(10);
     group.throughput(Throughput::Elements(SECONDS));
-    group.bench_function("10 min stereo G.711 -> mu-law WAV (elements = audio seconds)", |b| {
-        b.iter(|| finalize(black_box(&j), &m, AudioFormat::WavG711))
-    });
+    group.bench_function(
+        "10 min stereo G.711 -> mu-law WAV (elements = audio seconds)",
+        |b| b.iter(|| finalize(black_box(&j), &m, AudioFormat::WavG711)),
+    );
     group.finish();
 }
 

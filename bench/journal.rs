@@ -187,7 +187,10 @@ fn io_figures() {
     eprintln!("journal files in {}", dir.path().display());
     let big = 256 * 1024 / RECORD as u64; // records per 256 KiB commit
     let small = 100; // ~19 KB: one two-stream call's second
-    let runs: [(&str, u64, u64); 2] = [("256 KiB commits", 700_000, big), ("19 KB commits", 60_000, small)];
+    let runs: [(&str, u64, u64); 2] = [
+        ("256 KiB commits", 700_000, big),
+        ("19 KB commits", 60_000, small),
+    ];
     for (name, records, per) in runs {
         buffered(dir.path(), records / 10, per); // warm-up: allocate extents, page cache
         buffered(dir.path(), records, per).print(&format!("buffered, {name}"));

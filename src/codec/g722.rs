@@ -38,6 +38,8 @@ const ILB: [i32; 32] = [
 ];
 /// QMF coefficients (half of the symmetric 24 taps).
 const QMF: [i32; 12] = [3, -11, 12, 32, -210, 951, 3876, -805, 362, -156, 53, -11];
+/// The same, reversed (the odd taps run the other way).
+const QMF_REV: [i32; 12] = [-11, 53, -156, 362, -805, 3876, 951, -210, 32, 12, -11, 3];
 /// Encoder: low-band quantiser decision levels (block 1L, QUANTL).
 const Q6: [i32; 32] = [
     0, 35, 72, 110, 150, 190, 233, 276, 323, 370, 422, 473, 530, 587, 650, 714, 786, 858, 940,
@@ -173,8 +175,12 @@ impl Band {
 pub struct Decoder {
     low: Band,
     high: Band,
-    /// Receive QMF delay line.
-    x: [i32; 24],
+    /// Receive QMF delay lines (even and odd taps), each value stored twice, at `i` and
+    /// `i + 12`, so the last 12 values are always the contiguous `[pos..pos + 12]`: no shifting
+    /// per sample, and the dot products vectorise (bench/finalize: G.722 448 -> 638 s/s).
+    even: [i32; 24],
+    odd: [i32; 24],
+    pos: usize,
 }
 
 impl Default for Decoder {
@@ -188,7 +194,9 @@ impl Decoder {
         Decoder {
             low: Band::new(32),
             high: Band::new(8),
-            x: [0; 24],
+            even: [0; 24],
+            odd: [0; 24],
+            pos: 0,
         }
     }
 
@@ -225,13 +233,20 @@ impl Decoder {
         self.high.update(dhigh);
 
         // Receive QMF: two output samples per pair of sub-band samples.
-        self.x.copy_within(2.., 0);
-        self.x[22] = rlow + rhigh;
-        self.x[23] = rlow - rhigh;
-        let (mut xout1, mut xout2) = (0i32, 0i32);
+        let p = self.pos;
+        self.even[p] = rlow + rhigh;
+        self.even[p + 12] = rlow + rhigh;
+        self.odd[p] = rlow - rhigh;
+        self.odd[p + 12] = rlow - rhigh;
+        let p = if p == 11 { 0 } else { p + 1 };
+        self.pos = p;
+        let even: &[i32; 12] = self.even[p..p + 12].try_into().unwrap_or(&[0; 12]);
+        let odd: &[i32; 12] = self.odd[p..p + 12].try_into().unwrap_or(&[0; 12]);
+        let mut xout1 = 0i32;
+        let mut xout2 = 0i32;
         for i in 0..12 {
-            xout2 += self.x[2 * i] * QMF[i];
-            xout1 += self.x[2 * i + 1] * QMF[11 - i];
+            xout2 += even[i] * QMF[i];
+            xout1 += odd[i] * QMF_REV[i];
         }
         (sat(xout1 >> 11) as i16, sat(xout2 >> 11) as i16)
     }

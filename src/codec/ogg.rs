@@ -221,8 +221,11 @@ pub fn opus_gap_packet(samples: u32) -> Option<[u8; 1]> {
 pub(crate) mod tests {
     use super::*;
 
-    /// Parses pages back: (flags, granule, sequence, packets completed, crc ok).
-    pub(crate) fn pages(bytes: &[u8]) -> Vec<(u8, u64, u32, Vec<Vec<u8>>, bool)> {
+    /// A parsed page: (flags, granule, sequence, packets completed on it, CRC ok).
+    pub(crate) type Page = (u8, u64, u32, Vec<Vec<u8>>, bool);
+
+    /// Parses pages back.
+    pub(crate) fn pages(bytes: &[u8]) -> Vec<Page> {
         let mut out = Vec::new();
         let mut at = 0;
         let mut partial: Vec<u8> = Vec::new();

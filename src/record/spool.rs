@@ -1174,7 +1174,10 @@ mod tests {
             .find(|f| f["path"] == JOURNAL_FILE)
             .expect("journal listed");
         assert_eq!(j["kind"], "raw");
-        assert_eq!(j["bytes"], fs::metadata(out.join(JOURNAL_FILE)).unwrap().len());
+        assert_eq!(
+            j["bytes"],
+            fs::metadata(out.join(JOURNAL_FILE)).unwrap().len()
+        );
     }
 
     #[test]
@@ -1277,9 +1280,18 @@ mod tests {
         assert!(!out[0].join(JOURNAL_FILE).exists());
         let b = fs::read(out[0].join(AUDIO_FILE)).unwrap();
         let frames = wav_u32(&b, 46) as usize;
-        assert!(frames >= 24_000, "spans at least the last saved end: {frames}");
-        assert!(b[58..58 + 8000].iter().all(|&x| x == 0x11), "committed second");
-        assert!(b[58 + 8000..58 + frames].iter().all(|&x| x == 0xFF), "then silence");
+        assert!(
+            frames >= 24_000,
+            "spans at least the last saved end: {frames}"
+        );
+        assert!(
+            b[58..58 + 8000].iter().all(|&x| x == 0x11),
+            "committed second"
+        );
+        assert!(
+            b[58 + 8000..58 + frames].iter().all(|&x| x == 0xFF),
+            "then silence"
+        );
     }
 
     #[test]
@@ -1298,7 +1310,11 @@ mod tests {
     fn foreign_journal_goes_to_quarantine() {
         let (_tmp, s) = spool();
         s.save_state(&no_media("alien", 10)).unwrap();
-        fs::write(s.journal_path("alien").unwrap(), b"definitely not a journal").unwrap();
+        fs::write(
+            s.journal_path("alien").unwrap(),
+            b"definitely not a journal",
+        )
+        .unwrap();
         let report = s.recover_report();
         assert_eq!(report.quarantined.len(), 1);
         let q = &report.quarantined[0];
@@ -1344,7 +1360,11 @@ mod tests {
                 .output()
                 .unwrap();
             let text = String::from_utf8_lossy(&info.stdout);
-            assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+            assert!(
+                info.status.success(),
+                "{}",
+                String::from_utf8_lossy(&info.stderr)
+            );
             assert!(text.contains("Channels       : 2"), "{text}");
             assert!(text.contains("Sample Rate    : 8000"), "{text}");
             assert!(text.contains("12000 samples"), "{text}");
