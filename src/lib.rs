@@ -61,6 +61,7 @@
 //! - SIGTERM drains: new INVITEs and OPTIONS get 503, active sessions run to their BYE (or get
 //!   a BYE from Reel at the drain timeout), every recording is finalized, then exit 0.
 
+pub mod codec;
 pub mod config;
 pub mod control;
 pub mod driver;

@@ -48,6 +48,23 @@ pub struct StreamRecord {
     /// Packets from an unexpected source address, not in `packets`.
     #[serde(default)]
     pub foreign: u64,
+    /// Index of the stream's `m=` line in the SDP offer: the `stream` field of journal
+    /// records. `streams[]` is in channel order, which need not be m-line order.
+    #[serde(default)]
+    pub mline: usize,
+    /// RFC 4733 telephone-events received on this stream, in order.
+    #[serde(default)]
+    pub dtmf: Vec<DtmfRecord>,
+}
+
+/// One DTMF digit (RFC 4733 telephone-event) as placed on the recording's timeline.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DtmfRecord {
+    /// `0`-`9`, `*`, `#`, `A`-`D`, `!` (flash).
+    pub digit: String,
+    /// Start, in ms from the start of the recording (the 200 OK).
+    pub at_ms: u64,
+    pub duration_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,12 @@
 //! directory fsynced. A finished folder appears in `recordings/` only by one directory rename,
 //! with `recording.json` already inside it. Nothing is deleted on error: what cannot be
 //! finalized is moved to `quarantine/` with a `reason.txt`.
+//!
+//! Journal: when `spool/<id>/journal.bin` exists, finalize renders the audio from it
+//! (`record::finalize`) and takes the stream counters from it; the journal is deleted once
+//! `recording.json` is in place, unless `record.keep_raw` ([`Spool::set_keep_raw`]), in which
+//! case it stays in the folder and is listed in `files[]` as `raw`. Without a journal the audio
+//! is silence spanning the timeline, as before journals existed.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -16,8 +22,9 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
+use super::finalize::{AudioFormat, Plan, layout_of};
 use super::model::{FileEntry, RecordingMeta, RecordingState, rfc3339_millis};
-use super::wav::{self, WavFormat};
+use super::wav;
 
 /// Session state while in progress; superseded by `recording.json`.
 pub const SESSION_FILE: &str = "session.json";
@@ -26,12 +33,15 @@ pub const AUDIO_FILE: &str = "audio.wav";
 pub const METADATA_FILE: &str = "metadata.xml";
 pub const METADATA_DIR: &str = "metadata";
 pub const REASON_FILE: &str = "reason.txt";
-
-/// G.711 sample rate: the timeline of `audio.wav`.
-const RATE: u32 = 8000;
+/// The packet journal the media writer appends to (`record::journal`).
+pub const JOURNAL_FILE: &str = "journal.bin";
 
 pub struct Spool {
     data_dir: PathBuf,
+    /// `record.audio`: G.711 kept as G.711 in `audio.wav`, or decoded to PCM16.
+    audio: AudioFormat,
+    /// `record.keep_raw`: keep `journal.bin` in the finished folder.
+    keep_raw: bool,
 }
 
 /// What the start-up scan did.
@@ -165,20 +175,21 @@ fn sha256_file(path: &Path) -> io::Result<(u64, String)> {
 }
 
 /// Every file of a folder (recursively) with size and sha256, paths relative with `/`,
-/// sorted; leaves out the state files and our temp files.
-fn list_files(dir: &Path) -> io::Result<Vec<FileEntry>> {
-    fn walk(root: &Path, dir: &Path, out: &mut Vec<FileEntry>) -> io::Result<()> {
+/// sorted; leaves out the state files, our temp files and the top-level names in `skip`.
+fn list_files(dir: &Path, skip: &[&str]) -> io::Result<Vec<FileEntry>> {
+    fn walk(root: &Path, dir: &Path, skip: &[&str], out: &mut Vec<FileEntry>) -> io::Result<()> {
         for entry in fs::read_dir(dir).map_err(ctx("list", dir))? {
             let entry = entry.map_err(ctx("list", dir))?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
             let ty = entry.file_type().map_err(ctx("stat", &path))?;
             if ty.is_dir() {
-                walk(root, &path, out)?;
+                walk(root, &path, skip, out)?;
                 continue;
             }
             let top = dir == root;
-            if is_temp(&name) || (top && (name == SESSION_FILE || name == RECORDING_FILE)) {
+            let state_file = name == SESSION_FILE || name == RECORDING_FILE;
+            if is_temp(&name) || (top && (state_file || skip.contains(&name.as_str()))) {
                 continue;
             }
             let rel = path
@@ -199,7 +210,7 @@ fn list_files(dir: &Path) -> io::Result<Vec<FileEntry>> {
         Ok(())
     }
     let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
+    walk(dir, dir, skip, &mut out)?;
     out.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
@@ -249,6 +260,8 @@ impl Spool {
     pub fn open(data_dir: &Path) -> io::Result<Spool> {
         let spool = Spool {
             data_dir: data_dir.to_path_buf(),
+            audio: AudioFormat::default(),
+            keep_raw: false,
         };
         for dir in [
             spool.recordings_dir(),
@@ -262,6 +275,27 @@ impl Spool {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// `record.audio` (default `wav-g711`): how finalize writes G.711 into `audio.wav`.
+    pub fn set_audio_format(&mut self, audio: AudioFormat) {
+        self.audio = audio;
+    }
+
+    pub fn audio_format(&self) -> AudioFormat {
+        self.audio
+    }
+
+    /// `record.keep_raw` (default false): keep `journal.bin` in the finished folder, listed in
+    /// `files[]` as `raw`.
+    pub fn set_keep_raw(&mut self, keep: bool) {
+        self.keep_raw = keep;
+    }
+
+    /// `spool/<id>/journal.bin`, for the media writer thread (not created; the spool folder
+    /// exists once [`Spool::save_state`] ran). An id that could escape the spool is refused.
+    pub fn journal_path(&self, id: &str) -> io::Result<PathBuf> {
+        Ok(self.session_dir(id)?.join(JOURNAL_FILE))
     }
 
     pub fn recordings_dir(&self) -> PathBuf {
@@ -312,13 +346,17 @@ impl Spool {
         write_atomic(&mdir.join(format!("{next:03}.xml")), xml)
     }
 
-    /// Finalizes: `audio.wav` (silent, spanning the timeline, when no media was recorded),
+    /// Finalizes: `audio.wav` rendered from `journal.bin` when there is one (plus per-stream
+    /// `.opus` / `.g729` files, and the stream counters and DTMF from the journal), else silent
+    /// spanning the timeline,
     /// `metadata.xml` (the last version; `metadata/NNN.xml` kept when there were several),
     /// `recording.json` last (temp, fsync, rename), then the folder moves into
     /// `recordings/YYYY/MM/DD/<id>/` (date of `started_at`, UTC). Returns the final folder.
     ///
-    /// An `audio.wav` already in the spool folder (written by the media writer) is kept. A
-    /// `complete` state with no packet on any stream is written as `no-media` (DESIGN §4).
+    /// Without a journal, an `audio.wav` already in the spool folder is kept. With one, the
+    /// state is `complete` when any packet was journaled, else `no-media`; `partial` stays
+    /// (DESIGN §4). Without one, a `complete` state with no packet counted is `no-media`.
+    /// The journal is deleted only after `recording.json` is durable, unless `keep_raw`.
     /// If the destination exists it is not overwritten: the folder gets `-1`, `-2` ...
     pub fn finalize(&self, meta: &RecordingMeta) -> io::Result<PathBuf> {
         let dir = self.ensure_session_dir(&meta.id)?;
@@ -328,19 +366,32 @@ impl Spool {
     fn finalize_dir(&self, dir: &Path, meta: &RecordingMeta) -> io::Result<PathBuf> {
         check_id(&meta.id)?;
         let mut meta = meta.clone();
-        if meta.state == RecordingState::Complete && !meta.has_media() {
-            meta.state = RecordingState::NoMedia;
-        }
         remove_temp_files(dir)?;
 
         let audio = dir.join(AUDIO_FILE);
-        if !audio.exists() {
-            if meta.has_media() {
-                meta.warnings.push(
-                    "packets were counted but no audio was journaled: audio.wav is silence".into(),
-                );
+        let journal_path = dir.join(JOURNAL_FILE);
+        let journal = match fs::read(&journal_path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(ctx("read", &journal_path)(e)),
+        };
+        if let Some(bytes) = &journal {
+            self.render_journal(dir, bytes, &mut meta).map_err(|e| {
+                io::Error::new(e.kind(), format!("{}: {e}", journal_path.display()))
+            })?;
+        } else {
+            if meta.state == RecordingState::Complete && !meta.has_media() {
+                meta.state = RecordingState::NoMedia;
             }
-            write_silent_audio(&audio, &meta)?;
+            if !audio.exists() {
+                if meta.has_media() {
+                    meta.warnings.push(
+                        "packets were counted but no audio was journaled: audio.wav is silence"
+                            .into(),
+                    );
+                }
+                write_silent_audio(&audio, &meta, self.audio)?;
+            }
         }
 
         let versions = metadata_versions(dir)?;
@@ -356,7 +407,9 @@ impl Spool {
             sync_dir(dir)?;
         }
 
-        let files = list_files(dir)?;
+        let drop_journal = journal.is_some() && !self.keep_raw;
+        let skip: &[&str] = if drop_journal { &[JOURNAL_FILE] } else { &[] };
+        let files = list_files(dir, skip)?;
         // recording.json before removing session.json: a crash between the two leaves a folder
         // the scan just moves; the reverse order could leave one with neither.
         write_atomic(&dir.join(RECORDING_FILE), meta.to_json(&files).as_bytes())?;
@@ -366,7 +419,48 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(ctx("remove", &session)(e)),
         }
+        // Only now, with the audio and recording.json durable, is the journal redundant. A
+        // crash before this line leaves it in a folder whose recording.json does not list it;
+        // the scan removes it then (see `recover_one`).
+        if drop_journal {
+            fs::remove_file(&journal_path).map_err(ctx("remove", &journal_path))?;
+            sync_dir(dir)?;
+        }
         self.move_to_recordings(dir, &meta)
+    }
+
+    /// Reads the journal against `meta`: counters, DTMF and state into `meta`, then
+    /// `audio.wav` and the stored per-stream files, each written atomically.
+    fn render_journal(
+        &self,
+        dir: &Path,
+        journal: &[u8],
+        meta: &mut RecordingMeta,
+    ) -> io::Result<()> {
+        let plan = Plan::new(journal, meta)?;
+        plan.apply_counters(meta);
+        meta.warnings.extend(plan.warnings.iter().cloned());
+        if meta.state != RecordingState::Partial {
+            meta.state = if plan.has_media() {
+                RecordingState::Complete
+            } else {
+                RecordingState::NoMedia
+            };
+        }
+        let meta: &RecordingMeta = meta;
+        write_atomic_with(&dir.join(AUDIO_FILE), |f| {
+            let mut out = io::BufWriter::with_capacity(256 * 1024, f);
+            plan.write_wav(meta, self.audio, &mut out)?;
+            out.flush()
+        })?;
+        for (index, name) in plan.stored_files(meta) {
+            write_atomic_with(&dir.join(&name), |f| {
+                let mut out = io::BufWriter::with_capacity(256 * 1024, f);
+                plan.write_stored(meta, index, &mut out)?;
+                out.flush()
+            })?;
+        }
+        Ok(())
     }
 
     /// Renames the finished spool folder to `recordings/YYYY/MM/DD/<id>[-N]/`.
@@ -469,12 +563,19 @@ impl Spool {
             // The crash hit after recording.json was written: the folder is complete.
             let text = fs::read_to_string(&done)
                 .map_err(|e| format!("recording.json is unreadable: {e}"))?;
-            let (meta, _) = RecordingMeta::from_json(&text)
+            let (meta, files) = RecordingMeta::from_json(&text)
                 .map_err(|e| format!("recording.json is not valid: {e}"))?;
             let session = dir.join(SESSION_FILE);
             if session.exists() {
                 fs::remove_file(&session)
                     .map_err(|e| format!("cannot remove session.json: {e}"))?;
+            }
+            // Finalize rendered the audio and then crashed before deleting the journal: it is
+            // redundant when recording.json does not list it (keep_raw lists it).
+            let journal = dir.join(JOURNAL_FILE);
+            if journal.exists() && !files.iter().any(|f| f.path == JOURNAL_FILE) {
+                fs::remove_file(&journal)
+                    .map_err(|e| format!("cannot remove the rendered journal: {e}"))?;
             }
             remove_temp_files(dir).map_err(|e| e.to_string())?;
             return self
@@ -499,30 +600,22 @@ impl Spool {
     }
 }
 
-/// The silent `audio.wav`: G.711 at 8000 Hz, one channel per stream in `streams[]` order,
-/// spanning the whole timeline. A-law only when every stream is PCMA.
-fn write_silent_audio(path: &Path, meta: &RecordingMeta) -> io::Result<()> {
-    let alaw = !meta.streams.is_empty()
-        && meta
-            .streams
-            .iter()
-            .all(|s| s.codec.eq_ignore_ascii_case("PCMA"));
-    let format = if alaw {
-        WavFormat::ALaw
-    } else {
-        WavFormat::MuLaw
-    };
-    let channels = u16::try_from(meta.streams.len().max(1)).map_err(|_| {
+/// The silent `audio.wav`: the layout finalize would use with no packets (one channel per
+/// G.711/G.722 stream in `streams[]` order, A-law only when every one is PCMA, one channel when
+/// there is none), spanning the whole timeline.
+fn write_silent_audio(path: &Path, meta: &RecordingMeta, audio: AudioFormat) -> io::Result<()> {
+    let layout = layout_of(meta, audio, |_| Vec::new());
+    let channels = u16::try_from(layout.channels.len().max(1)).map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} streams is too many channels", meta.streams.len()),
         )
     })?;
-    let frames = meta.duration_ms() * u64::from(RATE / 1000);
+    let frames = layout.frames(meta);
     write_atomic_with(path, |f| {
         // Buffer so the header and the first block go out together.
         let mut out = io::BufWriter::with_capacity(256 * 1024, f);
-        wav::write_silent(&mut out, format, channels, RATE, frames)?;
+        wav::write_silent(&mut out, layout.format, channels, layout.rate, frames)?;
         out.flush()
     })
 }
@@ -532,6 +625,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
+    use crate::record::AudioFormat;
     use crate::record::model::StreamRecord;
     use crate::record::model::tests::{sample_meta, t0};
 
@@ -987,5 +1081,294 @@ mod tests {
             .err()
             .expect("cannot create dirs under a file");
         assert!(e.to_string().contains("not-a-dir"), "{e}");
+    }
+
+    // ---- journal -------------------------------------------------------------------------
+
+    use crate::record::journal::{JournalRecord, JournalWriter, RecordKind};
+
+    fn t0_ns() -> u64 {
+        t0().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+    }
+
+    fn pcmu_stream(label: &str, mline: usize) -> StreamRecord {
+        StreamRecord {
+            label: label.into(),
+            codec: "PCMU".into(),
+            clock_rate: 8000,
+            mline,
+            ..StreamRecord::default()
+        }
+    }
+
+    /// `n` 20 ms mu-law packets of byte `b` on m-line `stream`, from t0.
+    fn append_packets(w: &mut JournalWriter, stream: u16, n: u16, b: u8) {
+        let payload = [b; 160];
+        for i in 0..n {
+            w.append(&JournalRecord {
+                stream,
+                kind: RecordKind::Audio,
+                marker: i == 0,
+                payload_type: 0,
+                seq: i,
+                timestamp: u32::from(i) * 160,
+                ssrc: 0x1000 + u32::from(stream),
+                arrival_ns: t0_ns() + u64::from(i) * 20_000_000,
+                payload: &payload,
+            });
+        }
+    }
+
+    fn journaled(s: &Spool, id: &str, ms: u64) -> RecordingMeta {
+        let mut m = no_media(id, ms);
+        m.state = RecordingState::Complete;
+        m.streams = vec![pcmu_stream("1", 0), pcmu_stream("2", 1)];
+        s.save_state(&m).unwrap();
+        let mut w = JournalWriter::create(&s.journal_path(id).unwrap()).unwrap();
+        append_packets(&mut w, 0, 50, 0x11);
+        append_packets(&mut w, 1, 25, 0x22);
+        w.commit().unwrap();
+        m
+    }
+
+    #[test]
+    fn finalize_renders_the_journal_and_deletes_it() {
+        let (_tmp, s) = spool();
+        let m = journaled(&s, "j1", 2000);
+        let out = s.finalize(&m).unwrap();
+        assert!(!out.join(JOURNAL_FILE).exists(), "journal deleted");
+        let v = read_json(&out);
+        assert_eq!(v["state"], "complete");
+        assert_eq!(v["streams"][0]["packets"], 50);
+        assert_eq!(v["streams"][1]["packets"], 25);
+        assert_eq!(v["streams"][0]["ssrcs"][0], 0x1000);
+        assert_eq!(v["streams"][0]["lost"], 0);
+        let paths: Vec<_> = v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["audio.wav"]);
+        let b = fs::read(out.join(AUDIO_FILE)).unwrap();
+        assert_eq!(wav_u16(&b, 22), 2);
+        assert_eq!(wav_u32(&b, 46), 16_000, "2 s of frames");
+        // Stream 1 for 1 s, stream 2 for 0.5 s, then silence.
+        assert_eq!((b[58], b[59]), (0x11, 0x22));
+        assert_eq!((b[58 + 2 * 4000], b[58 + 2 * 4000 + 1]), (0x11, 0xFF));
+        assert_eq!((b[58 + 2 * 8000], b[58 + 2 * 8000 + 1]), (0xFF, 0xFF));
+    }
+
+    #[test]
+    fn keep_raw_keeps_the_journal_as_raw_file() {
+        let (_tmp, mut s) = spool();
+        s.set_keep_raw(true);
+        let m = journaled(&s, "j2", 1000);
+        let out = s.finalize(&m).unwrap();
+        assert!(out.join(JOURNAL_FILE).exists());
+        let v = read_json(&out);
+        let j = v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == JOURNAL_FILE)
+            .expect("journal listed");
+        assert_eq!(j["kind"], "raw");
+        assert_eq!(
+            j["bytes"],
+            fs::metadata(out.join(JOURNAL_FILE)).unwrap().len()
+        );
+    }
+
+    #[test]
+    fn journal_without_packets_is_no_media() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("j3", 500);
+        m.state = RecordingState::Complete;
+        m.streams = vec![pcmu_stream("1", 0)];
+        m.streams[0].packets = 7; // what the media thread thought: the journal is the truth
+        s.save_state(&m).unwrap();
+        JournalWriter::create(&s.journal_path("j3").unwrap()).unwrap();
+        let v = read_json(&s.finalize(&m).unwrap());
+        assert_eq!(v["state"], "no-media");
+        assert_eq!(v["streams"][0]["packets"], 0);
+    }
+
+    #[test]
+    fn pcm16_option_is_used() {
+        let (_tmp, mut s) = spool();
+        s.set_audio_format(AudioFormat::WavPcm16);
+        let m = journaled(&s, "j4", 100);
+        let b = fs::read(s.finalize(&m).unwrap().join(AUDIO_FILE)).unwrap();
+        assert_eq!(wav_u16(&b, 20), 1);
+        assert_eq!(wav_u16(&b, 34), 16);
+    }
+
+    #[test]
+    fn opus_stream_is_listed_with_sha256() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("j5", 200);
+        m.state = RecordingState::Complete;
+        m.streams = vec![StreamRecord {
+            label: "7".into(),
+            codec: "opus".into(),
+            payload_type: 111,
+            clock_rate: 48_000,
+            ..StreamRecord::default()
+        }];
+        s.save_state(&m).unwrap();
+        let mut w = JournalWriter::create(&s.journal_path("j5").unwrap()).unwrap();
+        for i in 0..5u16 {
+            w.append(&JournalRecord {
+                stream: 0,
+                kind: RecordKind::Audio,
+                marker: false,
+                payload_type: 111,
+                seq: i,
+                timestamp: u32::from(i) * 960,
+                ssrc: 5,
+                arrival_ns: t0_ns() + u64::from(i) * 20_000_000,
+                payload: &[0xFC, 1, 2, 3],
+            });
+        }
+        w.commit().unwrap();
+        let out = s.finalize(&m).unwrap();
+        let v = read_json(&out);
+        let f = v["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == "7.opus")
+            .expect("opus listed")
+            .clone();
+        assert_eq!(f["kind"], "audio");
+        let bytes = fs::read(out.join("7.opus")).unwrap();
+        assert_eq!(&bytes[..4], b"OggS");
+        assert_eq!(f["sha256"], hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(v["streams"][0]["packets"], 5);
+        // audio.wav still spans the timeline (silent mono).
+        let b = fs::read(out.join(AUDIO_FILE)).unwrap();
+        assert_eq!((wav_u16(&b, 22), wav_u32(&b, 46)), (1, 1600));
+    }
+
+    #[test]
+    fn recover_after_crash_keeps_committed_audio_as_partial() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("crash", 0);
+        m.streams = vec![pcmu_stream("1", 0)];
+        // Last state save says 3 s; the writer committed 1 s, then buffered more and died.
+        m.ended_at = t0() + Duration::from_secs(3);
+        s.save_state(&m).unwrap();
+        let mut w = JournalWriter::create(&s.journal_path("crash").unwrap()).unwrap();
+        append_packets(&mut w, 0, 50, 0x11);
+        w.commit().unwrap();
+        append_packets(&mut w, 0, 50, 0x22); // never committed
+        std::mem::forget(w);
+        // A torn record at the tail, as a crash mid-write can leave.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(s.journal_path("crash").unwrap())
+            .unwrap();
+        f.write_all(&[0xA5, 0, 160, 0, 0, 0]).unwrap();
+        drop(f);
+
+        let out = s.recover();
+        assert_eq!(out.len(), 1);
+        let v = read_json(&out[0]);
+        assert_eq!(v["state"], "partial");
+        assert_eq!(v["streams"][0]["packets"], 50);
+        assert!(!out[0].join(JOURNAL_FILE).exists());
+        let b = fs::read(out[0].join(AUDIO_FILE)).unwrap();
+        let frames = wav_u32(&b, 46) as usize;
+        assert!(
+            frames >= 24_000,
+            "spans at least the last saved end: {frames}"
+        );
+        assert!(
+            b[58..58 + 8000].iter().all(|&x| x == 0x11),
+            "committed second"
+        );
+        assert!(
+            b[58 + 8000..58 + frames].iter().all(|&x| x == 0xFF),
+            "then silence"
+        );
+    }
+
+    #[test]
+    fn recover_removes_journal_left_after_recording_json() {
+        let (_tmp, s) = spool();
+        let m = no_media("late-rm", 10);
+        s.save_state(&m).unwrap();
+        let dir = s.session_dir("late-rm").unwrap();
+        fs::write(dir.join(RECORDING_FILE), m.to_json(&[])).unwrap();
+        fs::write(dir.join(JOURNAL_FILE), b"rendered already").unwrap();
+        let out = s.recover();
+        assert!(!out[0].join(JOURNAL_FILE).exists());
+    }
+
+    #[test]
+    fn foreign_journal_goes_to_quarantine() {
+        let (_tmp, s) = spool();
+        s.save_state(&no_media("alien", 10)).unwrap();
+        fs::write(
+            s.journal_path("alien").unwrap(),
+            b"definitely not a journal",
+        )
+        .unwrap();
+        let report = s.recover_report();
+        assert_eq!(report.quarantined.len(), 1);
+        let q = &report.quarantined[0];
+        assert!(q.join(JOURNAL_FILE).exists(), "nothing deleted");
+        assert!(
+            fs::read_to_string(q.join(REASON_FILE))
+                .unwrap()
+                .contains("journal"),
+        );
+    }
+
+    #[test]
+    fn journal_path_refuses_escaping_ids() {
+        let (_tmp, s) = spool();
+        assert!(s.journal_path("../x").is_err());
+        assert_eq!(
+            s.journal_path("ok").unwrap(),
+            s.spool_dir().join("ok").join(JOURNAL_FILE)
+        );
+    }
+
+    #[test]
+    fn sox_reads_rendered_wavs() {
+        let Ok(v) = std::process::Command::new("sox").arg("--version").output() else {
+            println!("skipped: sox is not installed");
+            return;
+        };
+        if !v.status.success() {
+            println!("skipped: sox --version failed");
+            return;
+        }
+        for (audio, encoding) in [
+            (AudioFormat::WavG711, "u-law"),
+            (AudioFormat::WavPcm16, "Signed"),
+        ] {
+            let (_tmp, mut s) = spool();
+            s.set_audio_format(audio);
+            let m = journaled(&s, "sox", 1500);
+            let out = s.finalize(&m).unwrap();
+            let info = std::process::Command::new("sox")
+                .arg("--i")
+                .arg(out.join(AUDIO_FILE))
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&info.stdout);
+            assert!(
+                info.status.success(),
+                "{}",
+                String::from_utf8_lossy(&info.stderr)
+            );
+            assert!(text.contains("Channels       : 2"), "{text}");
+            assert!(text.contains("Sample Rate    : 8000"), "{text}");
+            assert!(text.contains("12000 samples"), "{text}");
+            assert!(text.contains(encoding), "{text}");
+        }
     }
 }

@@ -1,0 +1,678 @@
+//! The per-recording packet journal (`spool/<id>/journal.bin`): what the writer thread appends
+//! for every accepted packet, and what finalize and the crash scan read back.
+//!
+//! Owns: the on-disk record format, the buffered writer with group commit (DESIGN §1: a crash
+//! loses at most one commit interval), and a reader that stops cleanly at a torn or corrupt
+//! tail. Must not: decode audio or know the timeline (that is `finalize`).
+//!
+//! ## Format (all little-endian)
+//!
+//! File header, 16 bytes: `b"REELJNL\0"`, `version: u16` (1), `record_header_len: u16` (32),
+//! 4 reserved bytes (0). Then records, back to back:
+//!
+//! | off | size | field |
+//! |----:|-----:|-------|
+//! | 0 | 1 | magic/version byte [`RECORD_MAGIC`] (0xA5) |
+//! | 1 | 1 | kind: 0 RTP audio, 1 RFC 4733 telephone-event, 2 stream end (no payload) |
+//! | 2 | 2 | payload length (the record is 32 + this many bytes) |
+//! | 4 | 2 | stream: m-line index in the SDP offer |
+//! | 6 | 1 | flags: bit 0 = RTP marker |
+//! | 7 | 1 | RTP payload type |
+//! | 8 | 2 | RTP sequence number |
+//! | 10 | 2 | reserved (0) |
+//! | 12 | 4 | RTP timestamp |
+//! | 16 | 4 | SSRC |
+//! | 20 | 8 | arrival: CLOCK_REALTIME ns since the UNIX epoch (kernel receive timestamp) |
+//! | 28 | 4 | CRC-32 (IEEE, `crc32fast`) of bytes 0..28 and the payload |
+//! | 32 | n | RTP payload (after the RTP header, decrypted, padding removed) |
+//!
+//! The CRC is what tells a torn tail (a crash between `write` and `fdatasync` can leave zeros
+//! or stale blocks) from a record: the reader stops at the first record whose magic, length or
+//! CRC does not hold, and reports why. Records of an unknown kind with a valid CRC are skipped,
+//! so a newer writer's additions do not stop an older reader.
+//!
+//! ## Buffered `write` + `fdatasync`, not `O_DIRECT`: measured
+//!
+//! `cargo bench --bench journal` (2 vCPU AMD EPYC VM, ext4 on a virtio disk; 160-byte
+//! payloads = 192 bytes per record; CPU = process user+system time from `getrusage` over the
+//! run, including encoding and CRC; "% core" scales CPU-s/MB to the real ~20 MB/s):
+//!
+//! | mode, commit size | MB/s | ns/record | commit | CPU s/GB | % core at 20 MB/s |
+//! |---|---:|---:|---:|---:|---:|
+//! | buffered, 256 KiB | 207 | 926 | 1.26 ms | 1.39 | 2.8 |
+//! | O_DIRECT, 256 KiB | 181 | 1064 | 1.45 ms | 1.05 | 2.1 |
+//! | buffered, 19 KB (one call-second) | 59 | 3252 | 0.32 ms | 4.31 | 8.6 |
+//! | O_DIRECT, 19 KB | 55 | 3508 | 0.35 ms | 3.70 | 7.4 |
+//!
+//! `O_DIRECT` saves 0.7 to 1.2 % of a core at the real rate and is no faster in wall time
+//! here, while it needs aligned buffers, block-multiple writes, a zero-padded tail rewritten by
+//! the next commit and care on file systems without it (tmpfs). Buffered wins on simplicity at
+//! that price. What dominates is the per-commit cost: ~1,000 journals committing ~19 KB once a
+//! second is ~1,000 `fdatasync`s/s at ~0.3 ms each on this disk, i.e. ~30% of the writer
+//! thread's time in waits (little CPU). Batching commits across journals (or io_uring
+//! `fsync`) is the lever if that becomes the limit, not `O_DIRECT`.
+//! Encoding alone (`encode_into`, CRC included) is ~110 ns per record.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// File header magic.
+pub const FILE_MAGIC: [u8; 8] = *b"REELJNL\0";
+/// Format version in the file header.
+pub const VERSION: u16 = 1;
+/// Length of the file header.
+pub const FILE_HEADER_LEN: usize = 16;
+/// Length of a record header.
+pub const RECORD_HEADER_LEN: usize = 32;
+/// First byte of every version-1 record.
+pub const RECORD_MAGIC: u8 = 0xA5;
+/// Default group-commit interval (DESIGN `media.journal_fsync_ms`).
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Default buffered bytes that force a commit before the interval is up.
+pub const DEFAULT_COMMIT_BYTES: usize = 256 * 1024;
+
+/// What a record carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// An RTP audio packet.
+    Audio,
+    /// An RFC 4733 telephone-event packet.
+    Event,
+    /// The stream ended (no payload).
+    StreamEnd,
+}
+
+impl RecordKind {
+    pub fn code(self) -> u8 {
+        match self {
+            RecordKind::Audio => 0,
+            RecordKind::Event => 1,
+            RecordKind::StreamEnd => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<RecordKind> {
+        match code {
+            0 => Some(RecordKind::Audio),
+            1 => Some(RecordKind::Event),
+            2 => Some(RecordKind::StreamEnd),
+            _ => None,
+        }
+    }
+}
+
+/// One journaled packet. `payload` borrows: the writer copies it into its buffer, the reader
+/// hands out slices of the journal bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalRecord<'a> {
+    /// m-line index of the stream in the SDP offer.
+    pub stream: u16,
+    pub kind: RecordKind,
+    pub marker: bool,
+    pub payload_type: u8,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+    /// CLOCK_REALTIME ns since the UNIX epoch.
+    pub arrival_ns: u64,
+    pub payload: &'a [u8],
+}
+
+/// The 16-byte file header.
+pub fn file_header() -> [u8; FILE_HEADER_LEN] {
+    let mut h = [0u8; FILE_HEADER_LEN];
+    h[..8].copy_from_slice(&FILE_MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h[10..12].copy_from_slice(&(RECORD_HEADER_LEN as u16).to_le_bytes());
+    h
+}
+
+/// Appends one encoded record to `out`. Allocates only if `out` must grow. A payload longer
+/// than 65535 bytes (impossible for a UDP datagram's RTP payload) is cut to that length.
+#[inline]
+pub fn encode_into(rec: &JournalRecord, out: &mut Vec<u8>) {
+    let payload = &rec.payload[..rec.payload.len().min(usize::from(u16::MAX))];
+    let mut h = [0u8; RECORD_HEADER_LEN];
+    h[0] = RECORD_MAGIC;
+    h[1] = rec.kind.code();
+    h[2..4].copy_from_slice(&(payload.len() as u16).to_le_bytes());
+    h[4..6].copy_from_slice(&rec.stream.to_le_bytes());
+    h[6] = u8::from(rec.marker);
+    h[7] = rec.payload_type;
+    h[8..10].copy_from_slice(&rec.seq.to_le_bytes());
+    h[12..16].copy_from_slice(&rec.timestamp.to_le_bytes());
+    h[16..20].copy_from_slice(&rec.ssrc.to_le_bytes());
+    h[20..28].copy_from_slice(&rec.arrival_ns.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h[..28]);
+    crc.update(payload);
+    h[28..32].copy_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(payload);
+}
+
+/// Appends records to one journal file, buffering between group commits.
+///
+/// The writer thread calls [`JournalWriter::append`] per packet and, on its tick,
+/// [`JournalWriter::should_commit`] then [`JournalWriter::commit`]. The buffer starts small and
+/// grows to one commit's worth (about 19 KB per second for a two-stream G.711 call), so a
+/// thousand open journals do not each hold the 256 KiB threshold.
+#[derive(Debug)]
+pub struct JournalWriter {
+    file: File,
+    buf: Vec<u8>,
+    interval: Duration,
+    max_bytes: usize,
+    last_commit: Instant,
+    bytes_written: u64,
+    records: u64,
+    commits: u64,
+    last_write_latency: Duration,
+}
+
+impl JournalWriter {
+    /// Opens `path` for appending, creating it with its header when missing or empty. An
+    /// existing journal (the writer restarted a recording) is scanned and a torn tail cut off,
+    /// so new records never land behind bytes the reader would stop at.
+    pub fn create(path: &Path) -> io::Result<JournalWriter> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        if len == 0 {
+            file.write_all(&file_header())?;
+        } else {
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes)?;
+            let mut reader = JournalReader::new(&bytes).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            for _ in reader.by_ref() {}
+            let valid = reader.offset() as u64;
+            if valid < len {
+                file.set_len(valid)?;
+            }
+            file.seek(SeekFrom::Start(valid))?;
+        }
+        Ok(JournalWriter {
+            file,
+            buf: Vec::with_capacity(16 * 1024),
+            interval: DEFAULT_COMMIT_INTERVAL,
+            max_bytes: DEFAULT_COMMIT_BYTES,
+            last_commit: Instant::now(),
+            bytes_written: 0,
+            records: 0,
+            commits: 0,
+            last_write_latency: Duration::ZERO,
+        })
+    }
+
+    /// Group-commit interval (DESIGN `media.journal_fsync_ms`) and size threshold.
+    pub fn set_commit_policy(&mut self, interval: Duration, max_bytes: usize) {
+        self.interval = interval;
+        self.max_bytes = max_bytes.max(1);
+    }
+
+    /// Buffers one record (no I/O).
+    #[inline]
+    pub fn append(&mut self, rec: &JournalRecord) {
+        encode_into(rec, &mut self.buf);
+        self.records += 1;
+    }
+
+    /// Whether a commit is due: the buffer reached the size threshold, or it holds something
+    /// and the interval since the last commit has passed.
+    #[inline]
+    pub fn should_commit(&self, now: Instant) -> bool {
+        self.buf.len() >= self.max_bytes
+            || (!self.buf.is_empty()
+                && now.saturating_duration_since(self.last_commit) >= self.interval)
+    }
+
+    /// Writes the buffer and `fdatasync`s. After `Ok`, every appended record survives a crash
+    /// or power loss. On error the buffer is kept, so a later commit retries it.
+    pub fn commit(&mut self) -> io::Result<()> {
+        let start = Instant::now();
+        if !self.buf.is_empty() {
+            self.file.write_all(&self.buf)?;
+            self.bytes_written += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        self.file.sync_data()?;
+        self.commits += 1;
+        self.last_commit = Instant::now();
+        self.last_write_latency = self.last_commit - start;
+        Ok(())
+    }
+
+    /// Bytes buffered, not yet committed.
+    pub fn pending_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Record bytes written to the file (not counting the file header).
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Records appended (committed or not).
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Successful commits.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    /// Duration of the last commit's `write` + `fdatasync`.
+    pub fn last_write_latency(&self) -> Duration {
+        self.last_write_latency
+    }
+}
+
+/// Why a journal cannot be read at all (its records can always be iterated, up to a bad one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderError {
+    /// Fewer than 16 bytes: the file header itself was torn (no record was ever committed).
+    Truncated,
+    /// Not a Reel journal.
+    BadMagic,
+    /// A version this build cannot read.
+    Version(u16),
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Truncated => f.write_str("journal header is truncated"),
+            HeaderError::BadMagic => f.write_str("not a Reel journal (bad magic)"),
+            HeaderError::Version(v) => write!(f, "journal version {v} is not supported"),
+        }
+    }
+}
+
+impl std::error::Error for HeaderError {}
+
+/// How reading ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tail {
+    /// Still reading.
+    Open,
+    /// The last record ended exactly at the end of the bytes.
+    Clean,
+    /// The bytes end inside a record (a crash during a write): the partial record is ignored.
+    Truncated,
+    /// A record's magic or CRC is wrong: reading stopped there.
+    Corrupt,
+}
+
+/// Iterates the records of a journal held in memory; never panics on any bytes.
+#[derive(Clone, Debug)]
+pub struct JournalReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    tail: Tail,
+    skipped: u64,
+}
+
+impl<'a> JournalReader<'a> {
+    /// Checks the file header. An empty or headerless-but-short input is
+    /// [`HeaderError::Truncated`]; callers treat that as an empty journal.
+    pub fn new(bytes: &'a [u8]) -> Result<JournalReader<'a>, HeaderError> {
+        let Some(h) = bytes.first_chunk::<FILE_HEADER_LEN>() else {
+            return Err(HeaderError::Truncated);
+        };
+        if h[..8] != FILE_MAGIC {
+            return Err(HeaderError::BadMagic);
+        }
+        let version = u16::from_le_bytes([h[8], h[9]]);
+        if version != VERSION {
+            return Err(HeaderError::Version(version));
+        }
+        Ok(JournalReader {
+            bytes,
+            pos: FILE_HEADER_LEN,
+            tail: Tail::Open,
+            skipped: 0,
+        })
+    }
+
+    /// Byte offset of the next record: after iteration, the length of the valid prefix.
+    pub fn offset(&self) -> usize {
+        self.pos
+    }
+
+    /// How reading ended ([`Tail::Open`] until the iterator returned `None`).
+    pub fn tail(&self) -> Tail {
+        self.tail
+    }
+
+    /// Records of unknown kinds skipped.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+}
+
+impl<'a> Iterator for JournalReader<'a> {
+    type Item = JournalRecord<'a>;
+
+    fn next(&mut self) -> Option<JournalRecord<'a>> {
+        loop {
+            if self.tail != Tail::Open {
+                return None;
+            }
+            let rest = self.bytes.get(self.pos..).unwrap_or(&[]);
+            if rest.is_empty() {
+                self.tail = Tail::Clean;
+                return None;
+            }
+            if rest[0] != RECORD_MAGIC {
+                // Zeros after the last good record are the usual torn tail on ext4.
+                self.tail = if rest.iter().all(|&b| b == 0) {
+                    Tail::Truncated
+                } else {
+                    Tail::Corrupt
+                };
+                return None;
+            }
+            let Some(h) = rest.first_chunk::<RECORD_HEADER_LEN>() else {
+                self.tail = Tail::Truncated;
+                return None;
+            };
+            let len = usize::from(u16::from_le_bytes([h[2], h[3]]));
+            let Some(payload) = rest.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len) else {
+                self.tail = Tail::Truncated;
+                return None;
+            };
+            let stored = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&h[..28]);
+            crc.update(payload);
+            if crc.finalize() != stored {
+                self.tail = Tail::Corrupt;
+                return None;
+            }
+            self.pos += RECORD_HEADER_LEN + len;
+            let Some(kind) = RecordKind::from_code(h[1]) else {
+                self.skipped += 1;
+                continue;
+            };
+            let u32_at = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+            let mut arrival = [0u8; 8];
+            arrival.copy_from_slice(&h[20..28]);
+            return Some(JournalRecord {
+                stream: u16::from_le_bytes([h[4], h[5]]),
+                kind,
+                marker: h[6] & 1 != 0,
+                payload_type: h[7],
+                seq: u16::from_le_bytes([h[8], h[9]]),
+                timestamp: u32_at(12),
+                ssrc: u32_at(16),
+                arrival_ns: u64::from_le_bytes(arrival),
+                payload,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn rec(stream: u16, seq: u16, ts: u32, payload: &[u8]) -> JournalRecord<'_> {
+        JournalRecord {
+            stream,
+            kind: RecordKind::Audio,
+            marker: false,
+            payload_type: 0,
+            seq,
+            timestamp: ts,
+            ssrc: 0x1234_5678,
+            arrival_ns: 1_000_000_000 + u64::from(seq) * 20_000_000,
+            payload,
+        }
+    }
+
+    fn journal(records: &[JournalRecord]) -> Vec<u8> {
+        let mut out = file_header().to_vec();
+        for r in records {
+            encode_into(r, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let payload = [7u8; 160];
+        let a = JournalRecord {
+            stream: 3,
+            kind: RecordKind::Event,
+            marker: true,
+            payload_type: 101,
+            seq: 65_535,
+            timestamp: u32::MAX,
+            ssrc: 0xdead_beef,
+            arrival_ns: 1_795_628_305_123_456_789,
+            payload: &payload,
+        };
+        let b = JournalRecord {
+            kind: RecordKind::StreamEnd,
+            payload: &[],
+            ..rec(1, 2, 3, &[])
+        };
+        let bytes = journal(&[a, b]);
+        assert_eq!(bytes.len(), FILE_HEADER_LEN + 2 * RECORD_HEADER_LEN + 160);
+        let mut r = JournalReader::new(&bytes).unwrap();
+        assert_eq!(r.next(), Some(a));
+        assert_eq!(r.next(), Some(b));
+        assert_eq!(r.next(), None);
+        assert_eq!(r.tail(), Tail::Clean);
+    }
+
+    #[test]
+    fn encode_appends_without_touching_existing_bytes() {
+        let mut out = b"xyz".to_vec();
+        encode_into(&rec(0, 1, 2, b"ab"), &mut out);
+        assert_eq!(&out[..3], b"xyz");
+        assert_eq!(out.len(), 3 + RECORD_HEADER_LEN + 2);
+        assert_eq!(out[3], RECORD_MAGIC);
+    }
+
+    #[test]
+    fn truncated_tail_is_ignored_at_every_cut() {
+        let bytes = journal(&[rec(0, 1, 0, &[1; 160]), rec(0, 2, 160, &[2; 160])]);
+        let first_end = FILE_HEADER_LEN + RECORD_HEADER_LEN + 160;
+        for cut in first_end + 1..bytes.len() {
+            let mut r = JournalReader::new(&bytes[..cut]).unwrap();
+            assert_eq!(r.by_ref().count(), 1, "cut at {cut}");
+            assert_eq!(r.tail(), Tail::Truncated);
+            assert_eq!(r.offset(), first_end);
+        }
+    }
+
+    #[test]
+    fn zero_filled_tail_is_truncation() {
+        let mut bytes = journal(&[rec(0, 1, 0, &[1; 10])]);
+        bytes.extend_from_slice(&[0; 4096]);
+        let mut r = JournalReader::new(&bytes).unwrap();
+        assert_eq!(r.by_ref().count(), 1);
+        assert_eq!(r.tail(), Tail::Truncated);
+    }
+
+    #[test]
+    fn corrupt_record_stops_reading() {
+        let mut bytes = journal(&[
+            rec(0, 1, 0, &[1; 20]),
+            rec(0, 2, 160, &[2; 20]),
+            rec(0, 3, 320, &[3; 20]),
+        ]);
+        // Flip a payload bit of the second record: its CRC fails, the third is not trusted.
+        bytes[FILE_HEADER_LEN + (RECORD_HEADER_LEN + 20) + RECORD_HEADER_LEN + 5] ^= 1;
+        let mut r = JournalReader::new(&bytes).unwrap();
+        let seqs: Vec<u16> = r.by_ref().map(|x| x.seq).collect();
+        assert_eq!(seqs, [1]);
+        assert_eq!(r.tail(), Tail::Corrupt);
+    }
+
+    #[test]
+    fn bad_magic_byte_stops_reading() {
+        let mut bytes = journal(&[rec(0, 1, 0, &[1; 4]), rec(0, 2, 0, &[1; 4])]);
+        bytes[FILE_HEADER_LEN + RECORD_HEADER_LEN + 4] = 0x5A;
+        let mut r = JournalReader::new(&bytes).unwrap();
+        assert_eq!(r.by_ref().count(), 1);
+        assert_eq!(r.tail(), Tail::Corrupt);
+    }
+
+    #[test]
+    fn unknown_kind_with_valid_crc_is_skipped() {
+        let mut bytes = file_header().to_vec();
+        let mut other = Vec::new();
+        encode_into(&rec(0, 1, 0, b"abc"), &mut other);
+        other[1] = 9;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&other[..28]);
+        crc.update(&other[32..]);
+        other[28..32].copy_from_slice(&crc.finalize().to_le_bytes());
+        bytes.extend_from_slice(&other);
+        encode_into(&rec(0, 2, 0, b"d"), &mut bytes);
+        let mut r = JournalReader::new(&bytes).unwrap();
+        assert_eq!(r.by_ref().map(|x| x.seq).collect::<Vec<_>>(), [2]);
+        assert_eq!(r.skipped(), 1);
+        assert_eq!(r.tail(), Tail::Clean);
+    }
+
+    #[test]
+    fn header_errors() {
+        assert_eq!(JournalReader::new(b"").unwrap_err(), HeaderError::Truncated);
+        assert_eq!(
+            JournalReader::new(b"REELJNL").unwrap_err(),
+            HeaderError::Truncated
+        );
+        assert_eq!(
+            JournalReader::new(&[0u8; 16]).unwrap_err(),
+            HeaderError::BadMagic
+        );
+        let mut h = file_header();
+        h[8] = 2;
+        assert_eq!(JournalReader::new(&h).unwrap_err(), HeaderError::Version(2));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A deterministic xorshift stream of garbage after a valid header, and records with
+        // random lengths: the reader must stop, not panic or loop.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..300 {
+            let mut bytes = file_header().to_vec();
+            if round % 2 == 0 {
+                encode_into(&rec(0, 1, 0, &[3; 17]), &mut bytes);
+            }
+            for _ in 0..(round * 7 % 200) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes.push(x as u8);
+            }
+            if round % 3 == 0 {
+                let at = FILE_HEADER_LEN.min(bytes.len() - 1);
+                bytes[at] = RECORD_MAGIC;
+            }
+            let mut r = JournalReader::new(&bytes).unwrap();
+            let n = r.by_ref().take(1000).count();
+            assert!(n <= 2);
+            assert_ne!(r.tail(), Tail::Open);
+        }
+    }
+
+    #[test]
+    fn writer_commits_and_reader_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.bin");
+        let mut w = JournalWriter::create(&path).unwrap();
+        for i in 0..100u16 {
+            w.append(&rec(i % 2, i, u32::from(i) * 160, &[i as u8; 160]));
+        }
+        assert_eq!(w.pending_bytes(), 100 * 192);
+        w.commit().unwrap();
+        assert_eq!(w.pending_bytes(), 0);
+        assert_eq!(w.bytes_written(), 100 * 192);
+        assert_eq!(w.commits(), 1);
+        assert_eq!(w.records(), 100);
+        let bytes = std::fs::read(&path).unwrap();
+        let recs: Vec<_> = JournalReader::new(&bytes).unwrap().collect();
+        assert_eq!(recs.len(), 100);
+        assert_eq!(recs[99].seq, 99);
+        assert_eq!(recs[99].stream, 1);
+        assert_eq!(recs[99].payload, &[99u8; 160]);
+    }
+
+    #[test]
+    fn uncommitted_records_are_not_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.bin");
+        let mut w = JournalWriter::create(&path).unwrap();
+        w.append(&rec(0, 1, 0, &[1; 160]));
+        w.commit().unwrap();
+        w.append(&rec(0, 2, 160, &[1; 160]));
+        std::mem::forget(w); // a crash: the buffer never reaches the file
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(JournalReader::new(&bytes).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn should_commit_by_interval_and_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::create(&dir.path().join("j")).unwrap();
+        let t = Instant::now();
+        w.set_commit_policy(Duration::from_millis(1000), 1000);
+        assert!(
+            !w.should_commit(t + Duration::from_secs(5)),
+            "nothing to commit"
+        );
+        w.append(&rec(0, 1, 0, &[0; 100]));
+        assert!(!w.should_commit(t));
+        assert!(w.should_commit(t + Duration::from_millis(1001)));
+        for i in 0..10 {
+            w.append(&rec(0, i, 0, &[0; 100]));
+        }
+        assert!(w.should_commit(t), "size threshold");
+    }
+
+    #[test]
+    fn reopening_cuts_a_torn_tail_and_appends_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.bin");
+        let mut w = JournalWriter::create(&path).unwrap();
+        w.append(&rec(0, 1, 0, &[1; 50]));
+        w.commit().unwrap();
+        drop(w);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[RECORD_MAGIC, 0, 40, 0]).unwrap(); // a torn record
+        drop(f);
+        let mut w = JournalWriter::create(&path).unwrap();
+        w.append(&rec(0, 2, 160, &[2; 50]));
+        w.commit().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let mut r = JournalReader::new(&bytes).unwrap();
+        assert_eq!(r.by_ref().map(|x| x.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(r.tail(), Tail::Clean);
+    }
+
+    #[test]
+    fn long_payload_is_cut_to_u16() {
+        let big = vec![1u8; 70_000];
+        let mut out = file_header().to_vec();
+        encode_into(&rec(0, 1, 0, &big), &mut out);
+        let r: Vec<_> = JournalReader::new(&out).unwrap().collect();
+        assert_eq!(r[0].payload.len(), 65_535);
+    }
+}
