@@ -1053,6 +1053,7 @@ impl Recorder {
                         ssrcs: Vec::new(),
                         payload_type: codec.payload_type,
                         clock_rate: codec.clock_rate,
+                        mline: st.index,
                         ..StreamRecord::default()
                     },
                 )

@@ -1,29 +1,46 @@
 //! The writer thread: runs [`StorageOp`]s in order with blocking file I/O, off the control
-//! thread, and reports spool creation back so the control thread can answer the INVITE.
+//! thread; drains the media threads' packet rings into one journal per recording with group
+//! commit; finalizes a recording once every stream's end record has arrived.
+//!
+//! Order matters and is kept by construction: a session's journal opens on `Begin` (before
+//! the 200 OK, so before any packet); its packets and then each stream's end record arrive
+//! through the ring of the media thread that served the stream; `Finalize` waits for those
+//! end records (at most [`END_WAIT`]) so the last packets are in the journal first.
 
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::control::{SessionKey, StorageOp};
-use crate::record::Spool;
+use crate::media::ring::{KIND_END, KIND_EVENT, PacketMeta, RingReader, StreamTotals};
+use crate::record::journal::{JournalRecord, JournalWriter, RecordKind};
+use crate::record::{RecordingMeta, Spool};
+
+/// How long a finalize waits for end records that do not come (a media thread stuck or gone).
+const END_WAIT: Duration = Duration::from_secs(5);
+/// The writer's tick: how often rings are drained when no storage work arrives.
+const TICK: Duration = Duration::from_millis(2);
 
 /// What the writer tells the control thread.
 #[derive(Debug)]
 pub enum WriterReport {
-    Begun {
-        session: SessionKey,
-        result: Result<(), String>,
-    },
-    Finalized {
-        id: String,
-        result: Result<String, String>,
-    },
-    Recovered {
-        count: usize,
-    },
+    Begun { session: SessionKey, result: Result<(), String> },
+    Finalized { id: String, result: Result<String, String> },
+    Recovered { count: usize },
     Error,
+}
+
+/// Counters the writer publishes.
+#[derive(Debug, Default)]
+pub struct WriterCounters {
+    pub journal_bytes: std::sync::atomic::AtomicU64,
+    pub journal_commits: std::sync::atomic::AtomicU64,
+    pub journal_write_latency_us: std::sync::atomic::AtomicU64,
+    pub journal_errors: std::sync::atomic::AtomicU64,
+    pub orphan_packets: std::sync::atomic::AtomicU64,
 }
 
 pub struct Writer {
@@ -31,63 +48,246 @@ pub struct Writer {
     pub handle: thread::JoinHandle<()>,
 }
 
-/// Starts the writer: it first finalizes what a crash left in the spool, then takes ops.
-pub fn start(spool: Spool, reports: UnboundedSender<WriterReport>) -> std::io::Result<Writer> {
+pub struct WriterConfig {
+    pub commit_interval: Duration,
+    pub commit_bytes: usize,
+}
+
+struct OpenRecording {
+    id: String,
+    journal: Option<JournalWriter>,
+    ended: HashMap<u16, StreamTotals>,
+}
+
+struct PendingFinalize {
+    slot: u32,
+    meta: RecordingMeta,
+    streams: Vec<u16>,
+    deadline: Instant,
+}
+
+struct State {
+    spool: Spool,
+    config: WriterConfig,
+    reports: UnboundedSender<WriterReport>,
+    counters: std::sync::Arc<WriterCounters>,
+    open: HashMap<u32, OpenRecording>,
+    pending: Vec<PendingFinalize>,
+}
+
+fn slot_of(session: SessionKey) -> u32 {
+    // The recording slot is the session number; it wraps only after 4 billion sessions.
+    session.0 as u32
+}
+
+/// Starts the writer: it first finalizes what a crash left in the spool, then takes ops and
+/// drains `rings`.
+pub fn start(
+    spool: Spool,
+    reports: UnboundedSender<WriterReport>,
+    mut rings: Vec<RingReader>,
+    config: WriterConfig,
+    counters: std::sync::Arc<WriterCounters>,
+) -> std::io::Result<Writer> {
     let (tx, rx) = mpsc::channel::<StorageOp>();
-    let handle = thread::Builder::new()
-        .name("reel-writer".into())
-        .spawn(move || {
-            let recovered = spool.recover();
-            for path in &recovered {
-                tracing::info!(path = %path.display(), "recovered a spooled session as partial");
+    let handle = thread::Builder::new().name("reel-writer".into()).spawn(move || {
+        let recovered = spool.recover();
+        for path in &recovered {
+            tracing::info!(path = %path.display(), "recovered a spooled session as partial");
+        }
+        let _ = reports.send(WriterReport::Recovered { count: recovered.len() });
+        let mut state = State {
+            spool,
+            config,
+            reports,
+            counters,
+            open: HashMap::new(),
+            pending: Vec::new(),
+        };
+        loop {
+            let disconnected = match rx.recv_timeout(TICK) {
+                Ok(op) => {
+                    // Packets that arrived before this op belong before it.
+                    state.drain(&mut rings);
+                    state.run(op);
+                    while let Ok(op) = rx.try_recv() {
+                        state.run(op);
+                    }
+                    false
+                }
+                Err(RecvTimeoutError::Timeout) => false,
+                Err(RecvTimeoutError::Disconnected) => true,
+            };
+            state.drain(&mut rings);
+            state.commit_due(Instant::now());
+            state.finalize_ready(Instant::now(), disconnected);
+            if disconnected && state.pending.is_empty() {
+                break;
             }
-            let _ = reports.send(WriterReport::Recovered {
-                count: recovered.len(),
-            });
-            while let Ok(op) = rx.recv() {
-                run(&spool, op, &reports);
+        }
+        // Shutdown: whatever is still open was never finalized (the control thread is gone);
+        // commit it so the next start recovers it as partial.
+        for rec in state.open.values_mut() {
+            if let Some(j) = rec.journal.as_mut() {
+                let _ = j.commit();
             }
-        })?;
+        }
+    })?;
     Ok(Writer { ops: tx, handle })
 }
 
-fn run(spool: &Spool, op: StorageOp, reports: &UnboundedSender<WriterReport>) {
-    match op {
-        StorageOp::Begin { session, meta } => {
-            let result = spool.save_state(&meta).map_err(|e| e.to_string());
-            if let Err(e) = &result {
-                tracing::error!(id = %meta.id, error = %e, "cannot create the spool entry");
+impl State {
+    fn run(&mut self, op: StorageOp) {
+        match op {
+            StorageOp::Begin { session, meta } => {
+                let result = self.begin(session, &meta);
+                if let Err(e) = &result {
+                    tracing::error!(id = %meta.id, error = %e, "cannot create the spool entry");
+                }
+                let _ = self.reports.send(WriterReport::Begun { session, result });
             }
-            let _ = reports.send(WriterReport::Begun { session, result });
+            StorageOp::Save { meta } => {
+                if let Err(e) = self.spool.save_state(&meta) {
+                    tracing::error!(id = %meta.id, error = %e, "cannot save session state");
+                    let _ = self.reports.send(WriterReport::Error);
+                }
+            }
+            StorageOp::Metadata { id, xml } => {
+                if let Err(e) = self.spool.add_metadata_version(&id, &xml) {
+                    tracing::error!(id = %id, error = %e, "cannot store metadata");
+                    let _ = self.reports.send(WriterReport::Error);
+                }
+            }
+            StorageOp::Finalize { meta, media_streams } => {
+                let slot = self.open.iter().find(|(_, r)| r.id == meta.id).map(|(s, _)| *s);
+                match slot {
+                    Some(slot) => self.pending.push(PendingFinalize {
+                        slot,
+                        meta,
+                        streams: media_streams,
+                        deadline: Instant::now() + END_WAIT,
+                    }),
+                    None => self.finalize(meta, None),
+                }
+            }
+            StorageOp::Abandon { id } => {
+                self.open.retain(|_, r| r.id != id);
+                if let Err(e) = self.spool.abandon(&id) {
+                    tracing::warn!(id = %id, error = %e, "cannot remove an abandoned spool entry");
+                }
+            }
         }
-        StorageOp::Save { meta } => {
-            if let Err(e) = spool.save_state(&meta) {
-                tracing::error!(id = %meta.id, error = %e, "cannot save session state");
-                let _ = reports.send(WriterReport::Error);
-            }
-        }
-        StorageOp::Metadata { id, xml } => {
-            if let Err(e) = spool.add_metadata_version(&id, &xml) {
-                tracing::error!(id = %id, error = %e, "cannot store metadata");
-                let _ = reports.send(WriterReport::Error);
-            }
-        }
-        StorageOp::Finalize { meta, .. } => {
-            let result = spool.finalize(&meta).map(|p| p.display().to_string());
-            match &result {
-                Ok(path) => tracing::info!(id = %meta.id, call_id = %meta.call_id,
-                    reason = %meta.end_reason, path = %path, "recording finalized"),
-                Err(e) => tracing::error!(id = %meta.id, error = %e, "finalize failed"),
-            }
-            let _ = reports.send(WriterReport::Finalized {
-                id: meta.id.clone(),
-                result: result.map_err(|e| e.to_string()),
+    }
+
+    fn begin(&mut self, session: SessionKey, meta: &RecordingMeta) -> Result<(), String> {
+        self.spool.save_state(meta).map_err(|e| e.to_string())?;
+        let path = self.spool.journal_path(&meta.id).map_err(|e| e.to_string())?;
+        let mut journal = JournalWriter::create(&path).map_err(|e| e.to_string())?;
+        journal.set_commit_policy(self.config.commit_interval, self.config.commit_bytes);
+        self.open.insert(
+            slot_of(session),
+            OpenRecording { id: meta.id.clone(), journal: Some(journal), ended: HashMap::new() },
+        );
+        Ok(())
+    }
+
+    fn drain(&mut self, rings: &mut [RingReader]) {
+        for ring in rings.iter_mut() {
+            let open = &mut self.open;
+            let counters = &self.counters;
+            ring.drain(|slot, meta: &PacketMeta, payload| {
+                let Some(rec) = open.get_mut(&slot) else {
+                    counters.orphan_packets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                };
+                if meta.kind == KIND_END {
+                    rec.ended.insert(meta.stream, StreamTotals::decode(payload));
+                    return;
+                }
+                let Some(journal) = rec.journal.as_mut() else { return };
+                let kind = if meta.kind == KIND_EVENT { RecordKind::Event } else { RecordKind::Audio };
+                journal.append(&JournalRecord {
+                    stream: meta.stream,
+                    kind,
+                    marker: meta.marker,
+                    payload_type: meta.payload_type,
+                    seq: meta.seq,
+                    timestamp: meta.timestamp,
+                    ssrc: meta.ssrc,
+                    arrival_ns: meta.arrival_ns,
+                    payload,
+                });
             });
         }
-        StorageOp::Abandon { id } => {
-            if let Err(e) = spool.abandon(&id) {
-                tracing::warn!(id = %id, error = %e, "cannot remove an abandoned spool entry");
+    }
+
+    fn commit_due(&mut self, now: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for rec in self.open.values_mut() {
+            let Some(j) = rec.journal.as_mut() else { continue };
+            if !j.should_commit(now) {
+                continue;
+            }
+            let before = j.bytes_written();
+            match j.commit() {
+                Ok(()) => {
+                    self.counters.journal_bytes.fetch_add(j.bytes_written() - before, Relaxed);
+                    self.counters.journal_commits.fetch_add(1, Relaxed);
+                    self.counters
+                        .journal_write_latency_us
+                        .store(j.last_write_latency().as_micros() as u64, Relaxed);
+                }
+                Err(e) => {
+                    self.counters.journal_errors.fetch_add(1, Relaxed);
+                    tracing::error!(id = %rec.id, error = %e, "journal write failed; the data stays buffered");
+                }
             }
         }
+    }
+
+    fn finalize_ready(&mut self, now: Instant, shutting_down: bool) {
+        let mut i = 0;
+        while i < self.pending.len() {
+            let p = &self.pending[i];
+            let ended = self.open.get(&p.slot).map(|r| &r.ended);
+            let all_in = ended.is_some_and(|e| p.streams.iter().all(|s| e.contains_key(s)));
+            if all_in || now >= p.deadline || shutting_down && ended.is_none() {
+                let p = self.pending.swap_remove(i);
+                if !all_in {
+                    tracing::warn!(id = %p.meta.id, "finalizing without every stream's end record");
+                }
+                let rec = self.open.remove(&p.slot);
+                self.finalize(p.meta, rec);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn finalize(&mut self, mut meta: RecordingMeta, rec: Option<OpenRecording>) {
+        if let Some(mut rec) = rec {
+            if let Some(mut j) = rec.journal.take() {
+                if let Err(e) = j.commit() {
+                    tracing::error!(id = %meta.id, error = %e, "last journal commit failed");
+                }
+            }
+            for s in &mut meta.streams {
+                if let Some(t) = u16::try_from(s.mline).ok().and_then(|m| rec.ended.get(&m)) {
+                    s.duplicates = t.duplicates;
+                    s.foreign = t.foreign;
+                    s.srtp_failures = t.srtp_failures;
+                }
+            }
+        }
+        let result = self.spool.finalize(&meta).map(|p| p.display().to_string());
+        match &result {
+            Ok(path) => tracing::info!(id = %meta.id, call_id = %meta.call_id,
+                reason = %meta.end_reason, path = %path, "recording finalized"),
+            Err(e) => tracing::error!(id = %meta.id, error = %e, "finalize failed"),
+        }
+        let _ = self.reports.send(WriterReport::Finalized {
+            id: meta.id.clone(),
+            result: result.map_err(|e| e.to_string()),
+        });
     }
 }
