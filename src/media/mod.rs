@@ -2,6 +2,7 @@
 //! host allows (io_uring, else epoll) and why, so `reel serve` can say so at start. The
 //! receive loops, rings and journal land with the media issue.
 
+pub mod backend;
 pub mod dtmf;
 pub mod probe;
 pub mod rtp;
