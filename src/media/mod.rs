@@ -1,6 +1,6 @@
-//! The media path. This milestone holds the backend choice only: which receive backend the
-//! host allows (io_uring, else epoll) and why, so `reel serve` can say so at start. The
-//! receive loops, rings and journal land with the media issue.
+//! The media path: which receive backend the host allows (io_uring, else epoll) and why
+//! (`probe`), the receive backends themselves (`backend`), RTP parsing and per-stream
+//! bookkeeping. The media threads' loops and the journal land with the media issue.
 
 pub mod backend;
 pub mod dtmf;

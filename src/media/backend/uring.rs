@@ -336,9 +336,10 @@ impl UringBackend {
         }
         // One completion per buffer in flight, plus one final completion per socket and the
         // wake, so the completion queue never overflows in normal running.
+        // The kernel refuses (EINVAL) a completion queue smaller than the submission queue.
         let cq_entries = (count + config.max_sockets + 64)
             .next_power_of_two()
-            .min(65536);
+            .clamp(2 * SQ_ENTRIES, 65536);
         let (ring, setup_mode) = build_ring(cq_entries)?;
         let params = ring.params();
         if !params.is_feature_ext_arg() {
@@ -859,5 +860,82 @@ impl Drop for UringBackend {
         } else {
             let _ = self.ring.submitter().unregister_buf_ring(BGID);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips_and_keeps_kinds_apart() {
+        for (k, g, s) in [
+            (KIND_RECV, 1, 0),
+            (KIND_WAKE, 0, 0),
+            (KIND_CANCEL, GEN_MASK, u32::MAX),
+        ] {
+            assert_eq!(split_user_data(user_data(k, g, s)), (k, g, s));
+        }
+        // The generation wraps inside its 24 bits instead of spilling into the kind.
+        assert_eq!(
+            split_user_data(user_data(KIND_RECV, GEN_MASK + 1, 7)),
+            (KIND_RECV, 0, 7)
+        );
+    }
+
+    #[test]
+    fn header_fits_the_default_buffer_with_room_for_rtp() {
+        assert_eq!(HEADER_BYTES % 8, 0);
+        assert!(BackendConfig::default().buf_size as usize - HEADER_BYTES >= 1500);
+    }
+
+    #[test]
+    fn buffer_ring_wraps_and_publishes_the_tail() {
+        let mut r = BufRing::new(8, 128).expect("map");
+        // All 8 given at creation: tail 8.
+        // SAFETY (test): reading the published tail the same way `publish` wrote it.
+        let tail = |r: &BufRing| unsafe {
+            (*(r.ring.ptr.add(std::mem::offset_of!(RawBuf, resv)) as *const AtomicU16))
+                .load(Ordering::Acquire)
+        };
+        assert_eq!(tail(&r), 8);
+        for bid in [3u16, 5, 1] {
+            r.give_back(bid);
+        }
+        assert_eq!(tail(&r), 8, "not visible before publish");
+        r.publish();
+        assert_eq!(tail(&r), 11);
+        // Entry 8 & 7 = 0 holds bid 3 now, entry 1 bid 5; entry 0's tail field survived.
+        // SAFETY (test): entries 0..8 lie inside the ring mapping.
+        let (bid0, bid1) = unsafe {
+            let e = r.ring.ptr.cast::<RawBuf>();
+            ((*e).bid, (*e.add(1)).bid)
+        };
+        assert_eq!((bid0, bid1), (3, 5));
+        assert_eq!(r.buffer(7).len(), 128);
+    }
+
+    #[test]
+    fn setup_falls_back_and_reports_its_mode() {
+        if crate::media::probe::probe_uring().is_err() {
+            eprintln!("skipped: io_uring unavailable");
+            return;
+        }
+        let b = UringBackend::new(&BackendConfig {
+            max_sockets: 16,
+            buf_count: 16,
+            ..BackendConfig::default()
+        })
+        .expect("ring");
+        assert!(
+            SETUP_LADDER
+                .iter()
+                .any(|(name, ..)| *name == b.setup_mode())
+        );
+        eprintln!(
+            "setup mode: {}, min_timeout: {}",
+            b.setup_mode(),
+            b.has_min_timeout()
+        );
     }
 }
