@@ -724,8 +724,12 @@ impl RecvBackend for UringBackend {
         s.errors_in_row = 0;
         self.st.by_token.insert(token, slot);
         // Submitted by the next poll's enter; datagrams that arrive meanwhile wait in the
-        // socket queue.
-        self.arm_recv(slot)
+        // socket queue. If even queueing the SQE fails, the next poll retries the arm.
+        if let Err(e) = self.arm_recv(slot) {
+            self.st.rearm.push(slot);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Cancels the multishot receive, waits (up to 2 s) for its last completion, then clears
