@@ -23,6 +23,36 @@ pub struct Snapshot {
     pub storage_errors: u64,
     pub draining: bool,
     pub disk_ok: bool,
+    pub media: Vec<MediaThreadStats>,
+    pub journal_bytes: u64,
+    pub journal_commits: u64,
+    pub journal_write_latency_us: u64,
+    pub journal_errors: u64,
+}
+
+/// One media thread's counters.
+#[derive(Clone, Debug, Default)]
+pub struct MediaThreadStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub foreign: u64,
+    pub duplicates: u64,
+    pub srtp_failures: u64,
+    pub malformed: u64,
+    pub rtcp: u64,
+    pub ring_drops: u64,
+    pub ring_used_bytes: u64,
+    pub enobufs: u64,
+    pub wakeups: u64,
+    pub streams: u64,
+}
+
+fn per_thread(s: &Snapshot, f: fn(&MediaThreadStats) -> u64) -> Vec<(String, u64)> {
+    s.media
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (format!("thread=\"{i}\""), f(t)))
+        .collect()
 }
 
 enum Kind {
@@ -124,6 +154,102 @@ const DEFS: &[Def] = &[
         Kind::Counter,
         "Failed spool or finalize operations.",
         |s| one(s.storage_errors),
+    ),
+    (
+        "reel_media_packets_total",
+        Kind::Counter,
+        "RTP packets recorded, per media thread.",
+        |s| per_thread(s, |t| t.packets),
+    ),
+    (
+        "reel_media_bytes_total",
+        Kind::Counter,
+        "Bytes received on RTP/RTCP ports.",
+        |s| per_thread(s, |t| t.bytes),
+    ),
+    (
+        "reel_media_foreign_total",
+        Kind::Counter,
+        "Packets dropped: not from the latched source.",
+        |s| per_thread(s, |t| t.foreign),
+    ),
+    (
+        "reel_media_duplicates_total",
+        Kind::Counter,
+        "Packets dropped: duplicate or too old.",
+        |s| per_thread(s, |t| t.duplicates),
+    ),
+    (
+        "reel_media_srtp_failures_total",
+        Kind::Counter,
+        "Packets dropped: SRTP authentication or replay.",
+        |s| per_thread(s, |t| t.srtp_failures),
+    ),
+    (
+        "reel_media_malformed_total",
+        Kind::Counter,
+        "Packets dropped: not RTP.",
+        |s| per_thread(s, |t| t.malformed),
+    ),
+    (
+        "reel_media_rtcp_total",
+        Kind::Counter,
+        "RTCP packets (RTP+1 or rtcp-mux), counted.",
+        |s| per_thread(s, |t| t.rtcp),
+    ),
+    (
+        "reel_media_ring_drops_total",
+        Kind::Counter,
+        "Packets dropped: ring to the writer full.",
+        |s| per_thread(s, |t| t.ring_drops),
+    ),
+    (
+        "reel_media_ring_used_bytes",
+        Kind::Gauge,
+        "Bytes waiting in the ring to the writer.",
+        |s| per_thread(s, |t| t.ring_used_bytes),
+    ),
+    (
+        "reel_media_enobufs_total",
+        Kind::Counter,
+        "io_uring receives that found no buffer (re-armed, not lost).",
+        |s| per_thread(s, |t| t.enobufs),
+    ),
+    (
+        "reel_media_wakeups_total",
+        Kind::Counter,
+        "Receive loop wake-ups.",
+        |s| per_thread(s, |t| t.wakeups),
+    ),
+    (
+        "reel_media_streams",
+        Kind::Gauge,
+        "Streams being recorded.",
+        |s| per_thread(s, |t| t.streams),
+    ),
+    (
+        "reel_journal_bytes_total",
+        Kind::Counter,
+        "Bytes written to journals.",
+        |s| one(s.journal_bytes),
+    ),
+    (
+        "reel_journal_commits_total",
+        Kind::Counter,
+        "Journal group commits (write + fdatasync).",
+        |s| one(s.journal_commits),
+    ),
+    (
+        "reel_journal_write_latency_us",
+        Kind::Gauge,
+        "Duration of the last journal commit, microseconds.",
+        |s| one(s.journal_write_latency_us),
+    ),
+    (
+        "reel_journal_errors_total",
+        Kind::Counter,
+        "Failed journal commits.",
+        |s| one(s.journal_errors),
     ),
     (
         "reel_draining",

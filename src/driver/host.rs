@@ -1,41 +1,111 @@
-//! The real [`MediaHost`]: RTP ports from a [`PortPool`], and the address to advertise.
+//! The real [`MediaHost`]: RTP ports from a [`PortPool`], streams handed to media threads, and
+//! the address to advertise. Shared (`Rc<RefCell>`) between the recorder, which calls it, and
+//! the control loop, which hears when a media thread closed a stream's sockets.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::rc::Rc;
 
+use crate::control::recorder::MediaSpec;
 use crate::control::{MediaHost, PortPool};
+use crate::media::worker::{MediaCommand, StreamConfig};
 use crate::sip::Flow;
 
-pub struct Host {
+use super::media::MediaThread;
+
+pub struct HostState {
     pub pool: PortPool,
     advertise: Option<IpAddr>,
     /// Remote IP -> our outgoing interface address (learned once per peer).
     routes: HashMap<IpAddr, IpAddr>,
+    pub media: Vec<MediaThread>,
+    latch: bool,
+    next_key: u64,
+    /// Port -> (stream key, media thread) for streams being recorded.
+    started: HashMap<u16, (u64, usize)>,
+    /// Stream key -> port, for streams whose media thread has not closed the sockets yet.
+    closing: HashMap<u64, u16>,
 }
 
+#[derive(Clone)]
+pub struct Host(pub Rc<RefCell<HostState>>);
+
 impl Host {
-    pub fn new(pool: PortPool, advertise: Option<IpAddr>) -> Host {
-        Host {
+    pub fn new(
+        pool: PortPool,
+        advertise: Option<IpAddr>,
+        media: Vec<MediaThread>,
+        latch: bool,
+    ) -> Host {
+        Host(Rc::new(RefCell::new(HostState {
             pool,
             advertise,
             routes: HashMap::new(),
+            media,
+            latch,
+            next_key: 1,
+            started: HashMap::new(),
+            closing: HashMap::new(),
+        })))
+    }
+
+    /// A media thread closed a stream's sockets: its port may be reused.
+    pub fn stream_closed(&self, key: u64) {
+        let mut h = self.0.borrow_mut();
+        if let Some(port) = h.closing.remove(&key) {
+            h.pool.release(port);
         }
     }
 }
 
 impl MediaHost for Host {
     fn allocate_port(&mut self) -> Option<u16> {
-        self.pool.allocate()
+        self.0.borrow_mut().pool.allocate()
     }
 
     fn release_port(&mut self, port: u16) {
-        self.pool.release(port)
+        let mut h = self.0.borrow_mut();
+        match h.started.remove(&port) {
+            Some((key, thread)) => {
+                h.closing.insert(key, port);
+                if let Some(t) = h.media.get(thread) {
+                    t.send(MediaCommand::Remove { key });
+                }
+            }
+            None => h.pool.release(port),
+        }
     }
 
-    fn start_stream(&mut self, _port: u16, _spec: crate::control::recorder::MediaSpec) {}
+    fn start_stream(&mut self, port: u16, spec: MediaSpec) {
+        let mut h = self.0.borrow_mut();
+        if h.media.is_empty() {
+            return;
+        }
+        let Some(sockets) = h.pool.take(port) else {
+            return;
+        };
+        let key = h.next_key;
+        h.next_key += 1;
+        // Streams of one session go to one thread, so its end records arrive in one ring.
+        let thread = (spec.session.0 % h.media.len() as u64) as usize;
+        let cfg = StreamConfig {
+            key,
+            recording: spec.session.0 as u32,
+            mline: spec.mline,
+            rtp: sockets.rtp,
+            rtcp: Some(sockets.rtcp),
+            event_pt: spec.event_pt,
+            srtp: spec.srtp,
+            latch: h.latch,
+        };
+        h.started.insert(port, (key, thread));
+        h.media[thread].send(MediaCommand::Add(Box::new(cfg)));
+    }
 
     fn media_ip(&mut self, flow: &Flow) -> IpAddr {
-        if let Some(ip) = self.advertise {
+        let mut h = self.0.borrow_mut();
+        if let Some(ip) = h.advertise {
             return ip;
         }
         let local = unmap(flow.local.ip());
@@ -43,7 +113,7 @@ impl MediaHost for Host {
             return local;
         }
         let remote = unmap(flow.remote.ip());
-        if let Some(ip) = self.routes.get(&remote) {
+        if let Some(ip) = h.routes.get(&remote) {
             return *ip;
         }
         // A wildcard listener does not say which address the request came to: ask the kernel
@@ -52,10 +122,10 @@ impl MediaHost for Host {
             IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
         });
-        if self.routes.len() > 10_000 {
-            self.routes.clear();
+        if h.routes.len() > 10_000 {
+            h.routes.clear();
         }
-        self.routes.insert(remote, ip);
+        h.routes.insert(remote, ip);
         ip
     }
 }
@@ -91,9 +161,13 @@ mod tests {
         }
     }
 
+    fn host(advertise: Option<IpAddr>) -> Host {
+        Host::new(PortPool::new(50000, 50001, 0), advertise, Vec::new(), true)
+    }
+
     #[test]
     fn specific_listener_address_is_advertised() {
-        let mut h = Host::new(PortPool::new(50000, 50001, 0), None);
+        let mut h = host(None);
         assert_eq!(
             h.media_ip(&flow("127.0.0.2:5060", "127.0.0.1:5070"))
                 .to_string(),
@@ -103,14 +177,14 @@ mod tests {
 
     #[test]
     fn wildcard_listener_uses_route_towards_sender() {
-        let mut h = Host::new(PortPool::new(50000, 50001, 0), None);
+        let mut h = host(None);
         let ip = h.media_ip(&flow("0.0.0.0:5060", "127.0.0.1:5070"));
         assert!(ip.is_loopback(), "{ip}");
     }
 
     #[test]
     fn configured_advertise_ip_wins() {
-        let mut h = Host::new(PortPool::new(50000, 50001, 0), "192.0.2.7".parse().ok());
+        let mut h = host("192.0.2.7".parse().ok());
         assert_eq!(
             h.media_ip(&flow("0.0.0.0:5060", "127.0.0.1:5070"))
                 .to_string(),

@@ -4,6 +4,7 @@
 
 pub mod host;
 pub mod http;
+pub mod media;
 pub mod writer;
 
 use std::cell::RefCell;
@@ -96,12 +97,40 @@ fn tls_acceptor(config: &Config) -> Result<tokio_rustls::TlsAcceptor, RunError> 
 }
 
 async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
-    let spool = Spool::open(&config.data_dir)
+    let mut spool = Spool::open(&config.data_dir)
         .map_err(|e| RunError::Runtime(format!("data_dir {}: {e}", config.data_dir.display())))?;
+    let audio =
+        crate::record::finalize::AudioFormat::parse(&config.record.audio).ok_or_else(|| {
+            RunError::Config(format!(
+                "record.audio: unknown format {:?}",
+                config.record.audio
+            ))
+        })?;
+    spool.set_audio_format(audio);
+    spool.set_keep_raw(config.record.keep_raw);
     let (input_tx, mut inputs) = mpsc::channel::<Input>(8192);
     let (report_tx, mut reports) = mpsc::unbounded_channel();
-    let writer = writer::start(spool, report_tx)
-        .map_err(|e| RunError::Runtime(format!("cannot start the writer thread: {e}")))?;
+    let (media_tx, mut media_reports) = mpsc::unbounded_channel();
+    media::raise_fd_limit();
+    let (media_threads, rings) = media::start(
+        config.media.threads,
+        &config.media.cpus,
+        backend.backend,
+        media_tx,
+    )
+    .map_err(|e| RunError::Runtime(format!("cannot start the media threads: {e}")))?;
+    let writer_counters = Arc::new(writer::WriterCounters::default());
+    let writer = writer::start(
+        spool,
+        report_tx,
+        rings,
+        writer::WriterConfig {
+            commit_interval: Duration::from_millis(config.media.journal_fsync_ms),
+            commit_bytes: 256 * 1024,
+        },
+        writer_counters.clone(),
+    )
+    .map_err(|e| RunError::Runtime(format!("cannot start the writer thread: {e}")))?;
 
     let tls = if config
         .sip
@@ -169,7 +198,7 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         pairs = pool.capacity(),
         "RTP port range"
     );
-    let host = host::Host::new(pool, config.sip.advertise_ip);
+    let host = host::Host::new(pool, config.sip.advertise_ip, media_threads, true);
     let rc = RecorderConfig {
         node_name: config.node_name.clone(),
         max_sessions: config.sip.max_sessions,
@@ -182,15 +211,7 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         metadata_max_depth: config.record.max_metadata_depth,
         endpoint: EndpointConfig::default(),
     };
-    let pool_stats = PoolStats::default();
-    let mut recorder = Recorder::new(
-        rc,
-        Box::new(StatsHost {
-            inner: host,
-            stats: pool_stats.clone(),
-        }),
-        rand::random(),
-    );
+    let mut recorder = Recorder::new(rc, Box::new(host.clone()), rand::random());
 
     let mut conns: HashMap<ConnId, mpsc::UnboundedSender<Vec<u8>>> = HashMap::new();
     let mut snapshot = crate::metrics::Snapshot {
@@ -256,6 +277,9 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
                 writer::WriterReport::Recovered { count } => snapshot.recordings_recovered += count as u64,
                 writer::WriterReport::Error => snapshot.storage_errors += 1,
             },
+            Some(report) = media_reports.recv() => match report {
+                crate::media::worker::MediaReport::Closed { key } => host.stream_closed(key),
+            },
             _ = sleep => recorder.handle_timeout(Instant::now(), SystemTime::now()),
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: draining (new sessions get 503)");
@@ -275,9 +299,24 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
                 recorder.set_disk_ok(ok);
             }
         }
-        publish(&recorder, &pool_stats, &mut snapshot, &published);
+        publish(
+            &recorder,
+            &host,
+            &writer_counters,
+            &mut snapshot,
+            &published,
+        );
     }
-    publish(&recorder, &pool_stats, &mut snapshot, &published);
+    publish(
+        &recorder,
+        &host,
+        &writer_counters,
+        &mut snapshot,
+        &published,
+    );
+    // Media threads first: each closes its sockets and sends its streams' end records; then
+    // the writer, which finalizes what is pending and commits what is open.
+    media::stop(&mut host.0.borrow_mut().media);
     drop(writer.ops);
     let _ = tokio::task::spawn_blocking(move || writer.handle.join()).await;
     tracing::info!("drained: every recording is finalized; exiting");
@@ -289,46 +328,14 @@ fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::
         .map_err(|e| RunError::Runtime(format!("cannot install a signal handler: {e}")))
 }
 
-/// Port-pool figures for metrics, shared between the host (inside the recorder) and the loop.
-#[derive(Clone, Default)]
-struct PoolStats(Rc<std::cell::Cell<(u64, u64)>>);
-
-struct StatsHost {
-    inner: host::Host,
-    stats: PoolStats,
-}
-
-impl crate::control::MediaHost for StatsHost {
-    fn allocate_port(&mut self) -> Option<u16> {
-        let p = self.inner.allocate_port();
-        self.update();
-        p
-    }
-    fn release_port(&mut self, port: u16) {
-        self.inner.release_port(port);
-        self.update();
-    }
-    fn media_ip(&mut self, flow: &Flow) -> std::net::IpAddr {
-        self.inner.media_ip(flow)
-    }
-    fn start_stream(&mut self, port: u16, spec: crate::control::recorder::MediaSpec) {
-        self.inner.start_stream(port, spec);
-    }
-}
-
-impl StatsHost {
-    fn update(&self) {
-        let p = &self.inner.pool;
-        self.stats.0.set((p.in_use() as u64, p.capacity() as u64));
-    }
-}
-
 fn publish(
     recorder: &Recorder,
-    pool: &PoolStats,
+    host: &host::Host,
+    writer: &writer::WriterCounters,
     snapshot: &mut crate::metrics::Snapshot,
     published: &Rc<RefCell<http::Published>>,
 ) {
+    use std::sync::atomic::Ordering::Relaxed;
     snapshot.sessions_active = recorder.session_count() as u64;
     snapshot.sessions_started = recorder.stats.sessions_started;
     snapshot.sessions_ended = recorder.stats.sessions_ended;
@@ -340,11 +347,36 @@ fn publish(
         .iter()
         .map(|(k, v)| (*k, *v))
         .collect();
-    let (in_use, capacity) = pool.0.get();
-    snapshot.rtp_ports_in_use = in_use;
-    if capacity > 0 {
-        snapshot.rtp_ports_capacity = capacity;
+    {
+        let h = host.0.borrow();
+        snapshot.rtp_ports_in_use = h.pool.in_use() as u64;
+        snapshot.rtp_ports_capacity = h.pool.capacity() as u64;
+        snapshot.media = h
+            .media
+            .iter()
+            .map(|t| {
+                let c = &t.counters;
+                crate::metrics::MediaThreadStats {
+                    packets: c.packets.load(Relaxed),
+                    bytes: c.bytes.load(Relaxed),
+                    foreign: c.foreign.load(Relaxed),
+                    duplicates: c.duplicates.load(Relaxed),
+                    srtp_failures: c.srtp_failures.load(Relaxed),
+                    malformed: c.malformed.load(Relaxed),
+                    rtcp: c.rtcp.load(Relaxed),
+                    ring_drops: c.ring_drops.load(Relaxed),
+                    ring_used_bytes: c.ring_used_bytes.load(Relaxed),
+                    enobufs: c.enobufs.load(Relaxed),
+                    wakeups: c.wakeups.load(Relaxed),
+                    streams: c.streams.load(Relaxed),
+                }
+            })
+            .collect();
     }
+    snapshot.journal_bytes = writer.journal_bytes.load(Relaxed);
+    snapshot.journal_commits = writer.journal_commits.load(Relaxed);
+    snapshot.journal_write_latency_us = writer.journal_write_latency_us.load(Relaxed);
+    snapshot.journal_errors = writer.journal_errors.load(Relaxed);
     snapshot.draining = recorder.is_draining();
     let mut p = published.borrow_mut();
     p.snapshot = snapshot.clone();

@@ -27,9 +27,17 @@ const TICK: Duration = Duration::from_millis(2);
 /// What the writer tells the control thread.
 #[derive(Debug)]
 pub enum WriterReport {
-    Begun { session: SessionKey, result: Result<(), String> },
-    Finalized { id: String, result: Result<String, String> },
-    Recovered { count: usize },
+    Begun {
+        session: SessionKey,
+        result: Result<(), String>,
+    },
+    Finalized {
+        id: String,
+        result: Result<String, String>,
+    },
+    Recovered {
+        count: usize,
+    },
     Error,
 }
 
@@ -90,49 +98,53 @@ pub fn start(
     counters: std::sync::Arc<WriterCounters>,
 ) -> std::io::Result<Writer> {
     let (tx, rx) = mpsc::channel::<StorageOp>();
-    let handle = thread::Builder::new().name("reel-writer".into()).spawn(move || {
-        let recovered = spool.recover();
-        for path in &recovered {
-            tracing::info!(path = %path.display(), "recovered a spooled session as partial");
-        }
-        let _ = reports.send(WriterReport::Recovered { count: recovered.len() });
-        let mut state = State {
-            spool,
-            config,
-            reports,
-            counters,
-            open: HashMap::new(),
-            pending: Vec::new(),
-        };
-        loop {
-            let disconnected = match rx.recv_timeout(TICK) {
-                Ok(op) => {
-                    // Packets that arrived before this op belong before it.
-                    state.drain(&mut rings);
-                    state.run(op);
-                    while let Ok(op) = rx.try_recv() {
-                        state.run(op);
-                    }
-                    false
-                }
-                Err(RecvTimeoutError::Timeout) => false,
-                Err(RecvTimeoutError::Disconnected) => true,
+    let handle = thread::Builder::new()
+        .name("reel-writer".into())
+        .spawn(move || {
+            let recovered = spool.recover();
+            for path in &recovered {
+                tracing::info!(path = %path.display(), "recovered a spooled session as partial");
+            }
+            let _ = reports.send(WriterReport::Recovered {
+                count: recovered.len(),
+            });
+            let mut state = State {
+                spool,
+                config,
+                reports,
+                counters,
+                open: HashMap::new(),
+                pending: Vec::new(),
             };
-            state.drain(&mut rings);
-            state.commit_due(Instant::now());
-            state.finalize_ready(Instant::now(), disconnected);
-            if disconnected && state.pending.is_empty() {
-                break;
+            loop {
+                let disconnected = match rx.recv_timeout(TICK) {
+                    Ok(op) => {
+                        // Packets that arrived before this op belong before it.
+                        state.drain(&mut rings);
+                        state.run(op);
+                        while let Ok(op) = rx.try_recv() {
+                            state.run(op);
+                        }
+                        false
+                    }
+                    Err(RecvTimeoutError::Timeout) => false,
+                    Err(RecvTimeoutError::Disconnected) => true,
+                };
+                state.drain(&mut rings);
+                state.commit_due(Instant::now());
+                state.finalize_ready(Instant::now(), disconnected);
+                if disconnected && state.pending.is_empty() {
+                    break;
+                }
             }
-        }
-        // Shutdown: whatever is still open was never finalized (the control thread is gone);
-        // commit it so the next start recovers it as partial.
-        for rec in state.open.values_mut() {
-            if let Some(j) = rec.journal.as_mut() {
-                let _ = j.commit();
+            // Shutdown: whatever is still open was never finalized (the control thread is gone);
+            // commit it so the next start recovers it as partial.
+            for rec in state.open.values_mut() {
+                if let Some(j) = rec.journal.as_mut() {
+                    let _ = j.commit();
+                }
             }
-        }
-    })?;
+        })?;
     Ok(Writer { ops: tx, handle })
 }
 
@@ -158,8 +170,15 @@ impl State {
                     let _ = self.reports.send(WriterReport::Error);
                 }
             }
-            StorageOp::Finalize { meta, media_streams } => {
-                let slot = self.open.iter().find(|(_, r)| r.id == meta.id).map(|(s, _)| *s);
+            StorageOp::Finalize {
+                meta,
+                media_streams,
+            } => {
+                let slot = self
+                    .open
+                    .iter()
+                    .find(|(_, r)| r.id == meta.id)
+                    .map(|(s, _)| *s);
                 match slot {
                     Some(slot) => self.pending.push(PendingFinalize {
                         slot,
@@ -181,12 +200,19 @@ impl State {
 
     fn begin(&mut self, session: SessionKey, meta: &RecordingMeta) -> Result<(), String> {
         self.spool.save_state(meta).map_err(|e| e.to_string())?;
-        let path = self.spool.journal_path(&meta.id).map_err(|e| e.to_string())?;
+        let path = self
+            .spool
+            .journal_path(&meta.id)
+            .map_err(|e| e.to_string())?;
         let mut journal = JournalWriter::create(&path).map_err(|e| e.to_string())?;
         journal.set_commit_policy(self.config.commit_interval, self.config.commit_bytes);
         self.open.insert(
             slot_of(session),
-            OpenRecording { id: meta.id.clone(), journal: Some(journal), ended: HashMap::new() },
+            OpenRecording {
+                id: meta.id.clone(),
+                journal: Some(journal),
+                ended: HashMap::new(),
+            },
         );
         Ok(())
     }
@@ -197,15 +223,23 @@ impl State {
             let counters = &self.counters;
             ring.drain(|slot, meta: &PacketMeta, payload| {
                 let Some(rec) = open.get_mut(&slot) else {
-                    counters.orphan_packets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    counters
+                        .orphan_packets
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return;
                 };
                 if meta.kind == KIND_END {
                     rec.ended.insert(meta.stream, StreamTotals::decode(payload));
                     return;
                 }
-                let Some(journal) = rec.journal.as_mut() else { return };
-                let kind = if meta.kind == KIND_EVENT { RecordKind::Event } else { RecordKind::Audio };
+                let Some(journal) = rec.journal.as_mut() else {
+                    return;
+                };
+                let kind = if meta.kind == KIND_EVENT {
+                    RecordKind::Event
+                } else {
+                    RecordKind::Audio
+                };
                 journal.append(&JournalRecord {
                     stream: meta.stream,
                     kind,
@@ -224,14 +258,18 @@ impl State {
     fn commit_due(&mut self, now: Instant) {
         use std::sync::atomic::Ordering::Relaxed;
         for rec in self.open.values_mut() {
-            let Some(j) = rec.journal.as_mut() else { continue };
+            let Some(j) = rec.journal.as_mut() else {
+                continue;
+            };
             if !j.should_commit(now) {
                 continue;
             }
             let before = j.bytes_written();
             match j.commit() {
                 Ok(()) => {
-                    self.counters.journal_bytes.fetch_add(j.bytes_written() - before, Relaxed);
+                    self.counters
+                        .journal_bytes
+                        .fetch_add(j.bytes_written() - before, Relaxed);
                     self.counters.journal_commits.fetch_add(1, Relaxed);
                     self.counters
                         .journal_write_latency_us
@@ -266,10 +304,10 @@ impl State {
 
     fn finalize(&mut self, mut meta: RecordingMeta, rec: Option<OpenRecording>) {
         if let Some(mut rec) = rec {
-            if let Some(mut j) = rec.journal.take() {
-                if let Err(e) = j.commit() {
-                    tracing::error!(id = %meta.id, error = %e, "last journal commit failed");
-                }
+            if let Some(mut j) = rec.journal.take()
+                && let Err(e) = j.commit()
+            {
+                tracing::error!(id = %meta.id, error = %e, "last journal commit failed");
             }
             for s in &mut meta.streams {
                 if let Some(t) = u16::try_from(s.mline).ok().and_then(|m| rec.ended.get(&m)) {

@@ -11,7 +11,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
 use super::backend::{Received, RecvBackend};
@@ -41,7 +41,9 @@ pub struct StreamConfig {
 pub enum MediaCommand {
     Add(Box<StreamConfig>),
     /// Stop receiving; the stream's end record follows its last packet into the ring.
-    Remove { key: u64 },
+    Remove {
+        key: u64,
+    },
     Shutdown,
 }
 
@@ -51,6 +53,9 @@ pub enum MediaReport {
     /// The stream's sockets are closed: its ports may be reused.
     Closed { key: u64 },
 }
+
+/// Where a media thread sends its reports (must not block).
+pub type ReportSink = Box<dyn Fn(MediaReport) + Send>;
 
 /// Counters a media thread publishes (relaxed atomics, written about once per poll).
 #[derive(Debug, Default)]
@@ -99,7 +104,7 @@ struct Tally {
 pub struct Worker {
     backend: Box<dyn RecvBackend>,
     commands: Receiver<MediaCommand>,
-    reports: Sender<MediaReport>,
+    reports: ReportSink,
     ring: RingWriter,
     counters: Arc<MediaCounters>,
     slab: Vec<Option<Stream>>,
@@ -114,7 +119,7 @@ impl Worker {
     pub fn new(
         backend: Box<dyn RecvBackend>,
         commands: Receiver<MediaCommand>,
-        reports: Sender<MediaReport>,
+        reports: ReportSink,
         ring: RingWriter,
         counters: Arc<MediaCounters>,
         batch: Duration,
@@ -139,7 +144,13 @@ impl Worker {
                 break;
             }
             let mut tally = Tally::default();
-            let Worker { backend, slab, scratch, ring, .. } = &mut self;
+            let Worker {
+                backend,
+                slab,
+                scratch,
+                ring,
+                ..
+            } = &mut self;
             let result = backend.poll(Duration::from_millis(100), &mut |rx: Received<'_>| {
                 on_packet(slab, scratch, ring, &mut tally, rx);
             });
@@ -163,16 +174,19 @@ impl Worker {
         c.bytes.fetch_add(t.bytes, Ordering::Relaxed);
         c.foreign.fetch_add(t.foreign, Ordering::Relaxed);
         c.duplicates.fetch_add(t.duplicates, Ordering::Relaxed);
-        c.srtp_failures.fetch_add(t.srtp_failures, Ordering::Relaxed);
+        c.srtp_failures
+            .fetch_add(t.srtp_failures, Ordering::Relaxed);
         c.srtp_replays.fetch_add(t.srtp_replays, Ordering::Relaxed);
         c.malformed.fetch_add(t.malformed, Ordering::Relaxed);
         c.rtcp.fetch_add(t.rtcp, Ordering::Relaxed);
         c.ring_drops.fetch_add(t.ring_drops, Ordering::Relaxed);
-        c.ring_used_bytes.store(self.ring.used() as u64, Ordering::Relaxed);
+        c.ring_used_bytes
+            .store(self.ring.used() as u64, Ordering::Relaxed);
         let s = self.backend.stats();
         c.enobufs.store(s.enobufs, Ordering::Relaxed);
         c.wakeups.store(s.wakeups, Ordering::Relaxed);
-        c.streams.store(self.slab.iter().flatten().count() as u64, Ordering::Relaxed);
+        c.streams
+            .store(self.slab.iter().flatten().count() as u64, Ordering::Relaxed);
     }
 
     /// Applies queued commands; `false` on shutdown.
@@ -197,7 +211,7 @@ impl Worker {
         if self.backend.add_socket(cfg.rtp, token).is_err() {
             // Nothing to record from; report the stream closed so its ports come back.
             self.free.push(index);
-            let _ = self.reports.send(MediaReport::Closed { key });
+            (self.reports)(MediaReport::Closed { key });
             return;
         }
         if let Some(rtcp) = cfg.rtcp {
@@ -217,16 +231,23 @@ impl Worker {
     }
 
     fn remove(&mut self, key: u64) {
-        let Some(index) = self.slab.iter().position(|s| s.as_ref().is_some_and(|s| s.key == key))
+        let Some(index) = self
+            .slab
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.key == key))
         else {
-            let _ = self.reports.send(MediaReport::Closed { key });
+            (self.reports)(MediaReport::Closed { key });
             return;
         };
         let token = (index as u64) << 1;
         let _ = self.backend.remove_socket(token);
         let _ = self.backend.remove_socket(token | 1);
-        if let Some(mut s) = self.slab[index].take() {
-            let end = PacketMeta { stream: s.mline, kind: KIND_END, ..PacketMeta::default() };
+        if let Some(s) = self.slab[index].take() {
+            let end = PacketMeta {
+                stream: s.mline,
+                kind: KIND_END,
+                ..PacketMeta::default()
+            };
             // The end record must arrive: wait for room (this is the control path, not the
             // packet path, and the writer drains every few milliseconds).
             let totals = s.totals.encode();
@@ -238,7 +259,7 @@ impl Worker {
             }
         }
         self.free.push(index);
-        let _ = self.reports.send(MediaReport::Closed { key });
+        (self.reports)(MediaReport::Closed { key });
     }
 }
 
@@ -250,7 +271,9 @@ fn on_packet(
     tally: &mut Tally,
     rx: Received<'_>,
 ) {
-    let Some(Some(stream)) = slab.get_mut((rx.token >> 1) as usize) else { return };
+    let Some(Some(stream)) = slab.get_mut((rx.token >> 1) as usize) else {
+        return;
+    };
     tally.bytes += rx.data.len() as u64;
     if rx.token & 1 == 1 || is_rtcp(rx.data) {
         stream.totals.rtcp_packets += 1;
@@ -300,7 +323,11 @@ fn on_packet(
     if stream.latched.is_none() {
         stream.latched = Some(rx.source);
     }
-    let kind = if Some(h.payload_type) == stream.event_pt { KIND_EVENT } else { KIND_AUDIO };
+    let kind = if Some(h.payload_type) == stream.event_pt {
+        KIND_EVENT
+    } else {
+        KIND_AUDIO
+    };
     let meta = PacketMeta {
         stream: stream.mline,
         kind,

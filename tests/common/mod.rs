@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod media;
 pub mod server;
 pub mod sim;

@@ -1,0 +1,158 @@
+//! Starting the media threads and talking to them from the control thread.
+//!
+//! Each media thread owns one receive backend (created on that thread: a single-issuer
+//! io_uring belongs to the thread that made it), pinned to its CPU when `media.cpus` says so,
+//! and one packet ring to the writer. The control thread sends it streams to record and hears
+//! back when a stream's sockets are closed, so the port can be reused.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use crate::media::backend::{self, BackendConfig, Batch, Waker};
+use crate::media::probe::Backend;
+use crate::media::ring::{RingReader, packet_ring};
+use crate::media::worker::{MediaCommand, MediaCounters, MediaReport, Worker};
+
+/// Bytes of each media thread's packet ring: at 100,000 packets/s of ~200 bytes this holds
+/// more than a second, far beyond the writer's 2 ms drain tick.
+const RING_BYTES: usize = 32 * 1024 * 1024;
+
+pub struct MediaThread {
+    pub commands: mpsc::Sender<MediaCommand>,
+    pub waker: Waker,
+    pub counters: Arc<MediaCounters>,
+    pub backend: &'static str,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl MediaThread {
+    pub fn send(&self, cmd: MediaCommand) {
+        if self.commands.send(cmd).is_ok() {
+            self.waker.wake();
+        }
+    }
+}
+
+/// Starts `count` media threads; returns them and the rings for the writer.
+pub fn start(
+    count: usize,
+    cpus: &[usize],
+    kind: Backend,
+    reports: tokio::sync::mpsc::UnboundedSender<MediaReport>,
+) -> std::io::Result<(Vec<MediaThread>, Vec<RingReader>)> {
+    let max_sockets = fd_limit().clamp(1024, 65536) as u32;
+    let mut threads = Vec::new();
+    let mut rings = Vec::new();
+    for i in 0..count.max(1) {
+        let (ring_w, ring_r) = packet_ring(RING_BYTES);
+        let (cmd_tx, cmd_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let counters = Arc::new(MediaCounters::default());
+        let thread_counters = counters.clone();
+        let cpu = cpus.get(i).copied();
+        let reports = reports.clone();
+        let handle = thread::Builder::new()
+            .name(format!("reel-media-{i}"))
+            .spawn(move || {
+                if let Some(cpu) = cpu {
+                    pin_to(cpu);
+                }
+                let config = BackendConfig {
+                    max_sockets,
+                    batch: Some(Batch {
+                        min_complete: 2048,
+                        min_wait: Duration::from_millis(5),
+                    }),
+                    ..BackendConfig::default()
+                };
+                let opened = backend::open_backend(kind, &config).or_else(|e| {
+                tracing::warn!(error = %e, "media thread {i}: io_uring setup failed; using epoll");
+                backend::open_backend(Backend::Epoll, &config)
+            });
+                let backend = match opened {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok((backend.waker(), backend.name())));
+                let sink = Box::new(move |r: MediaReport| {
+                    let _ = reports.send(r);
+                });
+                Worker::new(
+                    backend,
+                    cmd_rx,
+                    sink,
+                    ring_w,
+                    thread_counters,
+                    Duration::ZERO,
+                )
+                .run();
+            })?;
+        let (waker, name) = ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("media thread died at start"))??;
+        tracing::info!(thread = i, backend = name, cpu = ?cpu, "media thread started");
+        threads.push(MediaThread {
+            commands: cmd_tx,
+            waker,
+            counters,
+            backend: name,
+            handle: Some(handle),
+        });
+        rings.push(ring_r);
+    }
+    Ok((threads, rings))
+}
+
+/// Stops every media thread (each closes its sockets and sends its streams' end records).
+pub fn stop(threads: &mut [MediaThread]) {
+    for t in threads.iter() {
+        t.send(MediaCommand::Shutdown);
+    }
+    for t in threads.iter_mut() {
+        if let Some(h) = t.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn fd_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the value we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc == 0 { lim.rlim_cur as usize } else { 1024 }
+}
+
+/// Raises the soft descriptor limit to the hard one: every stream holds two sockets.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write one rlimit value we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity reads it
+    // for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(cpu, "cannot pin a media thread to its CPU");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! A SIPREC call with real RTP against the real binary: INVITE over UDP, the answer's ports,
+//! a tone per stream from [`reel::load::rtp_send`], BYE, and the WAV read back through sox.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use reel::load::rtp_send::{SendConfig, Sender, StreamSpec};
+
+use super::client::UdpClient;
+use super::server::Server;
+use super::sim::{metadata, multipart, request, to_tag};
+
+/// The `m=` ports of an SDP answer, in order.
+pub fn answer_ports(sdp: &str) -> Vec<u16> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("m=audio "))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Two `sendonly` PCMU (or PCMA) streams labelled 1 and 2, optionally SRTP with the given
+/// `a=crypto` values.
+pub fn offer(pt: u8, crypto: Option<[&str; 2]>) -> String {
+    let name = if pt == 8 { "PCMA" } else { "PCMU" };
+    let proto = if crypto.is_some() {
+        "RTP/SAVP"
+    } else {
+        "RTP/AVP"
+    };
+    let mut sdp =
+        String::from("v=0\r\no=SRC 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n");
+    for (i, label) in ["1", "2"].iter().enumerate() {
+        sdp.push_str(&format!(
+            "m=audio {} {proto} {pt} 101\r\na=rtpmap:{pt} {name}/8000\r\na=rtpmap:101 telephone-event/8000\r\na=label:{label}\r\na=sendonly\r\n",
+            30000 + 2 * i
+        ));
+        if let Some(c) = crypto {
+            sdp.push_str(&format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 {}\r\n", c[i]));
+        }
+    }
+    sdp
+}
+
+pub struct Call {
+    pub client: UdpClient,
+    pub call_id: String,
+    pub tag: String,
+    pub ports: Vec<u16>,
+}
+
+/// INVITE + ACK; returns the answered ports.
+pub fn start_call(server: &Server, call_id: &str, sdp: &str) -> Call {
+    let client = UdpClient::new(server.sip_port);
+    let invite = request(
+        "INVITE",
+        call_id,
+        &format!("z9hG4bK-{call_id}-1"),
+        1,
+        "",
+        "Require: siprec\r\n",
+        Some("multipart/mixed;boundary=BND"),
+        &multipart(sdp, &metadata("complete", "")),
+    );
+    client.send(invite.as_bytes());
+    let ok = client
+        .response(200, Duration::from_secs(5))
+        .expect("answer");
+    assert_eq!(ok.status, 200, "{:?}", ok.headers.get("Warning"));
+    let tag = to_tag(&ok);
+    let ports = answer_ports(&String::from_utf8_lossy(&ok.body));
+    client.send(
+        request(
+            "ACK",
+            call_id,
+            &format!("z9hG4bK-{call_id}-ack"),
+            1,
+            &tag,
+            "",
+            None,
+            "",
+        )
+        .as_bytes(),
+    );
+    Call {
+        client,
+        call_id: call_id.to_string(),
+        tag,
+        ports,
+    }
+}
+
+pub fn end_call(call: &Call) {
+    let bye = request(
+        "BYE",
+        &call.call_id,
+        &format!("z9hG4bK-{}-bye", call.call_id),
+        2,
+        &call.tag,
+        "",
+        None,
+        "",
+    );
+    call.client.send(bye.as_bytes());
+    let r = call
+        .client
+        .response(200, Duration::from_secs(5))
+        .expect("BYE answer");
+    assert_eq!(r.status, 200);
+}
+
+/// Sends the specs for `duration` (paced, real time) and waits.
+pub fn send(specs: Vec<StreamSpec>, duration: Duration) -> reel::load::rtp_send::SendReport {
+    let sender = Sender::new(specs, SendConfig::default()).expect("sender");
+    sender.run(duration, &std::sync::atomic::AtomicBool::new(false))
+}
+
+pub fn dest(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// One channel of a WAV as 16-bit samples at `rate`, decoded by sox (an independent reader).
+pub fn channel(wav: &std::path::Path, channel: usize, rate: u32) -> Vec<i16> {
+    let out = Command::new("sox")
+        .arg(wav)
+        .args([
+            "-t",
+            "raw",
+            "-e",
+            "signed-integer",
+            "-b",
+            "16",
+            "-c",
+            "1",
+            "-r",
+            &rate.to_string(),
+            "-",
+        ])
+        .args(["remix", &(channel + 1).to_string()])
+        .output()
+        .expect("run sox");
+    assert!(
+        out.status.success(),
+        "sox: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// `sox --i` fields of a WAV: (channels, rate, duration seconds).
+pub fn wav_info(wav: &std::path::Path) -> (u32, u32, f64) {
+    let q = |flag: &str| {
+        let out = Command::new("sox")
+            .args(["--i", flag])
+            .arg(wav)
+            .output()
+            .expect("sox --i");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    (
+        q("-c").parse().expect("channels"),
+        q("-r").parse().expect("rate"),
+        q("-D").parse().expect("duration"),
+    )
+}
+
+/// Which of `tones` dominates `samples` (Goertzel power).
+pub fn dominant(samples: &[i16], tones: &[f32], rate: u32) -> f32 {
+    let mut best = (tones[0], f64::MIN);
+    for &t in tones {
+        let p = reel::load::tone::goertzel_power(samples, t, rate);
+        if p > best.1 {
+            best = (t, p);
+        }
+    }
+    best.0
+}
+
+pub fn sox_available() -> bool {
+    let ok = Command::new("sox").arg("--version").output().is_ok();
+    if !ok {
+        if std::env::var_os("CI").is_some() {
+            panic!("sox is not installed: .ci/run installs it");
+        }
+        eprintln!("skipped: sox not installed (apt-get install sox)");
+    }
+    ok
+}
