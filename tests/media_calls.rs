@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::media::*;
 use common::server::Server;
-use reel::load::rtp_send::{Codec, Hold, Impairments, SsrcChange, StreamSpec};
+use reel::load::rtp_send::{Codec, DtmfSpec, Hold, Impairments, SsrcChange, StreamSpec};
 use reel::media::probe::probe_uring;
 
 const TONES: [f32; 2] = [440.0, 1000.0];
@@ -54,7 +54,25 @@ fn each_party_on_its_own_channel_for_the_whole_call_on_both_backends() {
     for backend in backends() {
         let server = Server::start(&["--io-backend", backend]);
         let call = start_call(&server, &format!("tones-{backend}"), &offer(0, None));
-        let report = send(two_tones(&call), Duration::from_secs(2));
+        let mut specs = two_tones(&call);
+        specs[0].dtmf = vec![DtmfSpec {
+            at_packet: 60,
+            event: 5,
+            volume: 10,
+            packets: 5,
+        }];
+        // A stranger sends to stream 2's port from another address: counted, not recorded.
+        let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+        let report = std::thread::scope(|scope| {
+            let sender = scope.spawn(|| send(specs, Duration::from_secs(2)));
+            std::thread::sleep(Duration::from_millis(500));
+            let mut junk = vec![0x80u8, 0, 0, 1, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
+            junk.extend_from_slice(&[0x55; 160]);
+            for _ in 0..20 {
+                let _ = stranger.send_to(&junk, dest(call.ports[1]));
+            }
+            sender.join().expect("sender")
+        });
         assert!(report.packets_sent >= 180, "{report:?}");
         end_call(&call);
         let recs = server.wait_recordings(1);
@@ -66,6 +84,24 @@ fn each_party_on_its_own_channel_for_the_whole_call_on_both_backends() {
             assert_eq!(s["lost"], 0, "{backend}: {s}");
         }
         assert_eq!(streams[0]["ssrcs"][0], 0x1111_0001u32, "{backend}");
+        assert_eq!(
+            streams[1]["ssrcs"].as_array().map(Vec::len),
+            Some(1),
+            "{backend}: {json}"
+        );
+        assert_eq!(
+            streams[1]["foreign"], 20,
+            "{backend}: the stranger's packets: {json}"
+        );
+        let digits: Vec<&str> = streams[0]["dtmf"]
+            .as_array()
+            .map(|d| d.iter().filter_map(|x| x["digit"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            digits,
+            vec!["5"],
+            "{backend}: RFC 4733 digit listed: {json}"
+        );
         let (_, _, secs) = wav_info(&dir.join("audio.wav"));
         let expected = json["duration_ms"].as_f64().expect("duration") / 1000.0;
         assert!(

@@ -81,6 +81,9 @@ pub struct MediaSettings {
     pub io_backend: IoBackend,
     pub rcvbuf: usize,
     pub journal_fsync_ms: u64,
+    /// Record only packets from the first source heard on a stream; others are counted as
+    /// `foreign` and dropped.
+    pub latch: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -295,6 +298,8 @@ struct RawMedia {
     rcvbuf: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     journal_fsync_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latch: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -411,6 +416,7 @@ impl Config {
                 io_backend: Some(self.media.io_backend.as_str().to_string()),
                 rcvbuf: Some(self.media.rcvbuf as u64),
                 journal_fsync_ms: Some(self.media.journal_fsync_ms),
+                latch: Some(self.media.latch),
             },
             record: RawRecord {
                 audio: Some(self.record.audio.clone()),
@@ -715,6 +721,7 @@ fn media_from_raw(raw: RawMedia) -> Result<MediaSettings, ConfigError> {
         io_backend,
         rcvbuf,
         journal_fsync_ms,
+        latch: raw.latch.unwrap_or(true),
     })
 }
 

@@ -198,7 +198,12 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         pairs = pool.capacity(),
         "RTP port range"
     );
-    let host = host::Host::new(pool, config.sip.advertise_ip, media_threads, true);
+    let host = host::Host::new(
+        pool,
+        config.sip.advertise_ip,
+        media_threads,
+        config.media.latch,
+    );
     let rc = RecorderConfig {
         node_name: config.node_name.clone(),
         max_sessions: config.sip.max_sessions,

@@ -109,6 +109,24 @@ impl StreamTotals {
     }
 }
 
+/// Copies `data` to position `at` of the logical buffer `a ++ b` (a ring chunk that may wrap),
+/// with at most two `memcpy`s. Returns the position after it.
+#[inline]
+fn write_split(a: &mut [u8], b: &mut [u8], at: usize, data: &[u8]) -> usize {
+    let end = at + data.len();
+    if end <= a.len() {
+        a[at..end].copy_from_slice(data);
+    } else if at >= a.len() {
+        let from = at - a.len();
+        b[from..from + data.len()].copy_from_slice(data);
+    } else {
+        let split = a.len() - at;
+        a[at..].copy_from_slice(&data[..split]);
+        b[..data.len() - split].copy_from_slice(&data[split..]);
+    }
+    end
+}
+
 pub struct RingWriter {
     producer: Producer<u8>,
     pub drops: u64,
@@ -147,12 +165,8 @@ impl RingWriter {
         meta.encode(&mut m);
         head[8..].copy_from_slice(&m);
         let (a, b) = chunk.as_mut_slices();
-        let mut src = head.iter().chain(payload.iter());
-        for dst in a.iter_mut().chain(b.iter_mut()) {
-            if let Some(v) = src.next() {
-                *dst = *v;
-            }
-        }
+        let at = write_split(a, b, 0, &head);
+        write_split(a, b, at, payload);
         chunk.commit_all();
         true
     }
