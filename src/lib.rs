@@ -12,20 +12,24 @@
 //!                                 sip::Endpoint ─events─> control::Recorder
 //!                                    │  StorageOp (ordered channel)      │ ports (bound sockets)
 //!                                    v                                  v
-//!                               writer thread (`driver::writer`)    media threads (issue 3)
-//!                               spool, finalize, crash scan
+//!                               writer thread (`driver::writer`) <── media threads (`media::worker`)
+//!                               spool, journals, finalize,   rings   io_uring / epoll, SRTP, RTP
 //! ```
 //!
 //! - The **control thread** runs one single-threaded tokio runtime. It owns every SIP socket,
 //!   the HTTP API and the timers, and moves bytes and time into [`control::Recorder`]. It never
 //!   touches an RTP packet and never blocks on a file: storage work goes to the writer thread
 //!   as [`control::StorageOp`]s, in order, over a channel.
-//! - The **writer thread** does all blocking file I/O (spool state, metadata versions,
-//!   finalize, the start-up crash scan) and reports back what the control thread waits for.
-//! - **Media threads** (pinned io_uring readers with an epoll fallback, then writers appending
-//!   to a journal) take each session's RTP sockets from the port pool. This build binds the
-//!   ports, so an SRC sees them open, and probes the backend ([`media::choose_backend`]); the
-//!   receive path lands with the media issue.
+//! - The **writer thread** does all blocking file I/O (spool state, metadata versions, one
+//!   append-only journal per recording with group commit, finalize, the start-up crash scan)
+//!   and reports back what the control thread waits for.
+//! - **Media threads** (`media.threads`, pinned to `media.cpus`) each own one receive backend:
+//!   io_uring with multishot `recvmsg` over a provided buffer ring, or epoll + `recvmmsg` where
+//!   io_uring is blocked ([`media::choose_backend`] decides and says why). They take each
+//!   session's RTP/RTCP sockets from the port pool after the 200 OK, check the source, decrypt
+//!   SRTP, parse RTP, and push each packet into a bounded SPSC byte ring to the writer thread.
+//!   They wake every few milliseconds and drain everything queued: a recorder needs no
+//!   per-packet latency, and batching is what makes a packet cheap.
 //!
 //! Threads share nothing mutable: they talk through channels (and, on the packet path, bounded
 //! SPSC rings whose full state is counted, never waited on).
