@@ -20,7 +20,7 @@ use crate::record::journal::{JournalRecord, JournalWriter, RecordKind};
 use crate::record::{RecordingMeta, Spool};
 
 /// How long a finalize waits for end records that do not come (a media thread stuck or gone).
-const END_WAIT: Duration = Duration::from_secs(5);
+pub const END_WAIT: Duration = Duration::from_secs(5);
 /// The writer's tick: how often rings are drained when no storage work arrives.
 const TICK: Duration = Duration::from_millis(2);
 

@@ -14,6 +14,7 @@ pub struct Server {
     pub data_dir: tempfile::TempDir,
     pub log: PathBuf,
     args: Vec<std::ffi::OsString>,
+    data_path: PathBuf,
 }
 
 /// A port free for both UDP and TCP on 127.0.0.1, with the three above it free too (SIPp's
@@ -106,10 +107,20 @@ impl Server {
             }
         };
         cmd.args(["--http", &format!("127.0.0.1:{http_port}")])
-            .args(["--rtp-ports", &format!("{}-{}", rtp.0, rtp.1)])
-            .arg("--data-dir")
-            .arg(data_dir.path().join("data"))
-            .args(extra)
+            .args(["--rtp-ports", &format!("{}-{}", rtp.0, rtp.1)]);
+        // A test may bring its own --data-dir (a small filesystem ...).
+        let own_data = extra
+            .iter()
+            .position(|a| *a == "--data-dir")
+            .and_then(|i| extra.get(i + 1));
+        let data_path = match own_data {
+            Some(d) => PathBuf::from(d),
+            None => {
+                cmd.arg("--data-dir").arg(data_dir.path().join("data"));
+                data_dir.path().join("data")
+            }
+        };
+        cmd.args(extra)
             .env("REEL_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -124,13 +135,14 @@ impl Server {
             data_dir,
             log,
             args,
+            data_path,
         };
         server.wait_ready();
         server
     }
 
     pub fn data(&self) -> PathBuf {
-        self.data_dir.path().join("data")
+        self.data_path.clone()
     }
 
     fn wait_ready(&self) {
