@@ -241,3 +241,78 @@ fn kill_9_mid_call_recovers_audio_up_to_the_last_commit() {
     assert!(packets >= 50, "at least a second of audio survived: {json}");
     check_channels(dir);
 }
+
+#[test]
+fn sipp_call_with_rtp_stream_is_recorded_on_channel_0() {
+    if !sox_available() || !common::server::sipp_available() {
+        return;
+    }
+    let server = Server::start(&[]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let made = std::process::Command::new("sox")
+        .args(["-n", "-r", "8000", "-c", "1", "-e", "u-law", "-t", "raw"])
+        .arg(work.path().join("tone.ulaw"))
+        .args(["synth", "1", "sine", "440"])
+        .status()
+        .expect("sox");
+    assert!(made.success());
+    let scenario =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sipp/call_with_rtp.xml");
+    let port = common::server::free_port();
+    let out = std::process::Command::new("sipp")
+        .current_dir(work.path())
+        .arg("-sf")
+        .arg(&scenario)
+        .arg(format!("127.0.0.1:{}", server.sip_port))
+        .args([
+            "-t",
+            "u1",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args([
+            "-mp",
+            &common::server::free_port().to_string(),
+            "-mi",
+            "127.0.0.1",
+        ])
+        .args(["-timeout", "30s", "-timeout_error"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("sipp");
+    assert!(
+        out.status.success(),
+        "sipp: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
+    let recs = server.wait_recordings(1);
+    let (dir, json) = &recs[0];
+    assert_eq!(json["state"], "complete", "{json}");
+    let streams = json["streams"].as_array().expect("streams");
+    assert!(streams[0]["packets"].as_u64().unwrap_or(0) >= 50, "{json}");
+    assert_eq!(
+        streams[1]["packets"], 0,
+        "SIPp sends one stream only: {json}"
+    );
+    let wav = dir.join("audio.wav");
+    let (channels, rate, _) = wav_info(&wav);
+    assert_eq!(channels, 2);
+    let ch0 = channel(&wav, 0, rate);
+    let from = rate as usize / 2;
+    let window = &ch0[from..(from + rate as usize).min(ch0.len())];
+    assert_eq!(
+        dominant(window, &[440.0, 1000.0], rate),
+        440.0,
+        "SIPp's tone on channel 0"
+    );
+    let ch1 = channel(&wav, 1, rate);
+    assert!(
+        ch1.iter().all(|v| v.unsigned_abs() < 64),
+        "channel 1 is silence"
+    );
+}
