@@ -392,9 +392,10 @@ struct CallState {
     ports: Vec<u16>,
 }
 
-/// Sends one request per index at `rate`/s, retransmitting after 1 s (4 tries at most), and
-/// collects the final response of each; `build(i)` gives (Call-ID, request text).
-/// Returns per index the final response (None: none within the time allowed).
+/// Sends one request per index at `rate`/s and collects the final response of each;
+/// `build(i)` gives (Call-ID, request text). Retransmits as RFC 3261 over UDP does (0.5 s,
+/// doubling up to 4 s) until a provisional or final response, and gives up on an index 32 s
+/// after its first send (timers B and F). Returns per index the final status (None: none).
 fn transact(
     sock: &UdpSocket,
     to: SocketAddr,
@@ -404,11 +405,18 @@ fn transact(
     build: &dyn Fn(usize) -> (String, String),
     on_final: &mut dyn FnMut(usize, &Response),
 ) -> Vec<Option<u16>> {
+    struct Pending {
+        first: Instant,
+        next_retx: Instant,
+        interval: Duration,
+        provisional: bool,
+        text: String,
+    }
     let mut status: Vec<Option<u16>> = vec![None; n];
     let mut by_id: HashMap<String, usize> = HashMap::new();
-    let mut pending: HashMap<usize, (Instant, u32, String)> = HashMap::new();
+    let mut pending: HashMap<usize, Pending> = HashMap::new();
     let t0 = Instant::now();
-    let limit = Duration::from_secs_f64(n as f64 / rate as f64) + Duration::from_secs(15);
+    let limit = Duration::from_secs_f64(n as f64 / rate as f64) + Duration::from_secs(40);
     let mut next = 0usize;
     let mut buf = vec![0u8; 65536];
     let cseq_tag = format!(" {method}");
@@ -418,7 +426,17 @@ fn transact(
             let (id, text) = build(next);
             let _ = sock.send_to(text.as_bytes(), to);
             by_id.insert(id, next);
-            pending.insert(next, (Instant::now(), 1, text));
+            let now = Instant::now();
+            pending.insert(
+                next,
+                Pending {
+                    first: now,
+                    next_retx: now + Duration::from_millis(500),
+                    interval: Duration::from_millis(500),
+                    provisional: false,
+                    text,
+                },
+            );
             next += 1;
         }
         let mut got = false;
@@ -427,38 +445,38 @@ fn transact(
             let Ok(Message::Response(r)) = reel::sip::message::parse_message(&buf[..len]) else {
                 continue;
             };
-            if r.status < 200
-                || !r
-                    .headers
-                    .get("CSeq")
-                    .is_some_and(|c| c.ends_with(&cseq_tag))
+            if !r
+                .headers
+                .get("CSeq")
+                .is_some_and(|c| c.ends_with(&cseq_tag))
             {
                 continue;
             }
             let Some(&i) = r.headers.get("Call-ID").and_then(|c| by_id.get(c)) else {
                 continue;
             };
-            if pending.remove(&i).is_some() {
+            if r.status < 200 {
+                if let Some(p) = pending.get_mut(&i) {
+                    p.provisional = true;
+                }
+            } else if pending.remove(&i).is_some() {
                 status[i] = Some(r.status);
                 on_final(i, &r);
             }
         }
         let now = Instant::now();
-        pending.retain(|_, (at, tries, text)| {
-            if now.duration_since(*at) > Duration::from_secs(1) {
-                if *tries >= 4 {
-                    return false;
-                }
-                let _ = sock.send_to(text.as_bytes(), to);
-                *at = now;
-                *tries += 1;
+        pending.retain(|_, p| {
+            if now.duration_since(p.first) > Duration::from_secs(32) {
+                return false;
+            }
+            if !p.provisional && now >= p.next_retx {
+                let _ = sock.send_to(p.text.as_bytes(), to);
+                p.interval = (p.interval * 2).min(Duration::from_secs(4));
+                p.next_retx = now + p.interval;
             }
             true
         });
-        if next == n && pending.is_empty() {
-            break;
-        }
-        if t0.elapsed() > limit {
+        if (next == n && pending.is_empty()) || t0.elapsed() > limit {
             break;
         }
         if !got {
@@ -667,6 +685,14 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
         &mut |_, _| {},
     );
     out.bye_ok = st.iter().filter(|s| **s == Some(200)).count();
+    if out.bye_ok < up.len() {
+        let mut h: BTreeMap<String, usize> = BTreeMap::new();
+        for s in &st {
+            *h.entry(s.map_or("no answer".into(), |c| c.to_string()))
+                .or_default() += 1;
+        }
+        out.note += &format!("BYE answers {h:?}; ");
+    }
 
     // Wait for the recording folders.
     let deadline = Instant::now() + Duration::from_secs(60 + calls as u64 / 20);
@@ -703,9 +729,12 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
             out.foreign += f("foreign");
         }
     }
-    let how = proc.stop(Duration::from_secs(30));
+    let how = proc.stop(Duration::from_secs(40));
     if !how.starts_with("exited") {
         out.note += &format!("reel {how}; ");
+    }
+    if !out.note.is_empty() {
+        out.note += &format!("\n  reel log tail:\n{}", proc.log_tail());
     }
     Ok(out)
 }
