@@ -108,6 +108,8 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         })?;
     spool.set_audio_format(audio);
     spool.set_keep_raw(config.record.keep_raw);
+    // The writer makes state durable with one file-system sync per group commit.
+    spool.set_state_fsync(false);
     let (input_tx, mut inputs) = mpsc::channel::<Input>(8192);
     let (report_tx, mut reports) = mpsc::unbounded_channel();
     let (media_tx, mut media_reports) = mpsc::unbounded_channel();

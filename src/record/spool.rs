@@ -42,6 +42,11 @@ pub struct Spool {
     audio: AudioFormat,
     /// `record.keep_raw`: keep `journal.bin` in the finished folder.
     keep_raw: bool,
+    /// Fsync session state and metadata versions as they are written (default). The writer
+    /// thread turns this off and instead syncs the whole file system once per group-commit
+    /// interval ([`Spool::sync_all`]): the same crash window as the journal, at one sync per
+    /// interval instead of several per call.
+    state_fsync: bool,
 }
 
 /// What the start-up scan did.
@@ -262,6 +267,7 @@ impl Spool {
             data_dir: data_dir.to_path_buf(),
             audio: AudioFormat::default(),
             keep_raw: false,
+            state_fsync: true,
         };
         for dir in [
             spool.recordings_dir(),
@@ -320,9 +326,40 @@ impl Spool {
         let dir = self.session_dir(id)?;
         if !dir.is_dir() {
             fs::create_dir_all(&dir).map_err(ctx("create directory", &dir))?;
-            sync_dir(&self.spool_dir())?;
+            if self.state_fsync {
+                sync_dir(&self.spool_dir())?;
+            }
         }
         Ok(dir)
+    }
+
+    /// See the `state_fsync` field.
+    pub fn set_state_fsync(&mut self, on: bool) {
+        self.state_fsync = on;
+    }
+
+    /// One `syncfs(2)` of the file system holding the data directory: every journal write,
+    /// state file and rename made so far is durable after it.
+    pub fn sync_all(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let dir = File::open(self.spool_dir()).map_err(ctx("open", &self.spool_dir()))?;
+        // SAFETY: syncfs takes a valid descriptor, which `dir` owns for the whole call.
+        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error()).map_err(ctx("syncfs", &self.spool_dir()))
+        }
+    }
+
+    /// Atomic replace (temp, rename), with fsyncs when `state_fsync` is on.
+    fn write_state(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        if self.state_fsync {
+            return write_atomic(path, bytes);
+        }
+        let tmp = temp_name(path);
+        fs::write(&tmp, bytes).map_err(ctx("write", &tmp))?;
+        fs::rename(&tmp, path).map_err(ctx("rename into place", path))
     }
 
     /// Writes (atomically) the session's current state to `spool/<id>/session.json`, so a crash
@@ -331,7 +368,7 @@ impl Spool {
     /// `ended_at` is taken as "last seen": the crash scan uses it as the end of the recording.
     pub fn save_state(&self, meta: &RecordingMeta) -> io::Result<()> {
         let dir = self.ensure_session_dir(&meta.id)?;
-        write_atomic(&dir.join(SESSION_FILE), meta.to_json(&[]).as_bytes())
+        self.write_state(&dir.join(SESSION_FILE), meta.to_json(&[]).as_bytes())
     }
 
     /// Stores one metadata version as `spool/<id>/metadata/NNN.xml` (001, 002 ...).
@@ -340,10 +377,12 @@ impl Spool {
         let mdir = dir.join(METADATA_DIR);
         if !mdir.is_dir() {
             fs::create_dir_all(&mdir).map_err(ctx("create directory", &mdir))?;
-            sync_dir(&dir)?;
+            if self.state_fsync {
+                sync_dir(&dir)?;
+            }
         }
         let next = metadata_versions(&dir)?.last().map_or(1, |(n, _)| n + 1);
-        write_atomic(&mdir.join(format!("{next:03}.xml")), xml)
+        self.write_state(&mdir.join(format!("{next:03}.xml")), xml)
     }
 
     /// Finalizes: `audio.wav` rendered from `journal.bin` when there is one (plus per-stream
