@@ -5,7 +5,7 @@
 # the bench stops its reel child itself.
 set -eu
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-costbench}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
 cargo build --release --bin reel
 timeout 900 cargo bench --bench record -- --calls 1000 --seconds "$SECONDS_PER_RUN"
