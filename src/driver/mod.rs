@@ -228,6 +228,7 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
     let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut publish_tick = tokio::time::interval(Duration::from_millis(100));
     let data_dir = config.data_dir.clone();
 
     loop {
@@ -305,14 +306,16 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
                 snapshot.disk_ok = ok;
                 recorder.set_disk_ok(ok);
             }
+            // What the HTTP API shows is refreshed ten times a second, not per message:
+            // building the sessions list is O(sessions) and must not ride on every request.
+            _ = publish_tick.tick() => publish(
+                &recorder,
+                &host,
+                &writer_counters,
+                &mut snapshot,
+                &published,
+            ),
         }
-        publish(
-            &recorder,
-            &host,
-            &writer_counters,
-            &mut snapshot,
-            &published,
-        );
     }
     publish(
         &recorder,
