@@ -11,6 +11,10 @@
 //!
 //! Run: `cargo bench --bench finalize`
 
+#[path = "common/machine.rs"]
+mod machine;
+use machine::print_machine;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -130,22 +134,6 @@ fn bench(c: &mut Criterion) {
         |b| b.iter(|| finalize(black_box(&j), &m, AudioFormat::WavG711)),
     );
     group.finish();
-}
-
-fn print_machine() {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
-    let args: Vec<String> = std::env::args().collect();
-    eprintln!("machine: {cpus} CPUs available ({model})");
-    eprintln!("command: {}", args.join(" "));
 }
 
 criterion_group!(benches, bench);

@@ -12,6 +12,10 @@
 //! Run: `cargo bench --bench journal` (files go to `$TMPDIR`, default /tmp; it must be a real
 //! disk file system for the fsync figures to mean anything).
 
+#[path = "common/machine.rs"]
+mod machine;
+use machine::print_machine;
+
 use std::fs::{File, OpenOptions};
 use std::hint::black_box;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -214,22 +218,6 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
-}
-
-fn print_machine() {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
-    let args: Vec<String> = std::env::args().collect();
-    eprintln!("machine: {cpus} CPUs available ({model})");
-    eprintln!("command: {}", args.join(" "));
 }
 
 criterion_group!(benches, bench);

@@ -123,7 +123,7 @@ fn low_disk_refuses_new_sessions_and_recovers() {
     let status = server.terminate();
     assert_eq!(status.code(), Some(0));
     let mut found = Vec::new();
-    for dir in walk(&data.join("recordings")) {
+    for dir in common::server::recording_dirs(&data.join("recordings")) {
         let json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(dir.join("recording.json")).expect("read"),
         )
@@ -136,17 +136,4 @@ fn low_disk_refuses_new_sessions_and_recovers() {
         vec!["after", "before"],
         "the call active during the shortage is kept"
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.join("recording.json").exists() {
-            out.push(p);
-        } else if p.is_dir() {
-            out.extend(walk(&p));
-        }
-    }
-    out
 }

@@ -177,10 +177,7 @@ impl Server {
 
     /// Every finished recording folder (holding `recording.json`).
     pub fn recordings(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        collect(&self.data().join("recordings"), &mut out);
-        out.sort();
-        out
+        recording_dirs(&self.data().join("recordings"))
     }
 
     /// Waits until at least `n` recordings exist; returns their parsed `recording.json`.
@@ -256,6 +253,14 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// Every recording folder (holding `recording.json`) below `dir`.
+pub fn recording_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    collect(dir, &mut out);
+    out.sort();
+    out
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
