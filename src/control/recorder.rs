@@ -131,6 +131,24 @@ struct StreamState {
     started: bool,
 }
 
+impl StreamState {
+    /// An offered m-line before anything is accepted for it; without `a=label` its position
+    /// stands in for the label.
+    fn offered(index: usize, m: &sdp::MediaDescription) -> StreamState {
+        StreamState {
+            index,
+            label: m.label.clone().unwrap_or_else(|| index.to_string()),
+            port: None,
+            codec: None,
+            telephone_event: None,
+            crypto: None,
+            srtp: None,
+            direction: m.direction,
+            started: false,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     /// INVITE received, waiting for the spool entry before answering.
@@ -467,15 +485,7 @@ impl Recorder {
         };
         let timer = match self.session_timer_request(&req) {
             Ok(t) => t,
-            Err(()) => {
-                let mut resp = Response::for_request(&req, 422, "Session Interval Too Small");
-                resp.headers
-                    .push("Min-SE", self.config.min_se_s.to_string());
-                self.decorate(&mut resp);
-                ensure_to_tag(&mut resp, &mut self.rng);
-                self.count_reject(422);
-                return self.endpoint.respond(now, tx, resp);
-            }
+            Err(()) => return self.reply_422(now, tx, &req),
         };
         let offer = match self.read_offer(&req) {
             Ok(o) => o,
@@ -499,18 +509,7 @@ impl Recorder {
         let mut streams = Vec::new();
         let mut why_rejected = Vec::new();
         for (index, m) in sdp.media.iter().enumerate() {
-            let label = m.label.clone().unwrap_or_else(|| index.to_string());
-            let mut st = StreamState {
-                index,
-                label,
-                port: None,
-                codec: None,
-                telephone_event: None,
-                crypto: None,
-                srtp: None,
-                direction: m.direction,
-                started: false,
-            };
+            let mut st = StreamState::offered(index, m);
             match self.accept_stream(m) {
                 Ok(a) => match self.host.allocate_port() {
                     Some(port) => {
@@ -766,13 +765,7 @@ impl Recorder {
         }
         let timer = match self.session_timer_request(&req) {
             Ok(t) => t,
-            Err(()) => {
-                let mut resp = Response::for_request(&req, 422, "Session Interval Too Small");
-                resp.headers
-                    .push("Min-SE", self.config.min_se_s.to_string());
-                self.decorate(&mut resp);
-                return self.endpoint.respond(now, tx, resp);
-            }
+            Err(()) => return self.reply_422(now, tx, &req),
         };
         let offer = match self.read_update(&req) {
             Ok(o) => o,
@@ -798,19 +791,8 @@ impl Recorder {
             }
             let existing = s.streams.clone();
             for (index, m) in sdp.media.iter().enumerate() {
-                let label = m.label.clone().unwrap_or_else(|| index.to_string());
                 let old = existing.iter().find(|st| st.index == index);
-                let mut st = StreamState {
-                    index,
-                    label,
-                    port: None,
-                    codec: None,
-                    telephone_event: None,
-                    crypto: None,
-                    srtp: None,
-                    direction: m.direction,
-                    started: false,
-                };
+                let mut st = StreamState::offered(index, m);
                 let accepted = if m.port == 0 {
                     Err("removed".into())
                 } else {
@@ -1340,6 +1322,17 @@ impl Recorder {
         self.decorate(&mut resp);
         ensure_to_tag(&mut resp, &mut self.rng);
         self.count_reject(503);
+        self.endpoint.respond(now, tx, resp);
+    }
+
+    /// RFC 4028 §6: the requested session interval is below our Min-SE.
+    fn reply_422(&mut self, now: Instant, tx: TxId, req: &Request) {
+        let mut resp = Response::for_request(req, 422, "Session Interval Too Small");
+        resp.headers
+            .push("Min-SE", self.config.min_se_s.to_string());
+        self.decorate(&mut resp);
+        ensure_to_tag(&mut resp, &mut self.rng);
+        self.count_reject(422);
         self.endpoint.respond(now, tx, resp);
     }
 
