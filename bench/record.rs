@@ -915,30 +915,8 @@ fn main() {
         }
     };
     sinks::raise_nofile();
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
-    let cpu_model = read("/proc/cpuinfo")
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
     let tck = clk_tck();
-    println!(
-        "machine: nproc {} | {} {} | {}",
-        nproc(),
-        read("/proc/sys/kernel/ostype"),
-        read("/proc/sys/kernel/osrelease"),
-        cpu_model
-    );
-    println!(
-        "command: {}",
-        std::env::args().collect::<Vec<_>>().join(" ")
-    );
+    sinks::print_machine();
     println!(
         "traffic: calls x 2 streams x 50 pkt/s, {} B packets (12 B RTP + 160 B PCMU), {} s, \
          1 ms sendmmsg ticks from one thread; pinned sender cpu0 / receiver cpu1: {}; \

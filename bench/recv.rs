@@ -99,29 +99,7 @@ fn main() {
         }
     };
     raise_nofile();
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
-    let cpu_model = read("/proc/cpuinfo")
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    println!(
-        "machine: nproc {} | {} {} | {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        read("/proc/sys/kernel/ostype"),
-        read("/proc/sys/kernel/osrelease"),
-        cpu_model
-    );
-    println!(
-        "command: {}",
-        std::env::args().collect::<Vec<_>>().join(" ")
-    );
+    print_machine();
     println!(
         "traffic: {} sockets x {} pps = {} pps, {} s, {} B payload, {} ms send slices; \
          batch {} ms; pinned rx cpu1 / tx cpu0: {}",

@@ -56,6 +56,33 @@ pub fn pin_to(cpu: usize) {
     }
 }
 
+/// The machine and command lines every run starts with (DESIGN §7).
+pub fn print_machine() {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let cpu_model = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "machine: nproc {} | {} {} | {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        read("/proc/sys/kernel/ostype"),
+        read("/proc/sys/kernel/osrelease"),
+        cpu_model
+    );
+    println!(
+        "command: {}",
+        std::env::args().collect::<Vec<_>>().join(" ")
+    );
+}
+
 pub fn raise_nofile() {
     // SAFETY: getrlimit/setrlimit read and write one rlimit struct that outlives the calls.
     unsafe {
