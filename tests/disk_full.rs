@@ -94,30 +94,9 @@ fn low_disk_refuses_new_sessions_and_recovers() {
         .as_bytes(),
     );
 
-    client.send(request("BYE", "before", "z9hG4bK-before-bye", 2, &tag, "", None, "").as_bytes());
+    assert_eq!(client.in_dialog("BYE", "before", &tag, 2), Some(200));
     assert_eq!(
-        client
-            .response(200, Duration::from_secs(5))
-            .map(|r| r.status),
-        Some(200)
-    );
-    client.send(
-        request(
-            "BYE",
-            "after",
-            "z9hG4bK-after-bye",
-            2,
-            &to_tag(&again),
-            "",
-            None,
-            "",
-        )
-        .as_bytes(),
-    );
-    assert_eq!(
-        client
-            .response(200, Duration::from_secs(5))
-            .map(|r| r.status),
+        client.in_dialog("BYE", "after", &to_tag(&again), 2),
         Some(200)
     );
     let status = server.terminate();

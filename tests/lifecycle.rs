@@ -78,25 +78,7 @@ fn sigterm_drains_refuses_new_calls_and_exits_0_after_the_last_bye() {
             .is_none(),
         "still up"
     );
-    client.send(
-        request(
-            "BYE",
-            "drain-active",
-            "z9hG4bK-drain-bye",
-            2,
-            &tag,
-            "",
-            None,
-            "",
-        )
-        .as_bytes(),
-    );
-    assert_eq!(
-        client
-            .response(200, Duration::from_secs(5))
-            .map(|r| r.status),
-        Some(200)
-    );
+    assert_eq!(client.in_dialog("BYE", "drain-active", &tag, 2), Some(200));
     let status = server.terminate();
     assert_eq!(status.code(), Some(0), "{}", server.log_text());
     let recs = server.wait_recordings(1);
@@ -125,23 +107,5 @@ fn kill_9_then_restart_finalizes_the_call_as_partial_and_answers_481() {
     assert_eq!(json["call_id"], "crashed");
     assert_eq!(json["state"], "partial");
     assert_eq!(json["participants"].as_array().map(Vec::len), Some(2));
-    client.send(
-        request(
-            "BYE",
-            "crashed",
-            "z9hG4bK-crashed-bye",
-            2,
-            &tag,
-            "",
-            None,
-            "",
-        )
-        .as_bytes(),
-    );
-    assert_eq!(
-        client
-            .response(200, Duration::from_secs(5))
-            .map(|r| r.status),
-        Some(481)
-    );
+    assert_eq!(client.in_dialog("BYE", "crashed", &tag, 2), Some(481));
 }

@@ -157,13 +157,7 @@ fn garbage_datagrams_do_not_disturb_a_call() {
         junk.send(payload);
     }
     junk.send(b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bK-x\r\nContent-Length: 99999\r\n\r\n");
-    client.send(request("BYE", "steady", "z9hG4bK-steady-bye", 2, &tag, "", None, "").as_bytes());
-    assert_eq!(
-        client
-            .response(200, Duration::from_secs(5))
-            .map(|r| r.status),
-        Some(200)
-    );
+    assert_eq!(client.in_dialog("BYE", "steady", &tag, 2), Some(200));
     assert_eq!(server.wait_recordings(1).len(), 1);
 }
 
@@ -226,23 +220,5 @@ fn metrics_and_sessions_api_reflect_a_live_call() {
     let (_, metrics) = server.http_get("/metrics").expect("metrics");
     assert!(metrics.contains("reel_sessions_active 1"), "{metrics}");
     assert!(metrics.contains("reel_rtp_ports_in_use 2"), "{metrics}");
-    client.send(
-        request(
-            "BYE",
-            "api",
-            "z9hG4bK-api-bye",
-            2,
-            &to_tag(&ok),
-            "",
-            None,
-            "",
-        )
-        .as_bytes(),
-    );
-    assert_eq!(
-        client
-            .response(200, Duration::from_secs(5))
-            .map(|r| r.status),
-        Some(200)
-    );
+    assert_eq!(client.in_dialog("BYE", "api", &to_tag(&ok), 2), Some(200));
 }

@@ -33,6 +33,15 @@ impl UdpClient {
         self.sock.send_to(data, self.server).expect("send");
     }
 
+    /// Sends an in-dialog request with no body (BYE, INFO ...) and returns the status of its
+    /// final response, if one came within 5 s.
+    pub fn in_dialog(&self, method: &str, call_id: &str, tag: &str, cseq: u32) -> Option<u16> {
+        let branch = format!("z9hG4bK-{call_id}-{}{cseq}", method.to_ascii_lowercase());
+        let req = super::sim::request(method, call_id, &branch, cseq, tag, "", None, "");
+        self.send(req.as_bytes());
+        self.response(200, Duration::from_secs(5)).map(|r| r.status)
+    }
+
     /// The next response whose status is >= `min_status`, within `timeout`.
     pub fn response(&self, min_status: u16, timeout: Duration) -> Option<Response> {
         let deadline = Instant::now() + timeout;

@@ -91,22 +91,10 @@ pub fn start_call(server: &Server, call_id: &str, sdp: &str) -> Call {
 }
 
 pub fn end_call(call: &Call) {
-    let bye = request(
-        "BYE",
-        &call.call_id,
-        &format!("z9hG4bK-{}-bye", call.call_id),
-        2,
-        &call.tag,
-        "",
-        None,
-        "",
+    assert_eq!(
+        call.client.in_dialog("BYE", &call.call_id, &call.tag, 2),
+        Some(200)
     );
-    call.client.send(bye.as_bytes());
-    let r = call
-        .client
-        .response(200, Duration::from_secs(5))
-        .expect("BYE answer");
-    assert_eq!(r.status, 200);
 }
 
 /// Sends the specs for `duration` (paced, real time) and waits.
