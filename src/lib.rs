@@ -75,3 +75,4 @@ pub mod metrics;
 pub mod record;
 pub mod sip;
 pub mod siprec;
+pub mod srv;
