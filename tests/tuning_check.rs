@@ -1,0 +1,152 @@
+//! `tuning/check.sh`, the read-only host check: it reads /proc and /sys (through a fake tree
+//! the test lays out, via REEL_CHECK_ROOT), names what to change and exits 1 when something
+//! needs changing.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/check.sh");
+
+struct Host {
+    io_uring_disabled: &'static str,
+    rmem_max: &'static str,
+    backlog: &'static str,
+    port_range: &'static str,
+    reserved: &'static str,
+}
+
+fn lay_out(root: &Path, h: &Host) {
+    let files = [
+        ("proc/sys/kernel/io_uring_disabled", h.io_uring_disabled),
+        ("proc/sys/net/core/rmem_max", h.rmem_max),
+        ("proc/sys/net/core/netdev_max_backlog", h.backlog),
+        ("proc/sys/net/ipv4/ip_local_port_range", h.port_range),
+        ("proc/sys/net/ipv4/ip_local_reserved_ports", h.reserved),
+        ("proc/self/status", "Name:\tsh\nSeccomp:\t0\n"),
+    ];
+    for (rel, text) in files {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("has a parent")).expect("mkdir");
+        std::fs::write(&p, format!("{text}\n")).expect("write");
+    }
+}
+
+fn run(root: &Path, args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg(SCRIPT)
+        .args(args)
+        .env("REEL_CHECK_ROOT", root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tuning/check.sh")
+}
+
+/// The verdict ("ok", "change", "info") of the line for one check.
+fn verdict(out: &Output, check: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(check))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no line for {check}:\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn a_tuned_host_passes_the_kernel_checks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    lay_out(
+        dir.path(),
+        &Host {
+            io_uring_disabled: "0",
+            rmem_max: "33554432",
+            backlog: "250000",
+            port_range: "32768\t60999",
+            reserved: "16384-32767",
+        },
+    );
+    let out = run(dir.path(), &[]);
+    for check in ["io_uring", "rmem_max", "netdev_backlog", "rtp_ports"] {
+        assert_eq!(
+            verdict(&out, check),
+            "ok",
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn an_untuned_host_is_told_what_to_change_and_exits_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    lay_out(
+        dir.path(),
+        &Host {
+            io_uring_disabled: "2",
+            rmem_max: "212992",
+            backlog: "1000",
+            port_range: "10000\t60999",
+            reserved: "",
+        },
+    );
+    let out = run(dir.path(), &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for check in ["io_uring", "rmem_max", "netdev_backlog", "rtp_ports"] {
+        assert_eq!(verdict(&out, check), "change", "{text}");
+    }
+    // Each change names the setting and the value to use.
+    assert!(text.contains("net.core.rmem_max = 33554432"), "{text}");
+    assert!(
+        text.contains("ip_local_reserved_ports = 16384-32767"),
+        "{text}"
+    );
+    assert!(text.contains("epoll"), "{text}");
+}
+
+#[test]
+fn the_config_file_sets_what_is_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    lay_out(
+        dir.path(),
+        &Host {
+            io_uring_disabled: "0",
+            rmem_max: "33554432",
+            backlog: "250000",
+            port_range: "32768\t60999",
+            reserved: "",
+        },
+    );
+    let cfg = dir.path().join("reel.toml");
+    std::fs::write(
+        &cfg,
+        "[media]\nrcvbuf = 67108864 # 64 MiB\nrtp_ports = \"40000-40999\"\ncpus = [0, 4096]\n",
+    )
+    .expect("write config");
+    let out = run(dir.path(), &["--config", cfg.to_str().expect("utf-8 path")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(verdict(&out, "rmem_max"), "change", "{text}");
+    assert!(text.contains("net.core.rmem_max = 67108864"), "{text}");
+    assert_eq!(verdict(&out, "rtp_ports"), "change", "{text}");
+    assert_eq!(verdict(&out, "media_cpus"), "change", "{text}");
+    assert!(text.contains("4096"), "{text}");
+}
+
+#[test]
+fn bad_arguments_exit_2_with_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(dir.path(), &["--calls", "many"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--calls"));
+    let out = run(dir.path(), &["--config", "/nonexistent/reel.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/reel.toml"));
+}
+
+#[test]
+fn the_script_only_reads() {
+    // Every command in it is a read: no sysctl -w, no writes under /proc or /sys.
+    let text = std::fs::read_to_string(SCRIPT).expect("read script");
+    for forbidden in ["sysctl -w", "> /proc", ">/proc", "> /sys", ">/sys", "tee "] {
+        assert!(!text.contains(forbidden), "check.sh contains {forbidden}");
+    }
+}
