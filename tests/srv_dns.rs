@@ -302,6 +302,33 @@ async fn additional_section_addresses_spare_the_address_queries() {
     assert_eq!(asked, vec![RecordType::SRV], "{asked:?}");
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_truncated_udp_answer_is_fetched_again_over_tcp() {
+    // 40 SRV records with long target names do not fit the 1232-byte EDNS payload, so the
+    // server truncates the UDP answer and the whole answer must come over TCP.
+    let mut records = Vec::new();
+    for i in 0..40u8 {
+        let target = format!("recorder-{i:02}-with-a-rather-long-host-name.rec.example");
+        records.push(srv(SIP, 60, 10, 10, 5060, &target));
+        records.push(a(&target, 60, ip(100 + i)));
+    }
+    let server = DnsServer::start(ZONE, records);
+    let got = resolver(&server).lookup(SIP).await.expect("lookup");
+    assert_eq!(
+        got.records.len(),
+        40,
+        "the whole answer, not the truncated part"
+    );
+    assert_eq!(got.addrs.len(), 40);
+    let srv_queries: Vec<bool> = server
+        .queries()
+        .into_iter()
+        .filter(|q| q.kind == RecordType::SRV)
+        .map(|q| q.tcp)
+        .collect();
+    assert_eq!(srv_queries, vec![false, true], "UDP first, then TCP");
+}
+
 #[test]
 fn lookup_blocking_works_from_a_plain_thread() {
     let server = DnsServer::start(ZONE, three_targets(60));

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use hickory_server::Server;
 use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
+use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -42,11 +43,13 @@ pub fn aaaa(owner: &str, ttl: u32, ip: Ipv6Addr) -> Record {
     Record::from_rdata(name(owner), ttl, RData::AAAA(AAAA(ip)))
 }
 
-/// One query as the server saw it: lower-case name with the trailing dot, and its type.
+/// One query as the server saw it: lower-case name with the trailing dot, its type, and
+/// whether it came over TCP (after a truncated UDP answer) rather than UDP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueryLog {
     pub name: String,
     pub kind: RecordType,
+    pub tcp: bool,
 }
 
 /// Answers from whichever catalog is current; `set_records` swaps in a new one.
@@ -66,6 +69,7 @@ impl RequestHandler for SwappableZone {
             let entry = QueryLog {
                 name: info.query.name().to_string(),
                 kind: info.query.query_type(),
+                tcp: info.protocol == Protocol::Tcp,
             };
             self.log
                 .lock()
