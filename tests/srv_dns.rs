@@ -190,6 +190,22 @@ async fn nxdomain_is_a_clear_error() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn a_refusal_is_reported_with_its_code_and_server() {
+    // The server is authoritative for rec.example only and refuses other zones.
+    let server = DnsServer::start(ZONE, three_targets(60));
+    let e = resolver(&server)
+        .lookup("_sip._udp.elsewhere.test")
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, SrvError::ServerError { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(
+        msg.to_lowercase().contains("refused") && msg.contains(&server.addr.to_string()),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_name_without_srv_records_says_so() {
     let server = DnsServer::start(ZONE, three_targets(60));
     // The name exists (it has an A record) but no SRV.

@@ -239,6 +239,8 @@ impl SrvResolver {
         let mut addrs: HashMap<String, Vec<SocketAddr>> = HashMap::new();
         let mut warnings = Vec::new();
         for (target, tname) in &target_names {
+            // `Resolved` keys addresses by target, so a target named by two records with
+            // different ports gets the addresses for both ports.
             let ports: Vec<u16> = records
                 .iter()
                 .filter(|r| r.target == *target)
@@ -484,6 +486,19 @@ mod tests {
                 .iter()
                 .all(|c| c.port == 5353)
         );
+    }
+
+    #[test]
+    fn system_resolver_is_described_or_refused_cleanly() {
+        // Reads /etc/resolv.conf only; no query is sent.
+        match SrvResolver::new(None) {
+            Ok(r) => assert!(
+                r.server().starts_with("system resolver ("),
+                "{}",
+                r.server()
+            ),
+            Err(e) => assert!(matches!(e, SrvError::Setup(_)), "{e:?}"),
+        }
     }
 
     #[test]
