@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+pub mod resolve;
+pub use resolve::{SrvAnswer, SrvError, SrvResolver, TargetFailure};
+
 /// One SRV resource record (RFC 2782 "Priority Weight Port Target").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SrvRecord {
@@ -110,7 +113,9 @@ impl HoldDown {
 
     /// The target failed (transport error, ICMP error, 503, no final answer in time).
     pub fn mark_down(&mut self, addr: SocketAddr, now: Instant) {
-        self.until.insert(addr, now + self.duration);
+        // A configured "forever" (Duration::MAX) must not overflow the clock.
+        let until = now.checked_add(self.duration).unwrap_or_else(far_future);
+        self.until.insert(addr, until);
     }
 
     /// The target answered: it is up again at once.
@@ -245,5 +250,263 @@ mod tests {
     fn rfc2782_single_dot_target_means_no_service() {
         let mut rng = StdRng::seed_from_u64(1);
         assert!(rfc2782_order(&[rec(0, 0, 0, ".")], &mut rng).is_empty());
+    }
+
+    const DRAWS: usize = 10_000;
+    /// Percentage points. At 10,000 draws one standard deviation of a 40 % share is about
+    /// 0.5 points, so 3 points never flakes, while a wrong method (uniform choice: 33/33/33,
+    /// ignoring priority: the backup gets a share) misses by far more.
+    const TOLERANCE: f64 = 3.0;
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, last], 5060))
+    }
+
+    /// Priority 10 with weights 40/30/30 (targets a, b, c) plus a priority-20 backup (d).
+    fn weighted_with_backup() -> Selector {
+        let records = vec![
+            rec(10, 40, 5060, "a.example"),
+            rec(10, 30, 5060, "b.example"),
+            rec(10, 30, 5060, "c.example"),
+            rec(20, 50, 5060, "d.example"),
+        ];
+        let addrs = HashMap::from([
+            ("a.example".to_string(), vec![addr(1)]),
+            ("b.example".to_string(), vec![addr(2)]),
+            ("c.example".to_string(), vec![addr(3)]),
+            ("d.example".to_string(), vec![addr(4)]),
+        ]);
+        let resolved = Resolved {
+            records,
+            addrs,
+            expires: Instant::now() + Duration::from_secs(60),
+        };
+        Selector::new(resolved, HoldDown::new(Duration::from_secs(30)))
+    }
+
+    /// Share in percent of each of `addrs` as the first candidate over [`DRAWS`] draws.
+    fn first_choice_shares(s: &Selector, now: Instant, addrs: &[SocketAddr]) -> Vec<f64> {
+        let mut rng = StdRng::seed_from_u64(2782);
+        let mut counts = vec![0usize; addrs.len()];
+        for _ in 0..DRAWS {
+            let c = s.candidates(now, &mut rng);
+            let first = c.first().expect("a selector with targets has candidates");
+            let i = addrs
+                .iter()
+                .position(|a| a == first)
+                .expect("first candidate is one of the targets");
+            counts[i] += 1;
+        }
+        counts
+            .iter()
+            .map(|&n| 100.0 * n as f64 / DRAWS as f64)
+            .collect()
+    }
+
+    fn assert_shares(got: &[f64], want: &[f64]) {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= TOLERANCE,
+                "target {i}: {g:.1} % first, want {w} % (+/- {TOLERANCE}); all: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rfc2782_weights_40_30_30_give_shares_40_30_30_and_backup_none() {
+        let s = weighted_with_backup();
+        let all = [addr(1), addr(2), addr(3), addr(4)];
+        let got = first_choice_shares(&s, Instant::now(), &all);
+        assert_shares(&got, &[40.0, 30.0, 30.0, 0.0]);
+        assert_eq!(
+            got[3], 0.0,
+            "a higher priority number is never first while others are up"
+        );
+    }
+
+    #[test]
+    fn rfc2782_first_target_down_splits_its_share_by_weight() {
+        let mut s = weighted_with_backup();
+        let now = Instant::now();
+        s.report_failure(addr(1), now);
+        let all = [addr(1), addr(2), addr(3), addr(4)];
+        let got = first_choice_shares(&s, now, &all);
+        assert_shares(&got, &[0.0, 50.0, 50.0, 0.0]);
+        assert_eq!(got[0], 0.0, "a held-down target is never first");
+    }
+
+    #[test]
+    fn rfc2782_whole_priority_down_falls_to_the_backup() {
+        let mut s = weighted_with_backup();
+        let now = Instant::now();
+        for a in [addr(1), addr(2), addr(3)] {
+            s.report_failure(a, now);
+        }
+        let all = [addr(1), addr(2), addr(3), addr(4)];
+        let got = first_choice_shares(&s, now, &all);
+        assert_eq!(got, vec![0.0, 0.0, 0.0, 100.0]);
+    }
+
+    #[test]
+    fn rfc2782_weight_zero_is_picked_rarely_beside_weighted_records() {
+        let recs = vec![
+            rec(10, 0, 1, "zero"),
+            rec(10, 50, 2, "x"),
+            rec(10, 50, 3, "y"),
+        ];
+        let mut rng = StdRng::seed_from_u64(7);
+        let zero_first = (0..DRAWS)
+            .filter(|_| rfc2782_order(&recs, &mut rng)[0].target == "zero")
+            .count();
+        let share = 100.0 * zero_first as f64 / DRAWS as f64;
+        // The running-sum method gives it 1 chance in (sum + 1) = 1/101: rare, but not never.
+        assert!(zero_first > 0, "weight 0 must keep a small chance");
+        assert!(share < 2.5, "weight 0 first in {share:.2} % of draws");
+    }
+
+    #[test]
+    fn rfc2782_all_weights_zero_still_yields_every_record() {
+        let recs = vec![rec(10, 0, 1, "a"), rec(10, 0, 2, "b"), rec(10, 0, 3, "c")];
+        let mut rng = StdRng::seed_from_u64(8);
+        for _ in 0..1000 {
+            let mut got: Vec<String> = rfc2782_order(&recs, &mut rng)
+                .into_iter()
+                .map(|r| r.target)
+                .collect();
+            got.sort();
+            assert_eq!(got, ["a", "b", "c"]);
+        }
+    }
+
+    #[test]
+    fn rfc2782_full_order_is_a_permutation_in_ascending_priority() {
+        let mut rng = StdRng::seed_from_u64(9);
+        for round in 0..500 {
+            let n = 1 + round % 9;
+            let recs: Vec<SrvRecord> = (0..n)
+                .map(|i| {
+                    rec(
+                        rng.random_range(0..4) * 10,
+                        rng.random_range(0..4) * 25,
+                        5060 + i as u16,
+                        &format!("t{i}"),
+                    )
+                })
+                .collect();
+            let order = rfc2782_order(&recs, &mut rng);
+            assert_eq!(order.len(), recs.len(), "every record exactly once");
+            for r in &recs {
+                assert_eq!(order.iter().filter(|o| o.target == r.target).count(), 1);
+            }
+            assert!(
+                order.windows(2).all(|w| w[0].priority <= w[1].priority),
+                "priorities out of order: {order:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hold_down_expiry_brings_a_target_back() {
+        let mut s = weighted_with_backup();
+        let t0 = Instant::now();
+        let hold = Duration::from_secs(30);
+        s.report_failure(addr(1), t0);
+        let mut rng = StdRng::seed_from_u64(10);
+        let just_before = t0 + hold - Duration::from_millis(1);
+        assert!(s.is_down(addr(1), just_before));
+        assert!(!s.candidates(just_before, &mut rng).contains(&addr(1)));
+        let at = t0 + hold;
+        assert!(!s.is_down(addr(1), at));
+        assert!(s.candidates(at, &mut rng).contains(&addr(1)));
+    }
+
+    #[test]
+    fn hold_down_success_report_brings_a_target_back_at_once() {
+        let mut s = weighted_with_backup();
+        let t0 = Instant::now();
+        s.report_failure(addr(2), t0);
+        s.report_success(addr(2));
+        assert!(!s.is_down(addr(2), t0));
+    }
+
+    #[test]
+    fn hold_down_of_every_target_still_offers_them_all() {
+        let mut s = weighted_with_backup();
+        let now = Instant::now();
+        for i in 1..=4 {
+            s.report_failure(addr(i), now);
+        }
+        let mut rng = StdRng::seed_from_u64(11);
+        let c = s.candidates(now, &mut rng);
+        assert_eq!(c.len(), 4, "trying a failed target beats refusing the call");
+        assert_eq!(c[3], addr(4), "priority order still holds: {c:?}");
+    }
+
+    #[test]
+    fn hold_down_forever_does_not_overflow() {
+        let mut h = HoldDown::new(Duration::MAX);
+        let now = Instant::now();
+        h.mark_down(addr(1), now);
+        assert!(h.is_down(addr(1), now + Duration::from_secs(86_400)));
+    }
+
+    #[test]
+    fn ttl_expiry_needs_refresh() {
+        let t0 = Instant::now();
+        let mut resolved = Resolved::fixed(addr(1));
+        resolved.expires = t0 + Duration::from_secs(5);
+        let mut s = Selector::new(resolved, HoldDown::new(Duration::from_secs(1)));
+        assert!(!s.needs_refresh(t0));
+        assert!(!s.needs_refresh(t0 + Duration::from_millis(4999)));
+        assert!(s.needs_refresh(t0 + Duration::from_secs(5)));
+        let mut fresh = Resolved::fixed(addr(2));
+        fresh.expires = t0 + Duration::from_secs(10);
+        s.update(fresh);
+        assert!(!s.needs_refresh(t0 + Duration::from_secs(5)));
+        assert_eq!(s.resolved().records[0].port, 5060);
+    }
+
+    #[test]
+    fn fixed_target_never_needs_refresh_and_is_the_only_candidate() {
+        let s = Selector::new(
+            Resolved::fixed(addr(9)),
+            HoldDown::new(Duration::from_secs(1)),
+        );
+        let now = Instant::now();
+        assert!(!s.needs_refresh(now + Duration::from_secs(365 * 86_400)));
+        let mut rng = StdRng::seed_from_u64(12);
+        assert_eq!(s.candidates(now, &mut rng), vec![addr(9)]);
+    }
+
+    #[test]
+    fn duplicate_addresses_across_targets_appear_once() {
+        let resolved = Resolved {
+            records: vec![rec(10, 50, 5060, "one"), rec(10, 50, 5060, "two")],
+            addrs: HashMap::from([
+                ("one".to_string(), vec![addr(1), addr(2)]),
+                ("two".to_string(), vec![addr(2), addr(1)]),
+            ]),
+            expires: Instant::now() + Duration::from_secs(60),
+        };
+        let s = Selector::new(resolved, HoldDown::new(Duration::from_secs(1)));
+        let mut rng = StdRng::seed_from_u64(13);
+        for _ in 0..100 {
+            let mut c = s.candidates(Instant::now(), &mut rng);
+            assert_eq!(c.len(), 2, "{c:?}");
+            c.sort();
+            assert_eq!(c, vec![addr(1), addr(2)]);
+        }
+    }
+
+    #[test]
+    fn rfc2782_dot_target_answer_gives_no_candidates() {
+        let resolved = Resolved {
+            records: vec![rec(0, 0, 0, ".")],
+            addrs: HashMap::new(),
+            expires: Instant::now() + Duration::from_secs(60),
+        };
+        let s = Selector::new(resolved, HoldDown::new(Duration::from_secs(1)));
+        let mut rng = StdRng::seed_from_u64(14);
+        assert!(s.candidates(Instant::now(), &mut rng).is_empty());
     }
 }

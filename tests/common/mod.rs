@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod dns;
 pub mod media;
 pub mod server;
 pub mod sim;
