@@ -681,6 +681,13 @@ mod tests {
         m
     }
 
+    /// Moves a sample call so that it ended a moment ago, keeping its length.
+    fn make_recent(m: &mut RecordingMeta) {
+        let len = m.ended_at.duration_since(m.started_at).unwrap();
+        m.ended_at = SystemTime::now() - Duration::from_millis(100);
+        m.started_at = m.ended_at - len;
+    }
+
     fn read_json(dir: &Path) -> serde_json::Value {
         serde_json::from_str(&fs::read_to_string(dir.join(RECORDING_FILE)).unwrap()).unwrap()
     }
@@ -959,10 +966,23 @@ mod tests {
         let mut m = sample_meta();
         m.state = RecordingState::Complete;
         m.end_reason = String::new();
+        // Recovery ends the call at its newest file time (now): the call must have started
+        // shortly before, or the test would depend on today's date.
+        make_recent(&mut m);
         s.save_state(&m).unwrap();
         s.add_metadata_version(&m.id, b"<recording/>").unwrap();
         let out = s.recover();
-        assert_eq!(out, vec![s.recordings_dir().join("2026/11/25").join(&m.id)]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].file_name().unwrap(), m.id.as_str());
+        assert_eq!(
+            out[0]
+                .strip_prefix(s.recordings_dir())
+                .unwrap()
+                .components()
+                .count(),
+            4,
+            "YYYY/MM/DD/<id>: {out:?}"
+        );
         let v = read_json(&out[0]);
         assert_eq!(v["state"], "partial");
         assert_eq!(v["end_reason"], "recovered");
@@ -1310,6 +1330,16 @@ mod tests {
             .unwrap();
         f.write_all(&[0xA5, 0, 160, 0, 0, 0]).unwrap();
         drop(f);
+        // The crash happened at t0 + 2 s: recovery also ends a call at its newest file time,
+        // and without this the test would depend on today's date.
+        let dir = s.session_dir("crash").unwrap();
+        for e in fs::read_dir(&dir).unwrap() {
+            let f = fs::File::options()
+                .write(true)
+                .open(e.unwrap().path())
+                .unwrap();
+            f.set_modified(t0() + Duration::from_secs(2)).unwrap();
+        }
 
         let out = s.recover();
         assert_eq!(out.len(), 1);
