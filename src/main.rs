@@ -75,6 +75,9 @@ struct LoadArgs {
     /// How long a failed target is skipped (a 503's Retry-After shortens it).
     #[arg(long = "holddown-s", value_name = "S", default_value_t = 30)]
     holddown_s: u64,
+    /// Pause between a call's last RTP packet and its BYE.
+    #[arg(long = "bye-delay-ms", value_name = "MS", default_value_t = 100)]
+    bye_delay_ms: u64,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -173,6 +176,7 @@ impl LoadArgs {
             hold: self.hold,
             failover_timeout: std::time::Duration::from_millis(self.failover_timeout_ms),
             holddown: std::time::Duration::from_secs(self.holddown_s),
+            bye_delay: std::time::Duration::from_millis(self.bye_delay_ms),
             progress: !self.quiet,
         })
     }

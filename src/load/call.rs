@@ -67,6 +67,10 @@ pub struct CallConfig {
     pub failover_timeout: Duration,
     /// Port the RTP sender sends from (offered in the SDP).
     pub rtp_port: u16,
+    /// Pause between the last RTP packet and the BYE. A real SRC's last packet precedes its
+    /// BYE by at least a network delay; on loopback there is none, and a recorder that wakes
+    /// its media threads every 20 ms may otherwise see the BYE before the last packets.
+    pub bye_delay: Duration,
 }
 
 /// Where a call is.
@@ -470,7 +474,11 @@ impl Call {
         tally.rtp_packets_confirmed += packets;
         self.streams_running = self.streams_running.saturating_sub(1);
         if self.streams_running == 0 && self.phase == Phase::Stopping {
-            self.bye(now, cfg, out);
+            if cfg.bye_delay.is_zero() {
+                self.bye(now, cfg, out);
+            } else {
+                self.stop_wait = Some(now + cfg.bye_delay);
+            }
         }
     }
 
@@ -1032,6 +1040,7 @@ mod tests {
             hold,
             failover_timeout: Duration::from_secs(2),
             rtp_port: 40000,
+            bye_delay: Duration::ZERO,
         }
     }
 
@@ -1275,6 +1284,35 @@ mod tests {
         assert_eq!(call.outcome, Some(Ok(())));
         assert_eq!((tally.calls_ok, tally.hold_ok, tally.bye_ok), (1, 2, 1));
         assert_eq!(tally.rtp_packets_confirmed, 200);
+    }
+
+    #[test]
+    fn bye_waits_for_the_delay_after_the_last_packet() {
+        let mut c = cfg(Transport::Udp, false);
+        c.bye_delay = Duration::from_millis(100);
+        let t0 = Instant::now();
+        let srs = a("127.0.0.1:5060");
+        let mut call = Call::new(1, vec![srs]);
+        let mut tally = Tally::default();
+        let inv = started(&mut call, &c, t0, &mut tally);
+        let mut out = Vec::new();
+        call.on_response(
+            t0,
+            &c,
+            srs,
+            &answer(&inv, 200, ANSWER),
+            &mut tally,
+            &mut out,
+        );
+        out.clear();
+        let end = t0 + c.duration;
+        call.on_timer(end, &c, &mut tally, &mut out);
+        call.on_stream_stopped(end, &c, 1, &mut tally, &mut out);
+        call.on_stream_stopped(end, &c, 1, &mut tally, &mut out);
+        assert!(sent(&mut out).is_empty(), "no BYE yet");
+        assert_eq!(call.deadline(), Some(end + c.bye_delay));
+        call.on_timer(end + c.bye_delay, &c, &mut tally, &mut out);
+        assert_eq!(sent(&mut out).remove(0).1.method, Method::Bye);
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct LoadOptions {
     pub hold: bool,
     pub failover_timeout: Duration,
     pub holddown: Duration,
+    /// See [`CallConfig::bye_delay`].
+    pub bye_delay: Duration,
     /// Progress lines on stderr once a second.
     pub progress: bool,
 }
@@ -663,6 +665,7 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         hold: opts.hold,
         failover_timeout: opts.failover_timeout,
         rtp_port,
+        bye_delay: opts.bye_delay,
     };
     let mut r = Runner {
         opts,
