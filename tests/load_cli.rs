@@ -378,3 +378,54 @@ fn srv_without_resolver_says_so() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("not wired"), "{stderr}");
 }
+
+#[test]
+fn sigterm_ends_calls_with_bye() {
+    let server = Server::start(&[]);
+    let child = Command::new(reel_bin())
+        .args(["load", "--target", &target(&server)])
+        .args(["--calls", "2", "--duration-s", "60", "--json", "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start reel load");
+    // Both calls up (answered) before the signal.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server
+        .http_get("/metrics")
+        .map(|(_, m)| active_sessions(&m) >= 2)
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "calls did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().expect("reel load ends");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON");
+    assert_eq!(json["interrupted"], true, "{json}");
+    assert_eq!(num(&json, "bye_ok"), 2, "{json}");
+    let recs = server.wait_recordings(2);
+    assert_eq!(recs.len(), 2);
+    for (_, r) in &recs {
+        assert!(
+            r["duration_ms"].as_u64().unwrap_or(u64::MAX) < 50_000,
+            "{r}"
+        );
+    }
+    assert_eq!(check_recordings(&recs), num(&json, "rtp_packets_sent"));
+}
+
+/// Sessions in progress, from the Prometheus text.
+fn active_sessions(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("reel_sessions_active"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}

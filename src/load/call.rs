@@ -110,6 +110,8 @@ pub enum Failure {
     RemoteBye,
     /// The run's overall deadline came first.
     Deadline,
+    /// Ctrl-C or SIGTERM before the call was answered.
+    Interrupted,
 }
 
 impl Failure {
@@ -123,6 +125,7 @@ impl Failure {
             Failure::Bye => "bye".into(),
             Failure::RemoteBye => "remote_bye".into(),
             Failure::Deadline => "deadline".into(),
+            Failure::Interrupted => "interrupted".into(),
         }
     }
 }
@@ -224,6 +227,8 @@ pub struct Call {
     /// A problem that makes the call failed even if it ends normally (hold).
     flaw: Option<Failure>,
     pub outcome: Option<Result<(), Failure>>,
+    /// Interrupted while inviting: end as soon as answered, try no other target.
+    pub ending: bool,
 }
 
 impl Call {
@@ -257,6 +262,7 @@ impl Call {
             last_failure: None,
             flaw: None,
             outcome: None,
+            ending: false,
         }
     }
 
@@ -349,9 +355,13 @@ impl Call {
         self.phase = Phase::NeedTarget;
     }
 
-    /// No target is left: the call fails with the last reason seen.
+    /// No target is left (or the run is ending): the call fails with the last reason seen.
     pub fn fail(&mut self, tally: &mut Tally) {
-        let reason = self.last_failure.take().unwrap_or(Failure::NoTarget);
+        let reason = if self.ending {
+            Failure::Interrupted
+        } else {
+            self.last_failure.take().unwrap_or(Failure::NoTarget)
+        };
         self.finish(Err(reason), tally);
     }
 
@@ -446,10 +456,10 @@ impl Call {
                 }
                 self.stop_media(now, out);
             }
-            Phase::NeedTarget | Phase::Inviting => {
-                self.tx = None;
-                self.finish(Err(Failure::Deadline), tally);
-            }
+            Phase::NeedTarget => self.finish(Err(Failure::Interrupted), tally),
+            // Let the answer come, so a 200 is ACKed and ended with BYE at once rather than
+            // left open at the SRS; no further target is tried.
+            Phase::Inviting => self.ending = true,
             Phase::Stopping | Phase::Byeing | Phase::Done => {}
         }
     }
@@ -680,8 +690,8 @@ impl Call {
             }));
             self.streams_running += 1;
         }
-        self.end_at = Some(now + cfg.duration);
-        if cfg.hold {
+        self.end_at = Some(if self.ending { now } else { now + cfg.duration });
+        if cfg.hold && !self.ending {
             self.hold_at = Some(now + cfg.duration / 3);
             self.resume_at = Some(now + cfg.duration * 2 / 3);
         }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::body::Flavour;
 use super::call::{Call, CallConfig, Output, Phase, Tally, Transport};
-use super::rtp_send::{Codec, SendConfig, SendReport, Sender, StreamCommand, StreamEvent};
+use super::rtp_send::{Codec, SendConfig, SendReport, Sender, StreamEvent};
 use crate::sip::framing::Frame;
 use crate::sip::message::parse_message;
 use crate::sip::{Message, Response, StreamFramer};
@@ -118,6 +118,8 @@ pub struct LoadReport {
     pub tally: Tally,
     pub rtp: SendReport,
     pub calls_attempted: u64,
+    /// `--calls`: a run interrupted before starting them all did not succeed.
+    pub calls_requested: u64,
     pub elapsed: Duration,
     pub interrupted: bool,
     pub transport: Transport,
@@ -128,7 +130,7 @@ pub struct LoadReport {
 impl LoadReport {
     /// Every call succeeded.
     pub fn all_ok(&self) -> bool {
-        self.tally.calls_failed == 0 && self.tally.calls_ok == self.calls_attempted
+        self.tally.calls_failed == 0 && self.tally.calls_ok == self.calls_requested
     }
 
     /// Setup time percentile in ms (nearest rank), 0 with no answered call.
@@ -303,6 +305,8 @@ struct Transports {
 }
 
 const MAX_SIP_MESSAGE: usize = 65_535;
+/// Wait after a failed SRV refresh before the next try.
+const SRV_RETRY: Duration = Duration::from_secs(5);
 
 impl Transports {
     /// Our address towards `target`, connecting first if need be.
@@ -345,6 +349,12 @@ impl Transports {
     }
 
     fn send(&mut self, target: SocketAddr, data: &[u8]) {
+        // A TCP connection the SRS closed is opened again for the next request (RFC 3261
+        // §18.1.1: a client may open a new connection).
+        if !self.conns.contains_key(&target) && self.ensure(target).is_err() {
+            self.errors.push(target);
+            return;
+        }
         let Some((conn, _)) = self.conns.get_mut(&target) else {
             self.errors.push(target);
             return;
@@ -470,6 +480,8 @@ struct Runner<'a> {
     opts: &'a LoadOptions,
     cfg: CallConfig,
     selector: Selector,
+    /// Earliest time for the next SRV refresh attempt.
+    next_refresh: Instant,
     /// Targets whose hold-down a Retry-After shortened: lifted at this time.
     release_at: HashMap<SocketAddr, Instant>,
     transports: Transports,
@@ -497,6 +509,10 @@ impl Runner<'_> {
                 if self.out.is_empty() {
                     return;
                 }
+                continue;
+            }
+            if call.ending {
+                call.fail(&mut self.tally);
                 continue;
             }
             match call.take_candidate() {
@@ -548,11 +564,15 @@ impl Runner<'_> {
 
     fn start_call(&mut self, now: Instant, index: u64) {
         if self.selector.needs_refresh(now)
+            && now >= self.next_refresh
             && let Targets::Srv { name, dns } = &self.opts.targets
-            && let Ok(r) = resolve_srv(name, *dns)
         {
-            // A failed refresh keeps the old answer: better stale than no target.
-            self.selector.update(r);
+            // A failed refresh keeps the old answer (better stale than no target) and is
+            // retried a few seconds later, not once per new call.
+            self.next_refresh = now + SRV_RETRY;
+            if let Ok(r) = resolve_srv(name, *dns) {
+                self.selector.update(r);
+            }
         }
         let candidates = self.selector.candidates(now, &mut self.rng);
         let call = Call::new(index, candidates);
@@ -671,6 +691,7 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         opts,
         cfg,
         selector,
+        next_refresh: Instant::now(),
         release_at: HashMap::new(),
         transports: Transports {
             kind: opts.transport,
@@ -794,18 +815,14 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
             }
         }
     }
-    // Streams of calls abandoned at the deadline stop with the sender.
-    for i in 0..started {
-        for k in 0..2 {
-            let _ = r.rtp.send(StreamCommand::Stop(i * 2 + k));
-        }
-    }
+    // Streams of calls abandoned at the deadline end with the sender.
     handle.stop();
     let rtp = handle.join().map_err(|e| format!("RTP sender: {e}"))?;
     Ok(LoadReport {
         tally: r.tally,
         rtp,
         calls_attempted: started,
+        calls_requested: opts.calls,
         elapsed: start.elapsed(),
         interrupted: shutting,
         transport: opts.transport,
@@ -843,12 +860,15 @@ mod tests {
 
     #[test]
     fn percentiles_by_nearest_rank() {
-        let mut tally = Tally::default();
-        tally.setup = (1..=100).map(Duration::from_millis).collect();
+        let tally = Tally {
+            setup: (1..=100).map(Duration::from_millis).collect(),
+            ..Tally::default()
+        };
         let r = LoadReport {
             tally,
             rtp: SendReport::default(),
             calls_attempted: 100,
+            calls_requested: 100,
             elapsed: Duration::ZERO,
             interrupted: false,
             transport: Transport::Udp,
