@@ -712,6 +712,7 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let mut started = 0u64;
     let mut next_start = start;
     let mut next_progress = start + Duration::from_secs(1);
+    let mut last_packets = 0u64;
     let mut shutting = false;
     let mut buf = vec![0u8; MAX_SIP_MESSAGE + 1];
     let mut got = Vec::new();
@@ -781,13 +782,15 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         if opts.progress && now >= next_progress {
             next_progress += Duration::from_secs(1);
             let up = r.calls.values().filter(|c| c.is_up()).count();
+            let packets = r.rtp.packets_sent();
+            let pps = packets.saturating_sub(last_packets);
+            last_packets = packets;
             eprintln!(
-                "[{:>4.0}s] started {started}/{}, up {up}, ok {}, failed {}, rtp {} packets",
+                "[{:>4.0}s] started {started}/{}, up {up}, done {}, failed {}, rtp {pps} pps ({packets} packets)",
                 now.duration_since(start).as_secs_f64(),
                 opts.calls,
-                r.tally.calls_ok,
+                r.tally.calls_ok + r.tally.calls_failed,
                 r.tally.calls_failed,
-                r.rtp.packets_sent(),
             );
         }
         if (started >= opts.calls || shutting) && r.calls.is_empty() {
