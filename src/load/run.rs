@@ -93,23 +93,40 @@ pub fn resolve_srv(name: &str, dns: Option<SocketAddr>) -> Result<Resolved, Stri
 /// Fixed targets as one answer: each address its own record, priorities in the order given,
 /// so the first is always tried first and the others are the failover order.
 fn fixed_answer(addrs: &[SocketAddr]) -> Resolved {
-    if let [one] = addrs {
-        return Resolved::fixed(*one);
-    }
-    let mut r = Resolved::fixed(addrs[0]);
+    let (Some(first), true) = (addrs.first(), addrs.len() > 1) else {
+        // One target (or none, which `run` refuses before this).
+        return Resolved::fixed(
+            addrs
+                .first()
+                .copied()
+                .unwrap_or(([127, 0, 0, 1], 5060).into()),
+        );
+    };
+    let mut r = Resolved::fixed(*first);
     r.records.clear();
     r.addrs.clear();
     for (i, a) in addrs.iter().enumerate() {
         let name = a.to_string();
-        r.records.push(SrvRecord::new(
-            i.min(usize::from(u16::MAX)) as u16,
-            0,
-            a.port(),
-            &name,
-        ));
+        let priority = u16::try_from(i).unwrap_or(u16::MAX);
+        r.records.push(SrvRecord::new(priority, 0, a.port(), &name));
         r.addrs.insert(name, vec![*a]);
     }
     r
+}
+
+/// How long a run may take at most; nothing runs past it. One call: every target's
+/// failover timeout, its media, the BYE delay and a few seconds for re-INVITEs and BYE.
+/// Calls start at `interval` and in waves of `concurrency`; the last one gets 40 s more for
+/// a BYE that is retransmitted to its timeout.
+fn run_bound(opts: &LoadOptions, targets: usize, interval: Duration) -> Duration {
+    let per_call = opts.failover_timeout * targets.min(16) as u32
+        + opts.duration
+        + opts.bye_delay
+        + Duration::from_secs(2);
+    let waves = opts.calls.div_ceil(opts.concurrency.max(1));
+    let by_rate = interval.mul_f64(opts.calls as f64);
+    let by_waves = per_call.mul_f64(waves.saturating_sub(1) as f64);
+    by_rate.max(by_waves) + per_call + Duration::from_secs(40)
 }
 
 /// What a run did.
@@ -669,10 +686,7 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         Sender::dynamic(SendConfig::default()).map_err(|e| format!("RTP sender: {e}"))?;
     let rtp_port = sender.local_addr_v4().map_or(0, |a| a.port());
     let interval = Duration::from_secs_f64(1.0 / opts.rate.max(1e-3));
-    // Bound: every call started, each through all its targets' timeouts, its media and a
-    // BYE timeout, plus slack. Nothing runs past it.
-    let starting = interval.mul_f64(opts.calls as f64);
-    let bound = starting + opts.duration + opts.failover_timeout * 3 + Duration::from_secs(40);
+    let bound = run_bound(opts, selector.resolved().addrs.len().max(1), interval);
     let handle = sender
         .spawn(bound + Duration::from_secs(5))
         .map_err(|e| format!("RTP sender thread: {e}"))?;
@@ -853,6 +867,38 @@ mod tests {
         let mut sel = sel;
         sel.report_failure(a, Instant::now());
         assert_eq!(sel.candidates(Instant::now(), &mut rng), vec![b]);
+    }
+
+    fn opts(calls: u64, concurrency: u64) -> LoadOptions {
+        LoadOptions {
+            targets: Targets::Fixed(vec!["127.0.0.1:5060".parse().unwrap()]),
+            calls,
+            concurrency,
+            rate: 100.0,
+            duration: Duration::from_secs(10),
+            transport: Transport::Udp,
+            codec: Codec::Pcmu,
+            flavour: Flavour::Rfc7865,
+            hold: false,
+            failover_timeout: Duration::from_secs(2),
+            holddown: Duration::from_secs(30),
+            bye_delay: Duration::from_millis(100),
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn bound_covers_calls_run_in_waves_of_the_concurrency() {
+        let interval = Duration::from_millis(10);
+        // 1000 calls at 100/s all at once: the start phase (10 s) plus one call.
+        let all = run_bound(&opts(1000, 1000), 1, interval);
+        assert!(
+            all >= Duration::from_secs(10 + 14) && all < Duration::from_secs(80),
+            "{all:?}"
+        );
+        // 10 at a time: 100 waves of a 14 s call each.
+        let waves = run_bound(&opts(1000, 10), 1, interval);
+        assert!(waves >= Duration::from_secs(100 * 14), "{waves:?}");
     }
 
     #[test]
