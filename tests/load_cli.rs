@@ -300,27 +300,40 @@ fn dead_target_fails_instead_of_hanging() {
 }
 
 #[test]
-fn calls_fail_over_from_a_dead_target_to_a_live_one() {
+fn calls_fail_over_from_a_dead_target_to_a_live_one_and_hold_it_down() {
     let server = Server::start(&[]);
     let dead = format!("127.0.0.1:{}", dead_port());
     let targets = format!("{dead},{}", target(&server));
-    let (out, json) = load(&[
-        "--target",
-        &targets,
-        "--calls",
-        "2",
-        "--duration-s",
-        "1",
-        "--failover-timeout-ms",
-        "500",
-    ]);
-    assert!(out.status.success(), "{json}");
-    assert_eq!(num(&json, "calls_ok"), 2, "{json}");
-    assert_eq!(json["by_target"][target(&server)], 2, "{json}");
-    assert!(json["by_target"].get(&dead).is_none(), "{json}");
-    assert!(num(&json, "failovers") >= 1, "{json}");
-    let recs = server.wait_recordings(2);
-    assert_eq!(check_recordings(&recs), num(&json, "rtp_packets_sent"));
+    // One call after the other: after the first call's failover the dead target is held
+    // down, so the others go straight to the live one; with no hold-down each fails over.
+    for (holddown, failovers) in [("30", 1), ("0", 3)] {
+        let before = server.recordings().len();
+        let (out, json) = load(&[
+            "--target",
+            &targets,
+            "--calls",
+            "3",
+            "--concurrency",
+            "1",
+            "--duration-s",
+            "1",
+            "--failover-timeout-ms",
+            "500",
+            "--holddown-s",
+            holddown,
+        ]);
+        assert!(out.status.success(), "{json}");
+        assert_eq!(num(&json, "calls_ok"), 3, "{json}");
+        assert_eq!(json["by_target"][target(&server)], 3, "{json}");
+        assert!(json["by_target"].get(&dead).is_none(), "{json}");
+        assert_eq!(
+            num(&json, "failovers"),
+            failovers,
+            "hold-down {holddown}: {json}"
+        );
+        let recs = server.wait_recordings(before + 3);
+        assert_eq!(recs.len(), before + 3);
+    }
 }
 
 /// `reel load ARGS` that must fail before running: exit 2 and a message naming `flag`.
