@@ -1,4 +1,4 @@
-//! Paced G.711 RTP from one thread, for many streams at once, with scripted impairments.
+//! Paced G.711 and G.722 RTP from one thread for many streams, with scripted impairments.
 //!
 //! Owns: the per-stream RTP state (sequence number, timestamp, SSRC), the schedule (one packet
 //! every 20 ms per stream, spread over the 20 ms so streams do not burst together), building
