@@ -492,15 +492,56 @@ fn set_buffer(fd: libc::c_int, opt: libc::c_int, size: libc::c_int) {
     }
 }
 
+/// The selector, plus the hold-downs a 503's Retry-After made shorter than `holddown`.
+struct Targeting {
+    selector: Selector,
+    holddown: Duration,
+    /// Targets whose hold-down ends early, and when.
+    release_at: HashMap<SocketAddr, Instant>,
+}
+
+impl Targeting {
+    /// `target` failed a call: held down for `holddown`, or for `retry_after` when the SRS
+    /// asked for less (more is capped at `holddown`).
+    fn failed(&mut self, target: SocketAddr, retry_after: Option<Duration>, now: Instant) {
+        self.selector.report_failure(target, now);
+        match retry_after {
+            Some(ra) if ra < self.holddown => {
+                self.release_at.insert(target, now + ra);
+            }
+            _ => {
+                self.release_at.remove(&target);
+            }
+        }
+    }
+
+    /// `target` gave a final answer other than 503: up again.
+    fn answered(&mut self, target: SocketAddr) {
+        self.selector.report_success(target);
+        self.release_at.remove(&target);
+    }
+
+    /// Lifts the shortened hold-downs that are over.
+    fn tick(&mut self, now: Instant) {
+        let selector = &mut self.selector;
+        self.release_at.retain(|t, at| {
+            if *at <= now {
+                selector.report_success(*t);
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
 /// The run's state on the SIP thread.
 struct Runner<'a> {
     opts: &'a LoadOptions,
     cfg: CallConfig,
-    selector: Selector,
+    targeting: Targeting,
     /// Earliest time for the next SRV refresh attempt.
     next_refresh: Instant,
-    /// Targets whose hold-down a Retry-After shortened: lifted at this time.
-    release_at: HashMap<SocketAddr, Instant>,
     transports: Transports,
     rtp: super::rtp_send::StreamControl,
     calls: HashMap<u64, Call>,
@@ -544,7 +585,7 @@ impl Runner<'_> {
                         &mut self.out,
                     ),
                     Err(_) => {
-                        self.selector.report_failure(target, now);
+                        self.targeting.failed(target, None, now);
                         call.note_transport_failure();
                     }
                 },
@@ -561,26 +602,13 @@ impl Runner<'_> {
             Output::TargetFailed {
                 target,
                 retry_after,
-            } => {
-                self.selector.report_failure(target, now);
-                match retry_after {
-                    Some(ra) if ra < self.opts.holddown => {
-                        self.release_at.insert(target, now + ra);
-                    }
-                    _ => {
-                        self.release_at.remove(&target);
-                    }
-                }
-            }
-            Output::TargetOk { target } => {
-                self.selector.report_success(target);
-                self.release_at.remove(&target);
-            }
+            } => self.targeting.failed(target, retry_after, now),
+            Output::TargetOk { target } => self.targeting.answered(target),
         }
     }
 
     fn start_call(&mut self, now: Instant, index: u64) {
-        if self.selector.needs_refresh(now)
+        if self.targeting.selector.needs_refresh(now)
             && now >= self.next_refresh
             && let Targets::Srv { name, dns } = &self.opts.targets
         {
@@ -588,10 +616,10 @@ impl Runner<'_> {
             // retried a few seconds later, not once per new call.
             self.next_refresh = now + SRV_RETRY;
             if let Ok(r) = resolve_srv(name, *dns) {
-                self.selector.update(r);
+                self.targeting.selector.update(r);
             }
         }
-        let candidates = self.selector.candidates(now, &mut self.rng);
+        let candidates = self.targeting.selector.candidates(now, &mut self.rng);
         let call = Call::new(index, candidates);
         self.by_call_id.insert(call.call_id.clone(), index);
         self.calls.insert(index, call);
@@ -629,7 +657,7 @@ impl Runner<'_> {
     }
 
     fn on_transport_error(&mut self, now: Instant, target: SocketAddr) {
-        self.selector.report_failure(target, now);
+        self.targeting.failed(target, None, now);
         let affected: Vec<u64> = self
             .calls
             .iter()
@@ -704,9 +732,12 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let mut r = Runner {
         opts,
         cfg,
-        selector,
+        targeting: Targeting {
+            selector,
+            holddown: opts.holddown,
+            release_at: HashMap::new(),
+        },
         next_refresh: Instant::now(),
-        release_at: HashMap::new(),
         transports: Transports {
             kind: opts.transport,
             connect_timeout: opts.failover_timeout,
@@ -748,14 +779,7 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
             }
             break;
         }
-        r.release_at.retain(|t, at| {
-            if *at <= now {
-                r.selector.report_success(*t);
-                false
-            } else {
-                true
-            }
-        });
+        r.targeting.tick(now);
         while !shutting
             && started < opts.calls
             && (r.calls.len() as u64) < opts.concurrency
@@ -899,6 +923,33 @@ mod tests {
         // 10 at a time: 100 waves of a 14 s call each.
         let waves = run_bound(&opts(1000, 10), 1, interval);
         assert!(waves >= Duration::from_secs(100 * 14), "{waves:?}");
+    }
+
+    #[test]
+    fn retry_after_shortens_the_hold_down_but_never_lengthens_it() {
+        let a: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let t0 = Instant::now();
+        let s = |secs| t0 + Duration::from_secs(secs);
+        let mut t = Targeting {
+            selector: Selector::new(Resolved::fixed(a), HoldDown::new(Duration::from_secs(30))),
+            holddown: Duration::from_secs(30),
+            release_at: HashMap::new(),
+        };
+        t.failed(a, Some(Duration::from_secs(5)), t0);
+        t.tick(s(4));
+        assert!(t.selector.is_down(a, s(4)));
+        t.tick(s(5));
+        assert!(!t.selector.is_down(a, s(5)), "Retry-After 5 s honoured");
+        t.failed(a, Some(Duration::from_secs(600)), t0);
+        t.tick(s(29));
+        assert!(t.selector.is_down(a, s(29)));
+        assert!(!t.selector.is_down(a, s(30)), "capped at --holddown-s");
+        t.failed(a, None, t0);
+        t.answered(a);
+        assert!(
+            !t.selector.is_down(a, s(1)),
+            "an answer lifts the hold-down"
+        );
     }
 
     #[test]
