@@ -11,7 +11,9 @@
 //!
 //! Phases, `--seconds` each (default 5):
 //! 1. unpaced: the streams' schedules run on virtual time, as fast as sendmmsg takes them;
-//! 2. paced: real 20 ms packetisation, i.e. streams x 50 packets/s (100,000 for 2,000).
+//! 2. paced: real 20 ms packetisation, i.e. streams x 50 packets/s (100,000 for 2,000);
+//! 3. dynamic unpaced: the same streams added through [`StreamControl`] commands, as
+//!    `reel load` drives the sender (so the command path and its per-packet checks count).
 //!
 //! Prints packets/s, CPU µs per packet (getrusage of the sending thread) and the share of
 //! one core. Goal: >= 200,000 packets/s from one core.
@@ -23,7 +25,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use reel::load::rtp_send::{SendConfig, SendReport, Sender, StreamSpec};
+use reel::load::rtp_send::{
+    SendConfig, SendReport, Sender, StreamCommand, StreamControl, StreamSpec,
+};
 
 fn main() {
     let mut streams = 2000usize;
@@ -71,13 +75,33 @@ fn main() {
     };
     let duration = Duration::from_secs(seconds);
 
-    for (name, paced) in [("unpaced", false), ("paced", true)] {
+    for (name, paced, dynamic) in [
+        ("unpaced", false, false),
+        ("paced", true, false),
+        ("dynamic", false, true),
+    ] {
         let config = SendConfig {
             paced,
             batch,
             ..SendConfig::default()
         };
-        let sender = match Sender::new(make(), config) {
+        // The control lives until the run ends, so a dynamic sender does not stop early.
+        let mut _control: Option<StreamControl> = None;
+        let built = if dynamic {
+            Sender::dynamic(config).map(|(sender, control)| {
+                for (i, spec) in make().into_iter().enumerate() {
+                    control.send(StreamCommand::Add {
+                        id: i as u64,
+                        spec: Box::new(spec),
+                    });
+                }
+                _control = Some(control);
+                sender
+            })
+        } else {
+            Sender::new(make(), config)
+        };
+        let sender = match built {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("sender setup: {e}");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use reel::load::rtp_send::{
     Codec, DTMF_PAYLOAD_TYPE, DtmfSpec, Hold, SendConfig, SendReport, Sender, SsrcChange,
-    StreamSpec, run,
+    StreamCommand, StreamEvent, StreamSpec, run,
 };
 use reel::load::tone::{SAMPLE_RATE, alaw_to_linear, goertzel_power, ulaw_to_linear};
 use reel::media::dtmf::DtmfTracker;
@@ -81,14 +81,30 @@ fn seqs_from(rx: &[Rx], base: u16) -> Vec<u16> {
     rx.iter().map(|p| p.h.sequence.wrapping_sub(base)).collect()
 }
 
+/// The payloads as linear samples: 8 kHz for G.711, 16 kHz for G.722.
 fn decode(rx: &[Rx], codec: Codec) -> Vec<i16> {
-    rx.iter()
-        .flat_map(|p| p.payload.iter())
-        .map(|&b| match codec {
-            Codec::Pcmu => ulaw_to_linear(b),
-            Codec::Pcma => alaw_to_linear(b),
-        })
-        .collect()
+    match codec {
+        Codec::Pcmu => rx
+            .iter()
+            .flat_map(|p| p.payload.iter())
+            .map(|&b| ulaw_to_linear(b))
+            .collect(),
+        Codec::Pcma => rx
+            .iter()
+            .flat_map(|p| p.payload.iter())
+            .map(|&b| alaw_to_linear(b))
+            .collect(),
+        Codec::G722 => {
+            let mut dec = reel::codec::g722::Decoder::new();
+            let mut out = Vec::new();
+            for p in rx {
+                let mut wide = vec![0i16; 2 * p.payload.len()];
+                let n = dec.decode(&p.payload, &mut wide);
+                out.extend_from_slice(&wide[..n]);
+            }
+            out
+        }
+    }
 }
 
 #[test]
@@ -387,4 +403,113 @@ fn many_streams_share_one_socket() {
         .map(|(s, _)| collect(s, 10_000, Duration::ZERO).len())
         .sum();
     assert_eq!(received as u64, report.packets_sent);
+}
+
+#[test]
+fn g722_payload_is_the_tone_at_16_khz() {
+    let (sock, dest) = receiver();
+    let mut s = stream(dest, 50).with_codec(Codec::G722);
+    s.tone_hz = 1000.0;
+    let handle = send_unpaced(vec![s]);
+    let rx = collect(&sock, 50, Duration::from_millis(500));
+    handle.join().expect("join");
+    assert_eq!(rx.len(), 50);
+    assert!(
+        rx.iter()
+            .all(|p| p.h.payload_type == 9 && p.payload.len() == 160)
+    );
+    // RFC 3551: G.722's RTP clock is 8000 Hz although it samples at 16 kHz.
+    assert_eq!(rx[1].h.timestamp.wrapping_sub(rx[0].h.timestamp), 160);
+    let pcm = decode(&rx, Codec::G722);
+    assert_eq!(pcm.len(), 50 * 320);
+    let settled = &pcm[3200..];
+    let on = goertzel_power(settled, 1000.0, 16000);
+    let off = goertzel_power(settled, 3000.0, 16000);
+    assert!(on > 100.0 * off, "1000 Hz {on} vs 3000 Hz {off}");
+}
+
+/// Waits for the `Stopped` event of stream `id`.
+fn stopped(control: &reel::load::rtp_send::StreamControl, id: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(StreamEvent::Stopped { id: got, report }) = control.try_event()
+            && got == id
+        {
+            return report.packets;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("no Stopped event for stream {id}");
+}
+
+#[test]
+fn dynamic_streams_start_pause_resume_and_stop_with_their_count() {
+    let (sock_a, a) = receiver();
+    let (sock_b, b) = receiver();
+    let (sender, control) = Sender::dynamic(SendConfig::default()).expect("sender");
+    let handle = sender.spawn(Duration::from_secs(20)).expect("spawn");
+    let mut sa = StreamSpec::new(a, 0xA, 400.0);
+    sa.first_seq = 10;
+    sa.first_ts = 0;
+    assert!(control.send(StreamCommand::Add {
+        id: 7,
+        spec: Box::new(sa),
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+    // A second stream joins while the first runs.
+    assert!(control.send(StreamCommand::Add {
+        id: 8,
+        spec: Box::new(StreamSpec::new(b, 0xB, 1000.0)),
+    }));
+    assert!(control.send(StreamCommand::Pause(7)));
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(control.send(StreamCommand::Resume(7)));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(control.send(StreamCommand::Stop(7)));
+    let count_a = stopped(&control, 7);
+    assert!(control.send(StreamCommand::Stop(8)));
+    let count_b = stopped(&control, 8);
+    // A stop of an unknown id is answered too (with nothing sent).
+    assert!(control.send(StreamCommand::Stop(99)));
+    assert_eq!(stopped(&control, 99), 0);
+    let rx_a = collect(&sock_a, 1000, Duration::from_millis(100));
+    let rx_b = collect(&sock_b, 1000, Duration::from_millis(100));
+    assert_eq!(
+        rx_a.len() as u64,
+        count_a,
+        "every counted packet arrived, none after"
+    );
+    assert_eq!(rx_b.len() as u64, count_b);
+    assert!(count_b > 20, "second stream ran: {count_b}");
+    // Pause: sequence numbers consecutive, the timestamp jumps by the paused time, marker on
+    // the first packet after it.
+    let seqs = seqs_from(&rx_a, 10);
+    assert_eq!(seqs, (0..rx_a.len() as u16).collect::<Vec<_>>());
+    let gap = rx_a
+        .windows(2)
+        .position(|w| w[1].h.timestamp.wrapping_sub(w[0].h.timestamp) > 160)
+        .expect("a timestamp jump at the pause");
+    let jump = rx_a[gap + 1]
+        .h
+        .timestamp
+        .wrapping_sub(rx_a[gap].h.timestamp);
+    assert!(jump >= 160 * 10 && jump.is_multiple_of(160), "jump {jump}");
+    assert!(rx_a[gap + 1].h.marker && rx_a[0].h.marker);
+    assert_eq!(rx_a.iter().filter(|p| p.h.marker).count(), 2);
+    // The sender goes on idling for new streams until stopped.
+    handle.stop();
+    let report = handle.join().expect("join");
+    assert_eq!(report.packets_sent, count_a + count_b);
+    drop(control);
+}
+
+#[test]
+fn dynamic_sender_ends_when_its_control_is_dropped() {
+    let (sender, control) = Sender::dynamic(SendConfig::default()).expect("sender");
+    let handle = sender.spawn(Duration::from_secs(60)).expect("spawn");
+    drop(control);
+    let start = Instant::now();
+    let report = handle.join().expect("join");
+    assert_eq!(report.packets_sent, 0);
+    assert!(start.elapsed() < Duration::from_secs(30), "ended by itself");
 }

@@ -1,4 +1,4 @@
-//! Paced G.711 RTP from one thread, for many streams at once, with scripted impairments.
+//! Paced G.711 and G.722 RTP from one thread for many streams, with scripted impairments.
 //!
 //! Owns: the per-stream RTP state (sequence number, timestamp, SSRC), the schedule (one packet
 //! every 20 ms per stream, spread over the 20 ms so streams do not burst together), building
@@ -17,6 +17,12 @@
 //! then drops or moves them. Before an SSRC change the sequence number of packet `k` is
 //! `first_seq + k` (mod 2^16); indices stay unambiguous across that change and a wrap.
 //!
+//! Streams given up front ([`Sender::new`]) run from the start; a dynamic sender
+//! ([`Sender::dynamic`]) also takes [`StreamCommand`]s through a [`StreamControl`] while it
+//! runs (add a stream, pause and resume it, stop it), drained once per tick, and answers each
+//! stop with the stream's final count ([`StreamEvent::Stopped`]) once its last packet is on
+//! the wire, so a caller can send BYE knowing no packet of that stream will follow it.
+//!
 //! Must not: send anywhere the caller did not name, panic on a send error (errors are
 //! counted in [`SendReport`]), or block anywhere but in `sendmmsg` and the tick sleep.
 
@@ -27,7 +33,8 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,27 +54,40 @@ pub const DEFAULT_AMPLITUDE: i16 = 8000;
 /// current one, each possibly duplicated.
 const MAX_PER_SLOT: usize = 4;
 
-/// G.711 law of a stream's audio.
+/// Codec of a stream's audio. All three put 160 bytes in a 20 ms packet and count the RTP
+/// clock at 8000 Hz (RFC 3551 §4.5.2 keeps G.722's clock at 8000 although it samples at 16 kHz).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Codec {
     Pcmu,
     Pcma,
+    /// G.722 at 64 kbit/s: the tone is generated at 16 kHz and ADPCM-encoded.
+    G722,
 }
 
 impl Codec {
-    /// The static payload type (RFC 3551): 0 for PCMU, 8 for PCMA.
+    /// The static payload type (RFC 3551): 0 for PCMU, 8 for PCMA, 9 for G.722.
     pub fn payload_type(self) -> u8 {
         match self {
             Codec::Pcmu => 0,
             Codec::Pcma => 8,
+            Codec::G722 => 9,
         }
     }
 
-    /// Encodes one linear sample.
-    pub fn encode(self, sample: i16) -> u8 {
+    /// The SDP encoding name (`a=rtpmap:<pt> <name>/8000`).
+    pub fn name(self) -> &'static str {
         match self {
-            Codec::Pcmu => linear_to_ulaw(sample),
-            Codec::Pcma => linear_to_alaw(sample),
+            Codec::Pcmu => "PCMU",
+            Codec::Pcma => "PCMA",
+            Codec::G722 => "G722",
+        }
+    }
+
+    /// Samples per second of the audio itself (not the RTP clock).
+    pub fn sample_rate(self) -> u32 {
+        match self {
+            Codec::Pcmu | Codec::Pcma => SAMPLE_RATE,
+            Codec::G722 => 2 * SAMPLE_RATE,
         }
     }
 }
@@ -257,6 +277,69 @@ pub struct Sender {
     v4: Option<UdpSocket>,
     v6: Option<UdpSocket>,
     config: SendConfig,
+    /// Encoded tone periods by (Hz, amplitude, codec), shared by every stream that sends one.
+    frames: HashMap<(u32, i16, Codec), Arc<[u8]>>,
+    control: Option<Control>,
+}
+
+/// What a caller asks of a running dynamic sender. Ids are the caller's; an id that is not
+/// (or no longer) running is ignored, except by `Stop`, which then answers with a zero count.
+#[derive(Debug)]
+pub enum StreamCommand {
+    /// Start a stream now (plus its `start_delay`). Its `max_packets` still applies.
+    Add { id: u64, spec: Box<StreamSpec> },
+    /// Stop sending (hold): slots pass with no packet; the sequence number stays put and the
+    /// timestamp runs on with the clock, as RFC 3550 wants across a pause.
+    Pause(u64),
+    /// Send again from the next slot, the first packet with the marker bit.
+    Resume(u64),
+    /// End the stream; answered with [`StreamEvent::Stopped`].
+    Stop(u64),
+}
+
+/// What a dynamic sender reports back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// Stream `id` is over and every packet it sent is already handed to the kernel.
+    Stopped { id: u64, report: StreamReport },
+}
+
+/// The caller's side of a dynamic sender: commands in, events out. Dropping it lets the
+/// sender end once its last stream is done.
+pub struct StreamControl {
+    commands: mpsc::Sender<StreamCommand>,
+    events: mpsc::Receiver<StreamEvent>,
+    sent: Arc<AtomicU64>,
+}
+
+impl StreamControl {
+    /// Queues a command for the sender's next tick; false when the sender has ended.
+    pub fn send(&self, command: StreamCommand) -> bool {
+        self.commands.send(command).is_ok()
+    }
+
+    /// The next event, if one is waiting.
+    pub fn try_event(&self) -> Option<StreamEvent> {
+        self.events.try_recv().ok()
+    }
+
+    /// Packets sent so far by the whole sender (updated once per tick), for progress lines.
+    pub fn packets_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// The sender's side of [`StreamControl`].
+struct Control {
+    commands: mpsc::Receiver<StreamCommand>,
+    events: mpsc::Sender<StreamEvent>,
+    /// Caller id -> stream index.
+    ids: HashMap<u64, u32>,
+    /// Indices of ended streams whose heap entry is gone, free for the next `Add`.
+    free: Vec<u32>,
+    /// The caller dropped its [`StreamControl`]: end when no stream is left.
+    orphaned: bool,
+    sent: Arc<AtomicU64>,
 }
 
 /// A sender running on its own thread.
@@ -303,7 +386,7 @@ impl Sender {
             v6 = Some(send_socket("[::]:0")?);
         }
         let n = specs.len().max(1) as u64;
-        let mut frames: HashMap<(u32, i16, Codec), Arc<[u8]>> = HashMap::new();
+        let mut frames = HashMap::new();
         let streams = specs
             .into_iter()
             .enumerate()
@@ -314,11 +397,7 @@ impl Sender {
                     0
                 };
                 // `as` saturates: negative and NaN frequencies become 0 Hz (silence).
-                let hz = spec.tone_hz.round() as u32;
-                let payload = frames
-                    .entry((hz, spec.amplitude, spec.codec))
-                    .or_insert_with(|| encode_period(hz, spec.amplitude, spec.codec))
-                    .clone();
+                let payload = shared_frames(&mut frames, &spec);
                 Stream::new(spec, payload, offset)
             })
             .collect();
@@ -327,7 +406,38 @@ impl Sender {
             v4,
             v6,
             config,
+            frames,
+            control: None,
         })
+    }
+
+    /// A sender with no streams yet, driven through the returned [`StreamControl`] while it
+    /// runs. Binds an IPv4 socket, and an IPv6 one where the host has IPv6.
+    pub fn dynamic(config: SendConfig) -> io::Result<(Sender, StreamControl)> {
+        let (cmd_tx, cmd_rx) = mpsc::channel();
+        let (ev_tx, ev_rx) = mpsc::channel();
+        let sent = Arc::new(AtomicU64::new(0));
+        let sender = Sender {
+            streams: Vec::new(),
+            v4: Some(send_socket("0.0.0.0:0")?),
+            v6: send_socket("[::]:0").ok(),
+            config,
+            frames: HashMap::new(),
+            control: Some(Control {
+                commands: cmd_rx,
+                events: ev_tx,
+                ids: HashMap::new(),
+                free: Vec::new(),
+                orphaned: false,
+                sent: Arc::clone(&sent),
+            }),
+        };
+        let control = StreamControl {
+            commands: cmd_tx,
+            events: ev_rx,
+            sent,
+        };
+        Ok((sender, control))
     }
 
     /// The local address packets to IPv4 destinations come from (port chosen at bind).
@@ -371,6 +481,7 @@ impl Sender {
             if now >= end_ns {
                 break;
             }
+            self.apply_commands(now, &mut heap, &mut report);
             while let Some(&Reverse((due, i))) = heap.peek() {
                 // Paced, only what is due now goes out (so nothing due after the end does, as
                 // now < end); unpaced, the heap's order is the virtual clock.
@@ -391,13 +502,29 @@ impl Sender {
                 let Some(stream) = self.streams.get_mut(i as usize) else {
                     continue;
                 };
-                if stream.next(&mut batch, i) {
+                if stream.stopped {
+                    stream.in_heap = false;
+                    if let Some(c) = &mut self.control {
+                        c.free.push(i);
+                    }
+                } else if stream.paused {
+                    stream.skip_slot();
                     heap.push(Reverse((stream.due_ns, i)));
+                } else if stream.next(&mut batch, i) {
+                    heap.push(Reverse((stream.due_ns, i)));
+                } else {
+                    stream.in_heap = false;
                 }
             }
             sink.send(&mut batch, &self.streams, &mut report);
-            let Some(&Reverse((next_due, _))) = heap.peek() else {
-                break;
+            if let Some(c) = &self.control {
+                c.sent.store(report.packets_sent, Ordering::Relaxed);
+            }
+            let next_due = match (heap.peek(), &self.control) {
+                (Some(&Reverse((due, _))), _) => due,
+                // A dynamic sender idles until its caller lets go; new streams may come.
+                (None, Some(c)) if !c.orphaned => now + tick_ns,
+                (None, _) => break,
             };
             if self.config.paced {
                 // Wake at the next tick, or later if nothing is due before then; wake at
@@ -416,10 +543,123 @@ impl Sender {
         for (r, s) in report.per_stream.iter_mut().zip(&self.streams) {
             r.dropped = s.dropped;
         }
+        // Streams still running at the end are stopped by the end: say so, with their counts.
+        if let Some(c) = self.control.take() {
+            for (id, i) in c.ids {
+                if let Some(r) = report.per_stream.get(i as usize) {
+                    let _ = c.events.send(StreamEvent::Stopped { id, report: *r });
+                }
+            }
+        }
         report.elapsed = start.elapsed();
         report.cpu_time = thread_cpu_time().saturating_sub(cpu_start);
         report
     }
+}
+
+impl Sender {
+    /// Drains the dynamic sender's command queue (a fixed sender has none). Runs at the start
+    /// of a tick, after the previous tick's batch was sent, so a stopped stream's count is
+    /// final when it is reported.
+    fn apply_commands(
+        &mut self,
+        now: u64,
+        heap: &mut BinaryHeap<Reverse<(u64, u32)>>,
+        report: &mut SendReport,
+    ) {
+        let Some(mut c) = self.control.take() else {
+            return;
+        };
+        loop {
+            let command = match c.commands.try_recv() {
+                Ok(command) => command,
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    c.orphaned = true;
+                    break;
+                }
+            };
+            match command {
+                StreamCommand::Add { id, spec } => {
+                    if c.ids.contains_key(&id) {
+                        continue;
+                    }
+                    let payload = shared_frames(&mut self.frames, &spec);
+                    let stream = Stream::new(*spec, payload, now);
+                    let i = match c.free.pop() {
+                        Some(i) => {
+                            self.streams[i as usize] = stream;
+                            report.per_stream[i as usize] = StreamReport::default();
+                            i
+                        }
+                        None => {
+                            self.streams.push(stream);
+                            report.per_stream.push(StreamReport::default());
+                            (self.streams.len() - 1) as u32
+                        }
+                    };
+                    let s = &mut self.streams[i as usize];
+                    if s.finished() {
+                        s.in_heap = false;
+                    } else {
+                        heap.push(Reverse((s.due_ns, i)));
+                    }
+                    c.ids.insert(id, i);
+                }
+                StreamCommand::Pause(id) => {
+                    if let Some(s) = c
+                        .ids
+                        .get(&id)
+                        .and_then(|&i| self.streams.get_mut(i as usize))
+                    {
+                        s.paused = true;
+                    }
+                }
+                StreamCommand::Resume(id) => {
+                    if let Some(s) = c
+                        .ids
+                        .get(&id)
+                        .and_then(|&i| self.streams.get_mut(i as usize))
+                    {
+                        if s.paused {
+                            s.marker = true;
+                        }
+                        s.paused = false;
+                    }
+                }
+                StreamCommand::Stop(id) => {
+                    let mut r = StreamReport::default();
+                    if let Some(i) = c.ids.remove(&id)
+                        && let Some(s) = self.streams.get_mut(i as usize)
+                    {
+                        s.stopped = true;
+                        if let Some(pr) = report.per_stream.get_mut(i as usize) {
+                            pr.dropped = s.dropped;
+                            r = *pr;
+                        }
+                        if !s.in_heap {
+                            c.free.push(i);
+                        }
+                    }
+                    let _ = c.events.send(StreamEvent::Stopped { id, report: r });
+                }
+            }
+        }
+        self.control = Some(c);
+    }
+}
+
+/// The encoded tone period for `spec`, encoded once and shared.
+fn shared_frames(
+    frames: &mut HashMap<(u32, i16, Codec), Arc<[u8]>>,
+    spec: &StreamSpec,
+) -> Arc<[u8]> {
+    // `as` saturates: negative and NaN frequencies become 0 Hz (silence).
+    let hz = spec.tone_hz.round() as u32;
+    frames
+        .entry((hz, spec.amplitude, spec.codec))
+        .or_insert_with(|| encode_period(hz, spec.amplitude, spec.codec))
+        .clone()
 }
 
 fn send_socket(bind: &str) -> io::Result<UdpSocket> {
@@ -443,11 +683,48 @@ fn send_socket(bind: &str) -> io::Result<UdpSocket> {
 
 /// One whole tone period of encoded 20 ms frames, back to back.
 fn encode_period(hz: u32, amplitude: i16, codec: Codec) -> Arc<[u8]> {
-    let frames = frames_per_period(hz);
-    let mut tone = Tone::new(hz as f32, amplitude);
-    (0..frames * FRAME_SAMPLES)
-        .map(|_| codec.encode(tone.next_sample()))
-        .collect()
+    match codec {
+        Codec::Pcmu | Codec::Pcma => {
+            let frames = frames_per_period(hz);
+            let mut tone = Tone::new(hz as f32, amplitude);
+            let law = if codec == Codec::Pcmu {
+                linear_to_ulaw
+            } else {
+                linear_to_alaw
+            };
+            (0..frames * FRAME_SAMPLES)
+                .map(|_| law(tone.next_sample()))
+                .collect()
+        }
+        Codec::G722 => encode_g722_period(hz, amplitude),
+    }
+}
+
+/// G.722 frames of a 16 kHz tone. The samples repeat after `frames_per_wide_period` frames;
+/// ADPCM state does not, so two periods are encoded and the second is kept: the encoder has
+/// settled on the tone by then and the seam where the period repeats is inaudible to a
+/// Goertzel check.
+fn encode_g722_period(hz: u32, amplitude: i16) -> Arc<[u8]> {
+    const WIDE_RATE: u32 = 2 * SAMPLE_RATE;
+    const WIDE_FRAME: usize = 2 * FRAME_SAMPLES;
+    let hz = hz % WIDE_RATE;
+    let period = u64::from(WIDE_RATE / gcd(hz, WIDE_RATE));
+    let lcm = period * WIDE_FRAME as u64 / u64::from(gcd(period as u32, WIDE_FRAME as u32));
+    let frames = ((lcm / WIDE_FRAME as u64) as usize).clamp(1, 50);
+    let step = std::f64::consts::TAU * f64::from(hz) / f64::from(WIDE_RATE);
+    let samples: Vec<i16> = (0..2 * frames * WIDE_FRAME)
+        .map(|n| (f64::from(amplitude) * (step * n as f64).sin()).round() as i16)
+        .collect();
+    let mut out = Vec::with_capacity(samples.len() / 2);
+    crate::codec::g722::Encoder::new().encode(&samples, &mut out);
+    out.split_off(frames * FRAME_SAMPLES).into()
+}
+
+fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// Thread CPU time (user + system) from getrusage(RUSAGE_THREAD); zero if it fails.
@@ -551,6 +828,12 @@ struct Stream {
     held_back: Option<Packet>,
     dropped: u64,
     protect: Option<Protect>,
+    /// Held: slots pass without packets (dynamic senders only).
+    paused: bool,
+    /// Ended by the caller; its heap entry frees the slot when it comes up.
+    stopped: bool,
+    /// The heap holds an entry for this stream.
+    in_heap: bool,
 }
 
 impl Stream {
@@ -585,9 +868,19 @@ impl Stream {
             held_back: None,
             dropped: 0,
             protect: spec.protect,
+            paused: false,
+            stopped: false,
+            in_heap: true,
         };
         s.enter_slot();
         s
+    }
+
+    /// A slot passes in silence: the sampling clock (timestamp) and the schedule move on, the
+    /// sequence number does not (RFC 3550 §5.1: it counts packets sent).
+    fn skip_slot(&mut self) {
+        self.ts = self.ts.wrapping_add(TS_PER_PACKET);
+        self.due_ns = self.due_ns.saturating_add(INTERVAL_NS);
     }
 
     fn finished(&self) -> bool {
