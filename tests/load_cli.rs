@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -375,21 +376,20 @@ fn bad_arguments_exit_2_naming_the_flag() {
 }
 
 #[test]
-fn srv_without_resolver_says_so() {
+fn srv_that_cannot_be_resolved_fails_the_run_naming_the_flag() {
+    // Nothing listens on the DNS port: the lookup fails (refused or timed out) and the run
+    // does not start.
+    let dead = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let dns = dead.local_addr().expect("addr").to_string();
+    drop(dead);
     let out = Command::new(reel_bin())
-        .args([
-            "load",
-            "--srv",
-            "_sip._udp.example.com",
-            "--dns",
-            "127.0.0.1:5353",
-        ])
+        .args(["load", "--srv", "_sip._udp.example.com", "--dns", &dns])
         .stdin(Stdio::null())
         .output()
         .expect("run reel load");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("not wired"), "{stderr}");
+    assert!(stderr.contains("--srv _sip._udp.example.com"), "{stderr}");
 }
 
 #[test]

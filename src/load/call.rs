@@ -161,7 +161,8 @@ pub struct Tally {
     pub reinvite_responses: BTreeMap<u16, u64>,
     /// Calls answered 200 per target.
     pub by_target: BTreeMap<SocketAddr, u64>,
-    /// INVITE attempts after the first (each a failover to another target).
+    /// Targets tried after the first (each a failover to another target), whether the
+    /// first failed by answer, ICMP error, time-out or refused connection.
     pub failovers: u64,
     pub bye_ok: u64,
     pub bye_failed: u64,
@@ -351,6 +352,9 @@ impl Call {
     /// The driver could not even reach the target it took (connect refused): the call still
     /// wants a target, and remembers why the last one failed.
     pub fn note_transport_failure(&mut self) {
+        // A target that could not even be connected to counts as tried: the next attempt
+        // is a failover like one after an ICMP error or a 503.
+        self.attempts += 1;
         self.last_failure = Some(Failure::Transport);
         self.phase = Phase::NeedTarget;
     }

@@ -25,6 +25,7 @@ use super::rtp_send::{Codec, SendConfig, SendReport, Sender, StreamEvent};
 use crate::sip::framing::Frame;
 use crate::sip::message::parse_message;
 use crate::sip::{Message, Response, StreamFramer};
+use crate::srv::resolve::SrvResolver;
 use crate::srv::{HoldDown, Resolved, Selector, SrvRecord};
 
 /// Where calls go.
@@ -79,15 +80,18 @@ pub fn install_signal_handlers() {
     }
 }
 
-/// The one place `--srv` is resolved (and refreshed when its TTL runs out).
-///
-/// Integration point: the DNS resolver (`crate::srv::resolve::SrvResolver`) lives on another
-/// branch; until it is merged this says so instead of resolving.
+/// The one place `--srv` is resolved (and refreshed when its TTL runs out): RFC 2782 order
+/// is drawn per call by the [`Selector`]; this only fetches the records and addresses.
+/// Targets whose addresses could not be found are left out and named on stderr.
 pub fn resolve_srv(name: &str, dns: Option<SocketAddr>) -> Result<Resolved, String> {
-    let via = dns.map(|d| format!(" via {d}")).unwrap_or_default();
-    Err(format!(
-        "--srv {name}{via}: SRV resolution is not wired yet in this build; use --target HOST:PORT"
-    ))
+    let resolver = SrvResolver::new(dns).map_err(|e| format!("--srv {name}: {e}"))?;
+    let answer = resolver
+        .lookup_detailed_blocking(name)
+        .map_err(|e| format!("--srv {name}: {e}"))?;
+    for w in &answer.warnings {
+        eprintln!("reel load: --srv {name}: target {w}: left out");
+    }
+    Ok(answer.resolved)
 }
 
 /// Fixed targets as one answer: each address its own record, priorities in the order given,
@@ -542,6 +546,8 @@ struct Runner<'a> {
     targeting: Targeting,
     /// Earliest time for the next SRV refresh attempt.
     next_refresh: Instant,
+    /// The answer of a refresh in progress.
+    refresh: Option<std::sync::mpsc::Receiver<Result<Resolved, String>>>,
     transports: Transports,
     rtp: super::rtp_send::StreamControl,
     calls: HashMap<u64, Call>,
@@ -607,18 +613,46 @@ impl Runner<'_> {
         }
     }
 
-    fn start_call(&mut self, now: Instant, index: u64) {
-        if self.targeting.selector.needs_refresh(now)
+    /// Refreshes the SRV answer when its TTL ran out. The lookup runs on a thread of its own
+    /// (a slow or dead DNS server must not stall the calls in flight); new calls use the old
+    /// answer until the new one arrives. A failed refresh keeps the old answer (better stale
+    /// than no target) and is retried a few seconds later, not once per new call.
+    fn refresh_targets(&mut self, now: Instant) {
+        if let Some(rx) = &self.refresh {
+            match rx.try_recv() {
+                Ok(Ok(r)) => {
+                    self.targeting.selector.update(r);
+                    self.refresh = None;
+                }
+                Ok(Err(e)) => {
+                    eprintln!("reel load: SRV refresh failed, keeping the old answer: {e}");
+                    self.next_refresh = now + SRV_RETRY;
+                    self.refresh = None;
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => return,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => self.refresh = None,
+            }
+        }
+        if self.refresh.is_none()
+            && self.targeting.selector.needs_refresh(now)
             && now >= self.next_refresh
             && let Targets::Srv { name, dns } = &self.opts.targets
         {
-            // A failed refresh keeps the old answer (better stale than no target) and is
-            // retried a few seconds later, not once per new call.
-            self.next_refresh = now + SRV_RETRY;
-            if let Ok(r) = resolve_srv(name, *dns) {
-                self.targeting.selector.update(r);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (name, dns) = (name.clone(), *dns);
+            let spawned = std::thread::Builder::new()
+                .name("reel-load-srv".into())
+                .spawn(move || {
+                    let _ = tx.send(resolve_srv(&name, dns));
+                });
+            if spawned.is_ok() {
+                self.refresh = Some(rx);
             }
         }
+    }
+
+    fn start_call(&mut self, now: Instant, index: u64) {
+        self.refresh_targets(now);
         let candidates = self.targeting.selector.candidates(now, &mut self.rng);
         let call = Call::new(index, candidates);
         self.by_call_id.insert(call.call_id.clone(), index);
@@ -738,6 +772,7 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
             release_at: HashMap::new(),
         },
         next_refresh: Instant::now(),
+        refresh: None,
         transports: Transports {
             kind: opts.transport,
             connect_timeout: opts.failover_timeout,
@@ -953,9 +988,14 @@ mod tests {
     }
 
     #[test]
-    fn srv_placeholder_names_the_flag() {
-        let e = resolve_srv("_sip._udp.example.com", None).unwrap_err();
-        assert!(e.contains("--srv"), "{e}");
+    fn srv_errors_name_the_flag_and_the_name() {
+        // A bad name is refused before any query, so no DNS server is needed.
+        let e = resolve_srv(
+            "two words.example",
+            Some(SocketAddr::from(([127, 0, 0, 1], 9))),
+        )
+        .unwrap_err();
+        assert!(e.contains("--srv two words.example"), "{e}");
     }
 
     #[test]
