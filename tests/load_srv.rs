@@ -224,3 +224,91 @@ fn a_changed_srv_answer_moves_new_calls_after_its_ttl_within_one_run() {
     );
     assert!(!split.contains_key(&0) && !split.contains_key(&3), "{r}");
 }
+
+#[test]
+fn a_draining_recorder_answers_503_and_calls_fail_over_to_the_next_priority() {
+    // SIGTERM with a call up: the recorder drains (503 with Retry-After to new INVITEs) while
+    // that call runs on. A carrier SRC moves new calls to the next priority; so does reel load.
+    let mut draining = Server::start_with(Some("[sip]\ndrain_timeout_s = 30\n"), &[]);
+    let standby = Server::start(&[]);
+    let dns = DnsServer::start(
+        ZONE,
+        vec![
+            srv(
+                &format!("_sip._udp.{ZONE}"),
+                60,
+                10,
+                10,
+                draining.sip_port,
+                &format!("a.{ZONE}"),
+            ),
+            srv(
+                &format!("_sip._udp.{ZONE}"),
+                60,
+                20,
+                10,
+                standby.sip_port,
+                &format!("b.{ZONE}"),
+            ),
+            a(&format!("a.{ZONE}"), 60, LOCAL),
+            a(&format!("b.{ZONE}"), 60, LOCAL),
+        ],
+    );
+    let mut long = Command::new(reel_bin())
+        .args([
+            "load",
+            "--target",
+            &format!("127.0.0.1:{}", draining.sip_port),
+        ])
+        .args(["--calls", "1", "--duration-s", "20", "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the long call");
+    let up = |s: &Server| {
+        s.http_get("/api/status")
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["sessions_active"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while up(&draining) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the long call never came up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = draining.child.as_ref().expect("running").id();
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    while draining.http_get("/health").map(|r| r.0).unwrap_or(0) != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no drain after SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let g = Group {
+        servers: Vec::new(),
+        dns,
+    };
+    let r = Group::report(g.spawn_load("udp", 6, "20"));
+    no_failed_call(&r, 6);
+    let standby_addr = format!("127.0.0.1:{}", standby.sip_port);
+    assert_eq!(r["by_target"][&standby_addr], 6, "{r}");
+    assert!(r["responses"]["503"].as_u64().unwrap_or(0) >= 1, "{r}");
+    assert!(r["failovers"].as_u64().unwrap_or(0) >= 1, "{r}");
+    assert_eq!(up(&draining), 1, "the draining recorder kept its call");
+    assert_eq!(standby.wait_recordings(6).len(), 6);
+
+    // End the long call (SIGTERM makes reel load send BYE); the drained recorder exits.
+    // SAFETY: kill(2) on a child this test spawned and has not reaped.
+    unsafe { libc::kill(long.id() as i32, libc::SIGTERM) };
+    let _ = long.wait();
+    let status = draining.terminate();
+    assert!(status.success(), "drained recorder exit: {status}");
+}
