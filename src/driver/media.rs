@@ -61,12 +61,18 @@ pub fn start(
                 }
                 let config = BackendConfig {
                     max_sockets,
-                    // A recorder needs no per-packet latency: let ~20 ms of packets pile up
-                    // (about one per stream) so each wake drains thousands of completions.
+                    // A recorder needs no per-packet latency: let ~40 ms of packets pile up
+                    // (about two per stream) so each wake drains thousands of completions and
+                    // each socket's receive work is shared by two packets. Measured against
+                    // 20 ms (one per stream), alternating runs at 1,000 calls: media thread
+                    // 2.14 / 2.18 -> 1.70 / 1.80 us/packet. The wake comes earlier when
+                    // `min_complete` packets are in (three quarters of the buffers), so a
+                    // busier thread never runs out of buffers.
                     batch: Some(Batch {
-                        min_complete: 3072,
-                        min_wait: Duration::from_millis(20),
+                        min_complete: 6144,
+                        min_wait: Duration::from_millis(40),
                     }),
+                    buf_count: 8192,
                     ..BackendConfig::default()
                 };
                 let opened = backend::open_backend(kind, &config).or_else(|e| {
