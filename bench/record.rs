@@ -30,7 +30,7 @@
 //!
 //! Setup rate at the limit: `cargo bench --bench record -- --setup-limit` starts one reel and
 //! sets up bursts of calls at 100, 200, 400, ... calls/s (one second's worth each, at most
-//! 3,200 calls), each burst torn down with BYE and its recordings awaited before the next. A
+//! 3,200 calls, fewer when other processes hold ports in the range), each burst torn down with BYE and its recordings awaited before the next. A
 //! burst is clean when every INVITE got a 200, the p99 setup latency stays within
 //! `--setup-bound-ms` (default 250) and the burst went out at 90 % or more of its rate; the
 //! ramp stops at the first burst that is not, and the highest clean rate is printed. At most
@@ -803,8 +803,9 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
 // ---------------------------------------------------------------------------------------
 // Setup rate at the limit
 
-/// Largest burst: 4 RTP ports per call must fit the 16384-32767 range.
-const LIMIT_MAX_CALLS: usize = 3200;
+/// Largest burst: 4 RTP ports per call must fit the 16384-32767 range. When other processes
+/// hold ports there, smaller maxima are tried in turn.
+const LIMIT_MAX_CALLS: [usize; 6] = [3200, 2400, 2000, 1600, 1200, 800];
 
 struct Burst {
     rate: u64,
@@ -829,9 +830,23 @@ impl Burst {
 
 fn run_setup_limit(o: &Opts) -> Result<(), String> {
     let started = Instant::now();
-    let mut proc = start_reel(o, LIMIT_MAX_CALLS)?;
+    let mut proc = None;
+    let mut max_calls = 0;
+    for n in LIMIT_MAX_CALLS {
+        match start_reel(o, n) {
+            Ok(p) => {
+                proc = Some(p);
+                max_calls = n;
+                break;
+            }
+            Err(e) => eprintln!("setup limit: {n} calls: {e}"),
+        }
+    }
+    let Some(mut proc) = proc else {
+        return Err("cannot start reel with a free RTP port block".into());
+    };
     eprintln!(
-        "reel pid {}: sip {} (setup limit, bound p99 <= {} ms)",
+        "reel pid {}: sip {} (setup limit, bound p99 <= {} ms, bursts up to {max_calls} calls)",
         proc.pid(),
         proc.sip,
         o.setup_bound_ms
@@ -849,7 +864,7 @@ fn run_setup_limit(o: &Opts) -> Result<(), String> {
     // The unclean rate the ramp already hit, once it steps back to look in between.
     let mut refined: Option<u64> = None;
     loop {
-        let calls = (rate as usize).min(LIMIT_MAX_CALLS);
+        let calls = (rate as usize).min(max_calls);
         let cid = |i: usize| format!("lim-{run_id}-{step}-{i}");
         let invite = |i: usize| {
             let id = cid(i);
@@ -961,7 +976,7 @@ fn run_setup_limit(o: &Opts) -> Result<(), String> {
         );
         bursts.push(b);
         step += 1;
-        if started.elapsed() > Duration::from_secs(150) || (clean && calls >= LIMIT_MAX_CALLS) {
+        if started.elapsed() > Duration::from_secs(150) || (clean && calls >= max_calls) {
             break;
         }
         if !clean {
@@ -1021,7 +1036,7 @@ fn run_setup_limit(o: &Opts) -> Result<(), String> {
     }
     if bursts
         .last()
-        .is_some_and(|b| b.calls >= LIMIT_MAX_CALLS && b.clean(bound))
+        .is_some_and(|b| b.calls >= max_calls && b.clean(bound))
     {
         println!(
             "(the ramp stopped at the largest burst the RTP port range allows, not at a limit)"
