@@ -22,7 +22,7 @@ use crate::record::{RecordingMeta, Spool};
 /// How long a finalize waits for end records that do not come (a media thread stuck or gone).
 pub const END_WAIT: Duration = Duration::from_secs(5);
 /// The writer's tick: how often rings are drained when no storage work arrives. The media
-/// threads push about two packets per stream per 40 ms wake, and the 32 MiB rings hold over a
+/// threads push about four packets per stream per 80 ms wake, and the 32 MiB rings hold over a
 /// second of 1,000 calls, so a 10 ms tick keeps the rings nearly empty at a fifth of the wakes
 /// of a 2 ms one.
 const TICK: Duration = Duration::from_millis(10);
