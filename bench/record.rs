@@ -18,7 +18,9 @@
 //!   N recording folders and sums `streams[].packets` of each `recording.json`. Reel's CPU
 //!   (utime + stime of `/proc/<pid>/stat`, in clock ticks) is sampled on the sending thread
 //!   just before its first packet and just after its last, so call setup and teardown are
-//!   not counted; per-thread CPU comes from `/proc/<pid>/task/*/stat`.
+//!   not counted (the RTP phase starts only once reel has gone quiet after the last 200: the
+//!   writer may still be creating spool entries); per-thread CPU comes from
+//!   `/proc/<pid>/task/*/stat`.
 //!
 //! Figures: packets recorded (or received, for a, b and c), loss = sent - recorded,
 //! CPU-seconds per million packets (= µs per packet), calls per core (= 1e6 / (µs/pkt x 100
@@ -576,6 +578,8 @@ struct ReelOutcome {
     foreign: u64,
     bye_ok: usize,
     setup_rate: u64,
+    /// Time reel took to go quiet after the last 200 (setup work still queued).
+    settle_secs: f64,
     setup_latency: Option<(Duration, Duration, Duration)>,
     cpu_ticks: u64,
     split: Vec<(String, u64)>,
@@ -676,6 +680,21 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
             proc.log_tail()
         ));
     }
+
+    // The writer may still be creating the calls' spool entries (file creation can cost
+    // milliseconds each on a busy ext4): let it finish, so none of the setup's work is counted
+    // as the RTP phase's. Quiet = under 2 ticks in 200 ms; at most 20 s.
+    let t_quiet = Instant::now();
+    loop {
+        let q0 = sample(pid);
+        std::thread::sleep(Duration::from_millis(200));
+        let q1 = sample(pid);
+        if q1.process.saturating_sub(q0.process) < 2 || t_quiet.elapsed() > Duration::from_secs(20)
+        {
+            break;
+        }
+    }
+    out.settle_secs = t_quiet.elapsed().as_secs_f64();
 
     // RTP phase, on a sender thread pinned to CPU 0; reel sampled around it.
     let mut specs = Vec::with_capacity(out.calls_ok * 2);
@@ -1207,14 +1226,15 @@ fn print_detail(r: &SizeResult, tck: u64) {
                 x.idle_ticks_per_s / tck as f64
             );
             println!(
-                "  recording.json: lost {} duplicates {} foreign {}; sender: {:.2} CPU-s, max late {:.1} ms, {} send errors; setup {:.1} s",
+                "  recording.json: lost {} duplicates {} foreign {}; sender: {:.2} CPU-s, max late {:.1} ms, {} send errors; setup {:.1} s, quiet {:.1} s later",
                 x.lost_field,
                 x.duplicates,
                 x.foreign,
                 x.sender_cpu.as_secs_f64(),
                 x.max_late.as_secs_f64() * 1e3,
                 x.send_errors,
-                x.setup_secs
+                x.setup_secs,
+                x.settle_secs
             );
             if let Some((p50, p99, max)) = x.setup_latency {
                 println!(
