@@ -6,6 +6,8 @@
 //! `sendmmsg`, for D seconds. Variants:
 //!
 //! - `a`: the naive io_uring multishot sink that waits for each completion (`bench/recv.rs`).
+//! - `b`: the recvmmsg sink: epoll, woken on readiness, then `recvmmsg` until the sockets are
+//!   empty (`bench/recv.rs` variant b); paced like a.
 //! - `c`: the drain floor: queues filled first, then drained with batched waits; only the
 //!   drains are timed (`bench/recv.rs`).
 //! - `reel`: the real `reel serve` (release binary) as a child process on free loopback ports
@@ -16,14 +18,25 @@
 //!   N recording folders and sums `streams[].packets` of each `recording.json`. Reel's CPU
 //!   (utime + stime of `/proc/<pid>/stat`, in clock ticks) is sampled on the sending thread
 //!   just before its first packet and just after its last, so call setup and teardown are
-//!   not counted; per-thread CPU comes from `/proc/<pid>/task/*/stat`.
+//!   not counted (the RTP phase starts only once reel has gone quiet after the last 200: the
+//!   writer may still be creating spool entries); per-thread CPU comes from
+//!   `/proc/<pid>/task/*/stat`.
 //!
-//! Figures: packets recorded (or received, for a and c), loss = sent - recorded, CPU-seconds
-//! per million packets (= µs per packet), calls per core (= 1e6 / (µs/pkt x 100 pkt/s)), and
-//! the ratios to (a) and (c).
+//! Figures: packets recorded (or received, for a, b and c), loss = sent - recorded,
+//! CPU-seconds per million packets (= µs per packet), calls per core (= 1e6 / (µs/pkt x 100
+//! pkt/s)), and the ratios to (a) and (c). For reel also the SIP setup latency (INVITE sent to
+//! its 200 received, first transmission, retransmissions included) p50 / p99 / max.
 //!
-//! Run: `cargo bench --bench record -- --calls 1000 --seconds 10 --variants a,c,reel`
+//! Run: `cargo bench --bench record -- --calls 1000 --seconds 10` (variants a,b,c,reel)
 //! Scaling: `cargo bench --bench record -- --sizes 100,500,1000,2000 --seconds 10`
+//!
+//! Setup rate at the limit: `cargo bench --bench record -- --setup-limit` starts one reel and
+//! sets up bursts of calls at 100, 200, 400, ... calls/s (one second's worth each, at most
+//! 3,200 calls, fewer when other processes hold ports in the range), each burst torn down with BYE and its recordings awaited before the next. A
+//! burst is clean when every INVITE got a 200, the p99 setup latency stays within
+//! `--setup-bound-ms` (default 250) and the burst went out at 90 % or more of its rate; the
+//! ramp stops at the first burst that is not, and the highest clean rate is printed. At most
+//! about three minutes.
 
 #[path = "common/sinks.rs"]
 mod sinks;
@@ -56,6 +69,8 @@ struct Opts {
     batch_ms: u64,
     pin: bool,
     reel_log: String,
+    setup_limit: bool,
+    setup_bound_ms: u64,
 }
 
 fn default_reel_bin() -> PathBuf {
@@ -88,12 +103,14 @@ fn parse_args() -> Result<Opts, String> {
         calls: 1000,
         seconds: 10,
         sizes: Vec::new(),
-        variants: vec!["a".into(), "c".into(), "reel".into()],
+        variants: vec!["a".into(), "b".into(), "c".into(), "reel".into()],
         setup_rate: 250,
         reel_bin: default_reel_bin(),
         batch_ms: 5,
         pin: true,
         reel_log: "warn".into(),
+        setup_limit: false,
+        setup_bound_ms: 250,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -108,14 +125,16 @@ fn parse_args() -> Result<Opts, String> {
             "--reel-bin" => o.reel_bin = PathBuf::from(val(&k)?),
             "--reel-log" => o.reel_log = val(&k)?,
             "--no-pin" => o.pin = false,
+            "--setup-limit" => o.setup_limit = true,
+            "--setup-bound-ms" => o.setup_bound_ms = num(val(&k)?, &k)?,
             "--variants" => {
                 o.variants = parse_list(&val(&k)?, "--variants")?;
                 if let Some(bad) = o
                     .variants
                     .iter()
-                    .find(|v| !["a", "c", "reel"].contains(&v.as_str()))
+                    .find(|v| !["a", "b", "c", "reel"].contains(&v.as_str()))
                 {
-                    return Err(format!("unknown variant {bad} (a,c,reel)"));
+                    return Err(format!("unknown variant {bad} (a,b,c,reel)"));
                 }
             }
             "--bench" => {}
@@ -395,7 +414,8 @@ struct CallState {
 /// Sends one request per index at `rate`/s and collects the final response of each;
 /// `build(i)` gives (Call-ID, request text). Retransmits as RFC 3261 over UDP does (0.5 s,
 /// doubling up to 4 s) until a provisional or final response, and gives up on an index 32 s
-/// after its first send (timers B and F). Returns per index the final status (None: none).
+/// after its first send (timers B and F). Returns per index the final status (None: none) and
+/// the time from its first send to that final response.
 fn transact(
     sock: &UdpSocket,
     to: SocketAddr,
@@ -404,7 +424,7 @@ fn transact(
     method: &str,
     build: &dyn Fn(usize) -> (String, String),
     on_final: &mut dyn FnMut(usize, &Response),
-) -> Vec<Option<u16>> {
+) -> Transacted {
     struct Pending {
         first: Instant,
         next_retx: Instant,
@@ -413,6 +433,9 @@ fn transact(
         text: String,
     }
     let mut status: Vec<Option<u16>> = vec![None; n];
+    let mut latency: Vec<Option<Duration>> = vec![None; n];
+    let mut sent_all = Duration::ZERO;
+    let mut last_final = Duration::ZERO;
     let mut by_id: HashMap<String, usize> = HashMap::new();
     let mut pending: HashMap<usize, Pending> = HashMap::new();
     let t0 = Instant::now();
@@ -438,6 +461,9 @@ fn transact(
                 },
             );
             next += 1;
+            if next == n {
+                sent_all = t0.elapsed();
+            }
         }
         let mut got = false;
         while let Ok((len, _)) = sock.recv_from(&mut buf) {
@@ -459,8 +485,10 @@ fn transact(
                 if let Some(p) = pending.get_mut(&i) {
                     p.provisional = true;
                 }
-            } else if pending.remove(&i).is_some() {
+            } else if let Some(p) = pending.remove(&i) {
                 status[i] = Some(r.status);
+                latency[i] = Some(p.first.elapsed());
+                last_final = t0.elapsed();
                 on_final(i, &r);
             }
         }
@@ -483,7 +511,36 @@ fn transact(
             std::thread::sleep(Duration::from_micros(500));
         }
     }
-    status
+    Transacted {
+        status,
+        latency,
+        sent_all,
+        last_final,
+    }
+}
+
+struct Transacted {
+    status: Vec<Option<u16>>,
+    latency: Vec<Option<Duration>>,
+    /// When the last first transmission went out (how fast the requests were offered).
+    sent_all: Duration,
+    /// When the last final response arrived.
+    last_final: Duration,
+}
+
+/// p50, p99 and max of the answered latencies.
+fn percentiles(latency: &[Option<Duration>]) -> Option<(Duration, Duration, Duration)> {
+    let mut v: Vec<Duration> = latency.iter().flatten().copied().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    Some((at(0.50), at(0.99), v[v.len() - 1]))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
 }
 
 fn collect_recordings(dir: &Path, out: &mut Vec<PathBuf>, depth: u32) {
@@ -520,6 +577,10 @@ struct ReelOutcome {
     duplicates: u64,
     foreign: u64,
     bye_ok: usize,
+    setup_rate: u64,
+    /// Time reel took to go quiet after the last 200 (setup work still queued).
+    settle_secs: f64,
+    setup_latency: Option<(Duration, Duration, Duration)>,
     cpu_ticks: u64,
     split: Vec<(String, u64)>,
     idle_ticks_per_s: f64,
@@ -562,7 +623,7 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
         );
         (id, text)
     };
-    let status = transact(
+    let setup = transact(
         &sock,
         proc.sip,
         calls,
@@ -599,6 +660,9 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
         },
     );
     out.setup_secs = t_setup.elapsed().as_secs_f64();
+    out.setup_latency = percentiles(&setup.latency);
+    out.setup_rate = o.setup_rate;
+    let status = setup.status;
     out.calls_ok = states.iter().filter(|s| s.is_some()).count();
     let mut failures: BTreeMap<String, usize> = BTreeMap::new();
     for (s, st) in status.iter().zip(&states) {
@@ -616,6 +680,21 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
             proc.log_tail()
         ));
     }
+
+    // The writer may still be creating the calls' spool entries (file creation can cost
+    // milliseconds each on a busy ext4): let it finish, so none of the setup's work is counted
+    // as the RTP phase's. Quiet = under 2 ticks in 200 ms; at most 20 s.
+    let t_quiet = Instant::now();
+    loop {
+        let q0 = sample(pid);
+        std::thread::sleep(Duration::from_millis(200));
+        let q1 = sample(pid);
+        if q1.process.saturating_sub(q0.process) < 2 || t_quiet.elapsed() > Duration::from_secs(20)
+        {
+            break;
+        }
+    }
+    out.settle_secs = t_quiet.elapsed().as_secs_f64();
 
     // RTP phase, on a sender thread pinned to CPU 0; reel sampled around it.
     let mut specs = Vec::with_capacity(out.calls_ok * 2);
@@ -683,7 +762,8 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
         "BYE",
         &bye,
         &mut |_, _| {},
-    );
+    )
+    .status;
     out.bye_ok = st.iter().filter(|s| **s == Some(200)).count();
     if out.bye_ok < up.len() {
         let mut h: BTreeMap<String, usize> = BTreeMap::new();
@@ -740,6 +820,254 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Setup rate at the limit
+
+/// Largest burst: 4 RTP ports per call must fit the 16384-32767 range. When other processes
+/// hold ports there, smaller maxima are tried in turn.
+const LIMIT_MAX_CALLS: [usize; 6] = [3200, 2400, 2000, 1600, 1200, 800];
+
+struct Burst {
+    rate: u64,
+    calls: usize,
+    ok: usize,
+    failures: BTreeMap<String, usize>,
+    offered_rate: f64,
+    answered_rate: f64,
+    latency: Option<(Duration, Duration, Duration)>,
+    bye_ok: usize,
+}
+
+impl Burst {
+    /// Every call up, p99 within the bound, and the client kept up with the rate (a burst
+    /// the client could not offer says nothing about the server).
+    fn clean(&self, bound: Duration) -> bool {
+        self.ok == self.calls
+            && self.latency.is_some_and(|(_, p99, _)| p99 <= bound)
+            && (self.calls < 50 || self.offered_rate >= 0.9 * self.rate as f64)
+    }
+}
+
+fn run_setup_limit(o: &Opts) -> Result<(), String> {
+    let started = Instant::now();
+    let mut proc = None;
+    let mut max_calls = 0;
+    for n in LIMIT_MAX_CALLS {
+        match start_reel(o, n) {
+            Ok(p) => {
+                proc = Some(p);
+                max_calls = n;
+                break;
+            }
+            Err(e) => eprintln!("setup limit: {n} calls: {e}"),
+        }
+    }
+    let Some(mut proc) = proc else {
+        return Err("cannot start reel with a free RTP port block".into());
+    };
+    eprintln!(
+        "reel pid {}: sip {} (setup limit, bound p99 <= {} ms, bursts up to {max_calls} calls)",
+        proc.pid(),
+        proc.sip,
+        o.setup_bound_ms
+    );
+    let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let _ = reel::media::backend::set_receive_buffer(&sock, 8 << 20);
+    let run_id = format!("{:x}", rand::random::<u32>());
+    let body = sim::multipart(&offer(), &sim::metadata("complete", ""));
+    let bound = Duration::from_millis(o.setup_bound_ms);
+    let mut bursts: Vec<Burst> = Vec::new();
+    let mut finished = 0usize;
+    let mut rate = 100u64;
+    let mut step = 0usize;
+    // The unclean rate the ramp already hit, once it steps back to look in between.
+    let mut refined: Option<u64> = None;
+    loop {
+        let calls = (rate as usize).min(max_calls);
+        let cid = |i: usize| format!("lim-{run_id}-{step}-{i}");
+        let invite = |i: usize| {
+            let id = cid(i);
+            let text = sim::request(
+                "INVITE",
+                &id,
+                &format!("z9hG4bK-{id}-1"),
+                1,
+                "",
+                "Require: siprec\r\n",
+                Some("multipart/mixed;boundary=BND"),
+                &body,
+            );
+            (id, text)
+        };
+        let mut tags: Vec<Option<String>> = vec![None; calls];
+        let setup = transact(
+            &sock,
+            proc.sip,
+            calls,
+            rate,
+            "INVITE",
+            &invite,
+            &mut |i, r| {
+                if r.status != 200 {
+                    return;
+                }
+                let Some(tag) = r
+                    .headers
+                    .get("To")
+                    .and_then(|t| NameAddr::parse(t).ok())
+                    .and_then(|n| n.tag().map(str::to_string))
+                else {
+                    return;
+                };
+                let id = cid(i);
+                let ack = sim::request(
+                    "ACK",
+                    &id,
+                    &format!("z9hG4bK-{id}-ack"),
+                    1,
+                    &tag,
+                    "",
+                    None,
+                    "",
+                );
+                let _ = sock.send_to(ack.as_bytes(), proc.sip);
+                tags[i] = Some(tag);
+            },
+        );
+        let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+        for (st, tag) in setup.status.iter().zip(&tags) {
+            if tag.is_none() {
+                *failures
+                    .entry(st.map_or("no answer".into(), |c| c.to_string()))
+                    .or_default() += 1;
+            }
+        }
+        let up: Vec<usize> = (0..calls).filter(|&i| tags[i].is_some()).collect();
+        let bye = |k: usize| {
+            let i = up[k];
+            let id = cid(i);
+            let tag = tags[i].as_deref().unwrap_or("");
+            let text = sim::request(
+                "BYE",
+                &id,
+                &format!("z9hG4bK-{id}-bye"),
+                2,
+                tag,
+                "",
+                None,
+                "",
+            );
+            (id, text)
+        };
+        let byes = transact(&sock, proc.sip, up.len(), 1000, "BYE", &bye, &mut |_, _| {});
+        let bye_ok = byes.status.iter().filter(|s| **s == Some(200)).count();
+        // The recordings of this burst, before the next one starts.
+        finished += up.len();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut dirs = Vec::new();
+        while Instant::now() < deadline {
+            dirs.clear();
+            collect_recordings(&proc.data().join("recordings"), &mut dirs, 0);
+            if dirs.len() >= finished {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let offered = setup.sent_all.max(Duration::from_millis(1));
+        let answered = setup.last_final.max(Duration::from_millis(1));
+        let b = Burst {
+            rate,
+            calls,
+            ok: up.len(),
+            failures,
+            offered_rate: calls as f64 / offered.as_secs_f64(),
+            answered_rate: up.len() as f64 / answered.as_secs_f64(),
+            latency: percentiles(&setup.latency),
+            bye_ok,
+        };
+        let clean = b.clean(bound);
+        eprintln!(
+            "setup limit: {rate} calls/s: {} of {} up, p99 {:.1} ms{}",
+            b.ok,
+            b.calls,
+            b.latency.map_or(0.0, |l| ms(l.1)),
+            if clean { "" } else { " (not clean: stop)" }
+        );
+        bursts.push(b);
+        step += 1;
+        if started.elapsed() > Duration::from_secs(150) || (clean && calls >= max_calls) {
+            break;
+        }
+        if !clean {
+            // One look between the last clean rate and this one (the doubling is coarse).
+            let last_clean = bursts.iter().rev().find(|b| b.clean(bound)).map(|b| b.rate);
+            match last_clean {
+                Some(lo) if refined.is_none() && rate > lo * 3 / 2 => {
+                    refined = Some(rate);
+                    rate = (lo + rate) / 2;
+                    continue;
+                }
+                _ => break,
+            }
+        }
+        if refined.is_some_and(|r| rate * 2 >= r) {
+            break;
+        }
+        rate *= 2;
+    }
+    let how = proc.stop(Duration::from_secs(40));
+
+    println!();
+    bursts.sort_by_key(|b| b.rate);
+    println!(
+        "== SIP setup rate at the limit (bursts of 1 s of calls, torn down after; clean = all 200, p99 <= {} ms, offered >= 90 % of the rate) ==",
+        o.setup_bound_ms
+    );
+    println!(
+        "{:>8} {:>7} {:>7} {:>12} {:>12} {:>9} {:>9} {:>9} {:>8}  failures",
+        "rate", "calls", "200", "offered/s", "answered/s", "p50 ms", "p99 ms", "max ms", "BYE 200"
+    );
+    let mut best = None;
+    for b in &bursts {
+        let (p50, p99, max) = b
+            .latency
+            .map_or((0.0, 0.0, 0.0), |(a, b, c)| (ms(a), ms(b), ms(c)));
+        println!(
+            "{:>8} {:>7} {:>7} {:>12.0} {:>12.0} {:>9.1} {:>9.1} {:>9.1} {:>8}  {:?}",
+            b.rate,
+            b.calls,
+            b.ok,
+            b.offered_rate,
+            b.answered_rate,
+            p50,
+            p99,
+            max,
+            b.bye_ok,
+            b.failures
+        );
+        if b.clean(bound) {
+            best = Some(b.rate);
+        }
+    }
+    match best {
+        Some(r) => println!("highest clean setup rate: {r} calls/s"),
+        None => println!("highest clean setup rate: none (even 100 calls/s was not clean)"),
+    }
+    if bursts
+        .last()
+        .is_some_and(|b| b.calls >= max_calls && b.clean(bound))
+    {
+        println!(
+            "(the ramp stopped at the largest burst the RTP port range allows, not at a limit)"
+        );
+    }
+    if !how.starts_with("exited") {
+        println!("reel {how}\n{}", proc.log_tail());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
 
 fn nproc() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -749,6 +1077,7 @@ fn nproc() -> usize {
 struct SizeResult {
     calls: usize,
     a: Option<sinks::Outcome>,
+    b: Option<sinks::Outcome>,
     c: Option<sinks::Outcome>,
     reel: Option<Result<ReelOutcome, String>>,
 }
@@ -771,6 +1100,7 @@ fn run_size(o: &Opts, calls: usize, uring: bool) -> SizeResult {
         let t = Instant::now();
         match v.as_str() {
             "a" if uring => r.a = Some(sinks::run_paced('a', &args)),
+            "b" => r.b = Some(sinks::run_paced('b', &args)),
             "c" if uring => r.c = Some(sinks::run_drain(&args)),
             "reel" => r.reel = Some(run_reel(o, calls)),
             _ => {
@@ -836,6 +1166,18 @@ fn print_detail(r: &SizeResult, tck: u64) {
             ),
         );
     }
+    if let Some(o) = &r.b {
+        row(
+            "b epoll recvmmsg (ready)",
+            o.sent,
+            o.received,
+            sink_ns(o),
+            format!(
+                "{:.1} pkt/wake",
+                o.received as f64 / o.stats.wakeups.max(1) as f64
+            ),
+        );
+    }
     if let Some(o) = &r.c {
         row(
             "c uring drain floor",
@@ -884,15 +1226,25 @@ fn print_detail(r: &SizeResult, tck: u64) {
                 x.idle_ticks_per_s / tck as f64
             );
             println!(
-                "  recording.json: lost {} duplicates {} foreign {}; sender: {:.2} CPU-s, max late {:.1} ms, {} send errors; setup {:.1} s",
+                "  recording.json: lost {} duplicates {} foreign {}; sender: {:.2} CPU-s, max late {:.1} ms, {} send errors; setup {:.1} s, quiet {:.1} s later",
                 x.lost_field,
                 x.duplicates,
                 x.foreign,
                 x.sender_cpu.as_secs_f64(),
                 x.max_late.as_secs_f64() * 1e3,
                 x.send_errors,
-                x.setup_secs
+                x.setup_secs,
+                x.settle_secs
             );
+            if let Some((p50, p99, max)) = x.setup_latency {
+                println!(
+                    "  SIP setup latency (INVITE sent -> 200) at {} calls/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    x.setup_rate,
+                    ms(p50),
+                    ms(p99),
+                    ms(max)
+                );
+            }
             if !x.note.is_empty() {
                 println!("  note: {}", x.note);
             }
@@ -909,7 +1261,8 @@ fn main() {
             eprintln!("record bench: {e}");
             eprintln!(
                 "usage: record [--calls N | --sizes N1,N2,..] [--seconds D] [--variants a,c,reel] \
-                 [--setup-rate R] [--batch-ms M] [--reel-bin PATH] [--reel-log FILTER] [--no-pin]"
+                 [--setup-rate R] [--batch-ms M] [--reel-bin PATH] [--reel-log FILTER] [--no-pin] \
+                 [--setup-limit [--setup-bound-ms B]]"
             );
             std::process::exit(2);
         }
@@ -935,6 +1288,13 @@ fn main() {
             false
         }
     };
+    if o.setup_limit {
+        match run_setup_limit(&o) {
+            Ok(()) => {}
+            Err(e) => println!("setup limit: FAILED: {e}"),
+        }
+        return;
+    }
     let mut results = Vec::new();
     for &n in &o.sizes {
         let r = run_size(&o, n, uring);

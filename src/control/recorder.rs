@@ -9,7 +9,8 @@
 //! [`Recorder::handle_storage`]): a 200 promises a recording. Until then the INVITE is pending
 //! and a CANCEL ends it with 487.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -185,6 +186,10 @@ pub struct Recorder {
     endpoint: Endpoint,
     host: Box<dyn MediaHost>,
     sessions: HashMap<SessionKey, Session>,
+    /// Session-timer deadlines, earliest first, so that neither the next timeout nor the
+    /// expired sessions need a pass over every session. Stale entries (refreshed or ended
+    /// sessions) are dropped when they reach the top; every live timer has an entry.
+    session_timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
     /// (Call-ID, our tag) -> session.
     by_dialog: HashMap<(String, String), SessionKey>,
     by_invite_tx: HashMap<TxId, SessionKey>,
@@ -220,6 +225,7 @@ impl Recorder {
             config,
             host,
             sessions: HashMap::new(),
+            session_timers: BinaryHeap::new(),
             by_dialog: HashMap::new(),
             by_invite_tx: HashMap::new(),
             next_key: 1,
@@ -240,6 +246,7 @@ impl Recorder {
     pub fn handle_message(&mut self, now: Instant, wall: SystemTime, flow: Flow, data: &[u8]) {
         self.endpoint.handle_message(now, flow, data);
         self.process_events(now, wall);
+        self.prune_session_timers();
     }
 
     /// A stream connection closed.
@@ -256,6 +263,7 @@ impl Recorder {
             }
         }
         self.process_events(now, wall);
+        self.prune_session_timers();
     }
 
     /// The writer thread created (`Ok`) or failed to create (`Err`, with why) the spool entry
@@ -281,6 +289,7 @@ impl Recorder {
                 self.refuse_starting(now, session, 503, "Recording Storage Unavailable", &warning);
             }
         }
+        self.prune_session_timers();
     }
 
     /// Free disk space went below (false) or back above (true) the threshold.
@@ -294,12 +303,21 @@ impl Recorder {
         }
         self.endpoint.handle_timeout(now);
         self.process_events(now, wall);
-        let expired: Vec<SessionKey> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| matches!(s.session_timer, Some((_, at)) if at <= now))
-            .map(|(k, _)| *k)
-            .collect();
+        let mut expired = Vec::new();
+        while let Some(&Reverse((at, key))) = self.session_timers.peek() {
+            if at > now {
+                break;
+            }
+            self.session_timers.pop();
+            expired.push(key);
+        }
+        expired.sort_unstable();
+        expired.dedup();
+        expired.retain(|k| {
+            self.sessions
+                .get(k)
+                .is_some_and(|s| matches!(s.session_timer, Some((_, at)) if at <= now))
+        });
         for key in expired {
             self.end_session(now, wall, key, "session-timer", true);
         }
@@ -311,6 +329,25 @@ impl Recorder {
             for key in keys {
                 self.end_session(now, wall, key, "shutdown", true);
             }
+        }
+        self.prune_session_timers();
+    }
+
+    /// Records a session's current session-timer deadline (after it was set or refreshed).
+    fn arm_session_timer(&mut self, key: SessionKey) {
+        if let Some((_, at)) = self.sessions.get(&key).and_then(|s| s.session_timer) {
+            self.session_timers.push(Reverse((at, key)));
+        }
+    }
+
+    /// Drops stale entries from the top, so the top is the earliest live session timer.
+    fn prune_session_timers(&mut self) {
+        while let Some(&Reverse((at, key))) = self.session_timers.peek() {
+            let live = self.sessions.get(&key).and_then(|s| s.session_timer);
+            if live.is_some_and(|(_, t)| t == at) {
+                return;
+            }
+            self.session_timers.pop();
         }
     }
 
@@ -363,9 +400,10 @@ impl Recorder {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let sessions = self
-            .sessions
-            .values()
-            .filter_map(|s| s.session_timer.map(|(_, at)| at));
+            .session_timers
+            .peek()
+            .map(|Reverse((at, _))| *at)
+            .into_iter();
         let linger = self
             .quiet_since
             .filter(|_| !self.linger_over)
@@ -575,6 +613,7 @@ impl Recorder {
             session_timer: timer.map(|d| (d, now + d)),
         };
         self.sessions.insert(key, session);
+        self.arm_session_timer(key);
         self.by_invite_tx.insert(tx, key);
         self.by_dialog.insert((call_id, local_tag), key);
         let meta = self.snapshot(key, wall, RecordingState::NoMedia, "");
@@ -884,6 +923,7 @@ impl Recorder {
         for p in released {
             self.host.release_port(p);
         }
+        self.arm_session_timer(key);
         let Some(s) = self.sessions.get(&key) else {
             return;
         };

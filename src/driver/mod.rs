@@ -7,7 +7,6 @@ pub mod http;
 pub mod media;
 pub mod writer;
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -183,11 +182,8 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         RunError::Runtime(format!("cannot listen on http {}: {e}", config.http.listen))
     })?;
     tracing::info!(addr = %config.http.listen, "HTTP API listening");
-    let published = Rc::new(RefCell::new(http::Published {
-        backend: backend.backend.as_str().to_string(),
-        ..Default::default()
-    }));
-    tokio::task::spawn_local(http::serve(http, published.clone()));
+    let (http_tx, mut http_queries) = mpsc::unbounded_channel::<http::Query>();
+    tokio::task::spawn_local(http::serve(http, http_tx));
 
     let pool = PortPool::new(
         config.media.rtp_port_lo,
@@ -228,7 +224,6 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
     let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut publish_tick = tokio::time::interval(Duration::from_millis(100));
     let data_dir = config.data_dir.clone();
 
     loop {
@@ -306,24 +301,14 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
                 snapshot.disk_ok = ok;
                 recorder.set_disk_ok(ok);
             }
-            // What the HTTP API shows is refreshed ten times a second, not per message:
-            // building the sessions list is O(sessions) and must not ride on every request.
-            _ = publish_tick.tick() => publish(
-                &recorder,
-                &host,
-                &writer_counters,
-                &mut snapshot,
-                &published,
-            ),
+            // What the HTTP API shows is built when asked for, not on a timer: the sessions
+            // list is O(sessions) and an idle recorder must not pay for it.
+            Some(q) = http_queries.recv() => {
+                let p = publish(&recorder, &host, &writer_counters, &mut snapshot, q.sessions, backend.backend.as_str());
+                let _ = q.reply.send(p);
+            }
         }
     }
-    publish(
-        &recorder,
-        &host,
-        &writer_counters,
-        &mut snapshot,
-        &published,
-    );
     // Media threads first: each closes its sockets and sends its streams' end records; then
     // the writer, which finalizes what is pending and commits what is open.
     media::stop(&mut host.0.borrow_mut().media);
@@ -343,8 +328,9 @@ fn publish(
     host: &host::Host,
     writer: &writer::WriterCounters,
     snapshot: &mut crate::metrics::Snapshot,
-    published: &Rc<RefCell<http::Published>>,
-) {
+    sessions: bool,
+    backend: &str,
+) -> http::Published {
     use std::sync::atomic::Ordering::Relaxed;
     snapshot.sessions_active = recorder.session_count() as u64;
     snapshot.sessions_started = recorder.stats.sessions_started;
@@ -388,9 +374,15 @@ fn publish(
     snapshot.journal_write_latency_us = writer.journal_write_latency_us.load(Relaxed);
     snapshot.journal_errors = writer.journal_errors.load(Relaxed);
     snapshot.draining = recorder.is_draining();
-    let mut p = published.borrow_mut();
-    p.snapshot = snapshot.clone();
-    p.sessions = recorder.active_sessions();
+    http::Published {
+        snapshot: snapshot.clone(),
+        sessions: if sessions {
+            recorder.active_sessions()
+        } else {
+            Vec::new()
+        },
+        backend: backend.to_string(),
+    }
 }
 
 fn disk_ok(dir: &std::path::Path) -> bool {

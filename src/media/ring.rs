@@ -1,11 +1,16 @@
 //! Packet records over a lock-free SPSC byte ring (`rtrb`), from one media thread to one
 //! writer thread.
 //!
-//! A record is `[len: u32][recording: u32][PacketMeta: 24 bytes][payload]`, little-endian,
-//! written in place into the ring (no allocation, no lock). A full ring hands the packet back:
-//! [`RingWriter::push`] returns `false` and counts a drop; the media thread never waits.
+//! A record is `[len: u32][recording: u32][journal record]`, little-endian, written in place
+//! into the ring (no allocation, no lock), where the journal record is exactly what
+//! `record::journal` stores (its 32-byte header with the CRC field 0, then the payload): the
+//! writer copies it into the journal's frame as it is ([`RingReader::drain_encoded`]), with no
+//! decode, re-encode or per-packet CRC. A full ring hands the packet back: [`RingWriter::push`]
+//! returns `false` and counts a drop; the media thread never waits.
 
 use rtrb::{Consumer, Producer, RingBuffer};
+
+use crate::record::journal::{JournalRecord, RECORD_HEADER_LEN, RecordKind, record_header};
 
 /// What the writer needs of a packet besides its payload.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -27,34 +32,37 @@ pub const KIND_AUDIO: u8 = 0;
 pub const KIND_EVENT: u8 = 1;
 pub const KIND_END: u8 = 2;
 
-const META_LEN: usize = 24;
+const META_LEN: usize = RECORD_HEADER_LEN;
 const PREFIX_LEN: usize = 8;
 
 impl PacketMeta {
-    fn encode(&self, out: &mut [u8; META_LEN]) {
-        out[0..2].copy_from_slice(&self.stream.to_le_bytes());
-        out[2] = self.kind;
-        out[3] = u8::from(self.marker);
-        out[4] = self.payload_type;
-        out[5] = 0;
-        out[6..8].copy_from_slice(&self.seq.to_le_bytes());
-        out[8..12].copy_from_slice(&self.timestamp.to_le_bytes());
-        out[12..16].copy_from_slice(&self.ssrc.to_le_bytes());
-        out[16..24].copy_from_slice(&self.arrival_ns.to_le_bytes());
+    /// The journal record header for this packet and a payload of `payload_len` bytes.
+    fn encode(&self, payload: &[u8]) -> [u8; META_LEN] {
+        record_header(&JournalRecord {
+            stream: self.stream,
+            kind: RecordKind::from_code(self.kind).unwrap_or(RecordKind::Audio),
+            marker: self.marker,
+            payload_type: self.payload_type,
+            seq: self.seq,
+            timestamp: self.timestamp,
+            ssrc: self.ssrc,
+            arrival_ns: self.arrival_ns,
+            payload,
+        })
     }
 
     fn decode(b: &[u8]) -> Option<PacketMeta> {
         let b: &[u8; META_LEN] = b.get(..META_LEN)?.try_into().ok()?;
         Some(PacketMeta {
-            stream: u16::from_le_bytes([b[0], b[1]]),
-            kind: b[2],
-            marker: b[3] != 0,
-            payload_type: b[4],
-            seq: u16::from_le_bytes([b[6], b[7]]),
-            timestamp: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
-            ssrc: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
+            stream: u16::from_le_bytes([b[4], b[5]]),
+            kind: b[1],
+            marker: b[6] & 1 != 0,
+            payload_type: b[7],
+            seq: u16::from_le_bytes([b[8], b[9]]),
+            timestamp: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
+            ssrc: u32::from_le_bytes([b[16], b[17], b[18], b[19]]),
             arrival_ns: u64::from_le_bytes([
-                b[16], b[17], b[18], b[19], b[20], b[21], b[22], b[23],
+                b[20], b[21], b[22], b[23], b[24], b[25], b[26], b[27],
             ]),
         })
     }
@@ -127,6 +135,18 @@ fn write_split(a: &mut [u8], b: &mut [u8], at: usize, data: &[u8]) -> usize {
     end
 }
 
+/// Bytes `start..end` of the logical buffer `a ++ b`, as up to two slices.
+#[inline]
+fn pieces<'a>(a: &'a [u8], b: &'a [u8], start: usize, end: usize) -> (&'a [u8], &'a [u8]) {
+    if end <= a.len() {
+        (&a[start..end], &[])
+    } else if start >= a.len() {
+        (&b[start - a.len()..end - a.len()], &[])
+    } else {
+        (&a[start..], &b[..end - a.len()])
+    }
+}
+
 pub struct RingWriter {
     producer: Producer<u8>,
     pub drops: u64,
@@ -153,6 +173,7 @@ impl RingWriter {
     /// Appends one record; `false` (and a counted drop) when the ring is full.
     #[inline]
     pub fn push(&mut self, recording: u32, meta: &PacketMeta, payload: &[u8]) -> bool {
+        let payload = &payload[..payload.len().min(usize::from(u16::MAX))];
         let total = PREFIX_LEN + META_LEN + payload.len();
         let Ok(mut chunk) = self.producer.write_chunk(total) else {
             self.drops += 1;
@@ -161,9 +182,7 @@ impl RingWriter {
         let mut head = [0u8; PREFIX_LEN + META_LEN];
         head[0..4].copy_from_slice(&(total as u32).to_le_bytes());
         head[4..8].copy_from_slice(&recording.to_le_bytes());
-        let mut m = [0u8; META_LEN];
-        meta.encode(&mut m);
-        head[8..].copy_from_slice(&m);
+        head[8..].copy_from_slice(&meta.encode(payload));
         let (a, b) = chunk.as_mut_slices();
         let at = write_split(a, b, 0, &head);
         write_split(a, b, at, payload);
@@ -178,43 +197,56 @@ impl RingWriter {
 }
 
 impl RingReader {
-    /// Delivers every whole record in the ring. Returns how many.
-    pub fn drain(&mut self, mut on_record: impl FnMut(u32, &PacketMeta, &[u8])) -> usize {
+    /// Delivers every whole record in the ring as `(recording, kind, journal record bytes)`,
+    /// the bytes in up to two pieces (the record may wrap around the ring's end); nothing is
+    /// copied. The whole backlog is taken as one chunk and released at once after the last
+    /// record: two atomic operations per drain, not per record. Returns how many.
+    pub fn drain_encoded(&mut self, mut on_record: impl FnMut(u32, u8, &[u8], &[u8])) -> usize {
+        let available = self.consumer.slots();
+        if available < PREFIX_LEN + META_LEN {
+            return 0;
+        }
+        let Ok(chunk) = self.consumer.read_chunk(available) else {
+            return 0;
+        };
+        let (a, b) = chunk.as_slices();
+        let mut pos = 0;
         let mut n = 0;
-        loop {
-            let available = self.consumer.slots();
-            if available < PREFIX_LEN {
-                return n;
-            }
-            let Ok(peek) = self.consumer.read_chunk(4) else {
-                return n;
-            };
-            let (a, b) = peek.as_slices();
-            let mut len = [0u8; 4];
-            for (d, s) in len.iter_mut().zip(a.iter().chain(b.iter())) {
-                *d = *s;
-            }
-            let total = u32::from_le_bytes(len) as usize;
-            if total < PREFIX_LEN + META_LEN || total > available {
+        while available - pos >= PREFIX_LEN + META_LEN {
+            let mut head = [0u8; PREFIX_LEN + META_LEN];
+            let (ha, hb) = pieces(a, b, pos, pos + head.len());
+            head[..ha.len()].copy_from_slice(ha);
+            head[ha.len()..].copy_from_slice(hb);
+            let total = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            if total < PREFIX_LEN + META_LEN || total > available - pos {
                 // A writer commits whole records, so a short count means a bug, not a race:
                 // stop rather than misread.
-                return n;
+                break;
             }
-            let Ok(chunk) = self.consumer.read_chunk(total) else {
-                return n;
-            };
-            let (a, b) = chunk.as_slices();
-            self.scratch.clear();
-            self.scratch.extend_from_slice(a);
-            self.scratch.extend_from_slice(b);
-            chunk.commit_all();
-            let rec = &self.scratch;
-            let recording = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
-            if let Some(meta) = PacketMeta::decode(&rec[PREFIX_LEN..]) {
-                on_record(recording, &meta, &rec[PREFIX_LEN + META_LEN..]);
-            }
+            let recording = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            let kind = head[PREFIX_LEN + 1];
+            let (ra, rb) = pieces(a, b, pos + PREFIX_LEN, pos + total);
+            on_record(recording, kind, ra, rb);
+            pos += total;
             n += 1;
         }
+        chunk.commit(pos);
+        n
+    }
+
+    /// Delivers every whole record in the ring, decoded. Returns how many.
+    pub fn drain(&mut self, mut on_record: impl FnMut(u32, &PacketMeta, &[u8])) -> usize {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let n = self.drain_encoded(|recording, _, a, b| {
+            scratch.clear();
+            scratch.extend_from_slice(a);
+            scratch.extend_from_slice(b);
+            if let Some(meta) = PacketMeta::decode(&scratch) {
+                on_record(recording, &meta, &scratch[META_LEN..]);
+            }
+        });
+        self.scratch = scratch;
+        n
     }
 
     /// The media thread is gone and its ring is empty.
@@ -287,6 +319,46 @@ mod tests {
             StreamTotals::default(),
             "short input is zeros"
         );
+    }
+
+    #[test]
+    fn ring_records_are_journal_records_even_across_the_wrap() {
+        use crate::record::journal::{JournalReader, file_header_v2, frame};
+        let (mut w, mut r) = packet_ring(700);
+        let payload: Vec<u8> = (0..160).map(|i| i as u8).collect();
+        let mut records = Vec::new();
+        for seq in 0..20u16 {
+            let mut m = meta(seq);
+            m.kind = if seq % 5 == 0 { KIND_EVENT } else { KIND_AUDIO };
+            assert!(w.push(7, &m, &payload));
+            r.drain_encoded(|rec, kind, a, b| {
+                assert_eq!(rec, 7);
+                assert_eq!(kind, m.kind);
+                records.extend_from_slice(a);
+                records.extend_from_slice(b);
+            });
+        }
+        let mut bytes = file_header_v2().to_vec();
+        bytes.extend_from_slice(&frame(&records));
+        let got: Vec<_> = JournalReader::new(&bytes).unwrap().collect();
+        assert_eq!(got.len(), 20);
+        for (seq, rec) in got.iter().enumerate() {
+            let m = meta(seq as u16);
+            assert_eq!(rec.seq, m.seq);
+            assert_eq!(rec.timestamp, m.timestamp);
+            assert_eq!(rec.ssrc, m.ssrc);
+            assert_eq!(rec.arrival_ns, m.arrival_ns);
+            assert_eq!(rec.marker, m.marker);
+            assert_eq!(rec.payload_type, m.payload_type);
+            assert_eq!(rec.stream, m.stream);
+            let kind = if seq % 5 == 0 {
+                RecordKind::Event
+            } else {
+                RecordKind::Audio
+            };
+            assert_eq!(rec.kind, kind);
+            assert_eq!(rec.payload, &payload[..]);
+        }
     }
 
     #[test]

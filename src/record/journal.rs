@@ -7,8 +7,30 @@
 //!
 //! ## Format (all little-endian)
 //!
-//! File header, 16 bytes: `b"REELJNL\0"`, `version: u16` (1), `record_header_len: u16` (32),
-//! 4 reserved bytes (0). Then records, back to back:
+//! File header, 16 bytes: `b"REELJNL\0"`, `version: u16` (2; 1 is still read),
+//! `record_header_len: u16` (32), 4 reserved bytes (0).
+//!
+//! **Version 2** (what the writer writes): frames, back to back, one per buffer write (about
+//! one per recording per group commit). A frame is a 16-byte header, then `len` bytes of
+//! records (below) whose CRC field is 0:
+//!
+//! | off | size | field |
+//! |----:|-----:|-------|
+//! | 0 | 1 | frame magic [`FRAME_MAGIC`] (0xA6) |
+//! | 1 | 3 | reserved (0) |
+//! | 4 | 4 | `len`: bytes of records in the frame |
+//! | 8 | 4 | CRC-32 (IEEE) of bytes 0..8 and the `len` record bytes |
+//! | 12 | 4 | reserved (0) |
+//!
+//! One CRC per frame instead of one per packet: the writer copies records from the media
+//! ring into the frame as they are (the ring carries this very record layout) and checksums
+//! the frame once when it writes it. A frame's records are handed out only after its CRC
+//! held, so a torn frame (a crash between `write` and the group commit's sync) is skipped as a
+//! whole; that frame was not yet committed, so nothing committed is lost.
+//!
+//! **Version 1**: the same records back to back without frames, each with its own CRC.
+//!
+//! Records:
 //!
 //! | off | size | field |
 //! |----:|-----:|-------|
@@ -23,12 +45,12 @@
 //! | 12 | 4 | RTP timestamp |
 //! | 16 | 4 | SSRC |
 //! | 20 | 8 | arrival: CLOCK_REALTIME ns since the UNIX epoch (kernel receive timestamp) |
-//! | 28 | 4 | CRC-32 (IEEE, `crc32fast`) of bytes 0..28 and the payload |
+//! | 28 | 4 | version 1: CRC-32 (IEEE, `crc32fast`) of bytes 0..28 and the payload; version 2: 0 (the frame's CRC covers it) |
 //! | 32 | n | RTP payload (after the RTP header, decrypted, padding removed) |
 //!
 //! The CRC is what tells a torn tail (a crash between `write` and `fdatasync` can leave zeros
-//! or stale blocks) from a record: the reader stops at the first record whose magic, length or
-//! CRC does not hold, and reports why. Records of an unknown kind with a valid CRC are skipped,
+//! or stale blocks) from data: the reader stops at the first frame (version 1: record) whose
+//! magic, length or CRC does not hold, and reports why. Records of an unknown kind with a valid CRC are skipped,
 //! so a newer writer's additions do not stop an older reader.
 //!
 //! ## Buffered `write` + `fdatasync`, not `O_DIRECT`: measured
@@ -60,8 +82,14 @@ use std::time::{Duration, Instant};
 
 /// File header magic.
 pub const FILE_MAGIC: [u8; 8] = *b"REELJNL\0";
-/// Format version in the file header.
-pub const VERSION: u16 = 1;
+/// Format version the writer writes (frames with one CRC each).
+pub const VERSION: u16 = 2;
+/// The older format (a CRC per record, no frames), still read and appended to.
+pub const VERSION_1: u16 = 1;
+/// First byte of every version-2 frame.
+pub const FRAME_MAGIC: u8 = 0xA6;
+/// Length of a version-2 frame header.
+pub const FRAME_HEADER_LEN: usize = 16;
 /// Length of the file header.
 pub const FILE_HEADER_LEN: usize = 16;
 /// Length of a record header.
@@ -120,24 +148,36 @@ pub struct JournalRecord<'a> {
     pub payload: &'a [u8],
 }
 
-/// The 16-byte file header.
+/// The 16-byte file header of a version-1 journal (records with their own CRC, as
+/// [`encode_into`] writes them). Tests and benches build journals with it; the writer writes
+/// version 2 ([`file_header_v2`]).
 pub fn file_header() -> [u8; FILE_HEADER_LEN] {
+    header_of(VERSION_1)
+}
+
+/// The 16-byte file header of a version-2 (framed) journal.
+pub fn file_header_v2() -> [u8; FILE_HEADER_LEN] {
+    header_of(VERSION)
+}
+
+fn header_of(version: u16) -> [u8; FILE_HEADER_LEN] {
     let mut h = [0u8; FILE_HEADER_LEN];
     h[..8].copy_from_slice(&FILE_MAGIC);
-    h[8..10].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..10].copy_from_slice(&version.to_le_bytes());
     h[10..12].copy_from_slice(&(RECORD_HEADER_LEN as u16).to_le_bytes());
     h
 }
 
-/// Appends one encoded record to `out`. Allocates only if `out` must grow. A payload longer
-/// than 65535 bytes (impossible for a UDP datagram's RTP payload) is cut to that length.
+/// The 32-byte record header for `rec` with the CRC field 0 (a version-2 record). A payload
+/// longer than 65535 bytes (impossible for a UDP datagram's RTP payload) is recorded as that
+/// length; callers cut the payload the same way.
 #[inline]
-pub fn encode_into(rec: &JournalRecord, out: &mut Vec<u8>) {
-    let payload = &rec.payload[..rec.payload.len().min(usize::from(u16::MAX))];
+pub fn record_header(rec: &JournalRecord) -> [u8; RECORD_HEADER_LEN] {
+    let len = rec.payload.len().min(usize::from(u16::MAX)) as u16;
     let mut h = [0u8; RECORD_HEADER_LEN];
     h[0] = RECORD_MAGIC;
     h[1] = rec.kind.code();
-    h[2..4].copy_from_slice(&(payload.len() as u16).to_le_bytes());
+    h[2..4].copy_from_slice(&len.to_le_bytes());
     h[4..6].copy_from_slice(&rec.stream.to_le_bytes());
     h[6] = u8::from(rec.marker);
     h[7] = rec.payload_type;
@@ -145,24 +185,67 @@ pub fn encode_into(rec: &JournalRecord, out: &mut Vec<u8>) {
     h[12..16].copy_from_slice(&rec.timestamp.to_le_bytes());
     h[16..20].copy_from_slice(&rec.ssrc.to_le_bytes());
     h[20..28].copy_from_slice(&rec.arrival_ns.to_le_bytes());
+    h
+}
+
+/// A version-1 record's CRC: bytes 0..28 of its header and the payload.
+fn record_crc(header: &[u8], payload: &[u8]) -> u32 {
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&h[..28]);
+    crc.update(header.get(..28).unwrap_or(header));
     crc.update(payload);
-    h[28..32].copy_from_slice(&crc.finalize().to_le_bytes());
+    crc.finalize()
+}
+
+/// Appends one version-1 record (with its own CRC) to `out`. Allocates only if `out` must
+/// grow. A payload longer than 65535 bytes is cut to that length.
+#[inline]
+pub fn encode_into(rec: &JournalRecord, out: &mut Vec<u8>) {
+    let payload = &rec.payload[..rec.payload.len().min(usize::from(u16::MAX))];
+    let mut h = record_header(rec);
+    let crc = record_crc(&h, payload);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&h);
     out.extend_from_slice(payload);
 }
 
+/// Writes the frame header into `frame[..FRAME_HEADER_LEN]` for the records that follow it.
+fn seal_frame(frame: &mut [u8]) {
+    let len = (frame.len() - FRAME_HEADER_LEN) as u32;
+    frame[0] = FRAME_MAGIC;
+    frame[1..4].fill(0);
+    frame[4..8].copy_from_slice(&len.to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&frame[..8]);
+    crc.update(&frame[FRAME_HEADER_LEN..]);
+    let crc = crc.finalize();
+    frame[8..12].copy_from_slice(&crc.to_le_bytes());
+    frame[12..16].fill(0);
+}
+
+/// Wraps version-2 `records` (as [`record_header`] + payload, back to back) in one frame.
+pub fn frame(records: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; FRAME_HEADER_LEN];
+    out.extend_from_slice(records);
+    seal_frame(&mut out);
+    out
+}
+
 /// Appends records to one journal file, buffering between group commits.
 ///
-/// The writer thread calls [`JournalWriter::append`] per packet and, on its tick,
-/// [`JournalWriter::should_commit`] then [`JournalWriter::commit`]. The buffer starts small and
-/// grows to one commit's worth (about 19 KB per second for a two-stream G.711 call), so a
-/// thousand open journals do not each hold the 256 KiB threshold.
+/// The writer thread calls [`JournalWriter::append_encoded`] (or [`JournalWriter::append`]) per
+/// packet and, on its tick, [`JournalWriter::should_commit`] then [`JournalWriter::commit`] (or
+/// [`JournalWriter::write_buffered`] under a group commit). The buffer is one frame: it starts
+/// small and grows to one commit's worth (about 19 KB per second for a two-stream G.711 call),
+/// so a thousand open journals do not each hold the 256 KiB threshold.
 #[derive(Debug)]
 pub struct JournalWriter {
     file: File,
+    /// Version 2: the frame being built (header placeholder first, once anything is in it).
+    /// Version 1 (a journal an older build started): records with their CRCs.
     buf: Vec<u8>,
+    version: u16,
+    /// File length up to the last whole write: a failed write is cut back to it.
+    file_len: u64,
     interval: Duration,
     max_bytes: usize,
     last_commit: Instant,
@@ -184,8 +267,11 @@ impl JournalWriter {
             .truncate(false)
             .open(path)?;
         let len = file.metadata()?.len();
+        let mut version = VERSION;
+        let file_len;
         if len == 0 {
-            file.write_all(&file_header())?;
+            file.write_all(&file_header_v2())?;
+            file_len = FILE_HEADER_LEN as u64;
         } else {
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes)?;
@@ -195,16 +281,20 @@ impl JournalWriter {
                     format!("{}: {e}", path.display()),
                 )
             })?;
+            version = reader.version();
             for _ in reader.by_ref() {}
             let valid = reader.offset() as u64;
             if valid < len {
                 file.set_len(valid)?;
             }
             file.seek(SeekFrom::Start(valid))?;
+            file_len = valid;
         }
         Ok(JournalWriter {
             file,
             buf: Vec::with_capacity(16 * 1024),
+            version,
+            file_len,
             interval: DEFAULT_COMMIT_INTERVAL,
             max_bytes: DEFAULT_COMMIT_BYTES,
             last_commit: Instant::now(),
@@ -224,8 +314,56 @@ impl JournalWriter {
     /// Buffers one record (no I/O).
     #[inline]
     pub fn append(&mut self, rec: &JournalRecord) {
-        encode_into(rec, &mut self.buf);
+        let payload = &rec.payload[..rec.payload.len().min(usize::from(u16::MAX))];
+        let header = record_header(rec);
+        self.append_encoded(&header, payload);
+    }
+
+    /// Buffers one record already in the version-2 layout ([`record_header`] with its CRC
+    /// field 0, then the payload), given as up to two pieces (a ring chunk that wraps): the
+    /// media ring carries records in this layout, so this is one or two `memcpy`s.
+    #[inline]
+    pub fn append_encoded(&mut self, a: &[u8], b: &[u8]) {
+        if self.version == VERSION_1 {
+            let start = self.buf.len();
+            self.buf.extend_from_slice(a);
+            self.buf.extend_from_slice(b);
+            if let Some(rec) = self.buf.get_mut(start..)
+                && rec.len() >= RECORD_HEADER_LEN
+            {
+                let (h, payload) = rec.split_at_mut(RECORD_HEADER_LEN);
+                let crc = record_crc(h, payload);
+                h[28..32].copy_from_slice(&crc.to_le_bytes());
+            }
+        } else {
+            if self.buf.is_empty() {
+                self.buf.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+            }
+            self.buf.extend_from_slice(a);
+            self.buf.extend_from_slice(b);
+        }
         self.records += 1;
+    }
+
+    /// Seals the frame and writes the buffer. On error the file is cut back to its last whole
+    /// write (so a retry does not leave a torn frame in the middle) and the buffer kept.
+    fn write_out(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if self.version != VERSION_1 {
+            seal_frame(&mut self.buf);
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            if self.file.set_len(self.file_len).is_ok() {
+                let _ = self.file.seek(SeekFrom::Start(self.file_len));
+            }
+            return Err(e);
+        }
+        self.file_len += self.buf.len() as u64;
+        self.bytes_written += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
     }
 
     /// Whether a commit is due: the buffer reached the size threshold, or it holds something
@@ -241,11 +379,7 @@ impl JournalWriter {
     /// or power loss. On error the buffer is kept, so a later commit retries it.
     pub fn commit(&mut self) -> io::Result<()> {
         let start = Instant::now();
-        if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
-            self.bytes_written += self.buf.len() as u64;
-            self.buf.clear();
-        }
+        self.write_out()?;
         self.file.sync_data()?;
         self.commits += 1;
         self.last_commit = Instant::now();
@@ -258,11 +392,7 @@ impl JournalWriter {
     /// buffer is kept for a retry.
     pub fn write_buffered(&mut self) -> io::Result<()> {
         let start = Instant::now();
-        if !self.buf.is_empty() {
-            self.file.write_all(&self.buf)?;
-            self.bytes_written += self.buf.len() as u64;
-            self.buf.clear();
-        }
+        self.write_out()?;
         self.commits += 1;
         self.last_commit = Instant::now();
         self.last_write_latency = self.last_commit - start;
@@ -274,7 +404,7 @@ impl JournalWriter {
         self.buf.len()
     }
 
-    /// Record bytes written to the file (not counting the file header).
+    /// Bytes written to the file (frames and records, not counting the file header).
     pub fn bytes_written(&self) -> u64 {
         self.bytes_written
     }
@@ -336,6 +466,9 @@ pub enum Tail {
 pub struct JournalReader<'a> {
     bytes: &'a [u8],
     pos: usize,
+    version: u16,
+    /// Version 2: where the current frame's records end (`pos` when between frames).
+    frame_end: usize,
     tail: Tail,
     skipped: u64,
 }
@@ -351,18 +484,26 @@ impl<'a> JournalReader<'a> {
             return Err(HeaderError::BadMagic);
         }
         let version = u16::from_le_bytes([h[8], h[9]]);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_1 {
             return Err(HeaderError::Version(version));
         }
         Ok(JournalReader {
             bytes,
             pos: FILE_HEADER_LEN,
+            version,
+            frame_end: FILE_HEADER_LEN,
             tail: Tail::Open,
             skipped: 0,
         })
     }
 
-    /// Byte offset of the next record: after iteration, the length of the valid prefix.
+    /// The file's format version.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// Byte offset after the last whole record (version 2: after the last whole frame once
+    /// iteration ended): after iteration, the length of the valid prefix.
     pub fn offset(&self) -> usize {
         self.pos
     }
@@ -376,46 +517,102 @@ impl<'a> JournalReader<'a> {
     pub fn skipped(&self) -> u64 {
         self.skipped
     }
+
+    /// Version 2, between frames: checks the next frame whole (magic, length, CRC) and enters
+    /// it, or ends the iteration with the reason. Returns whether records follow.
+    fn enter_frame(&mut self) -> bool {
+        let rest = self.bytes.get(self.pos..).unwrap_or(&[]);
+        if rest.is_empty() {
+            self.tail = Tail::Clean;
+            return false;
+        }
+        if rest[0] != FRAME_MAGIC {
+            // Zeros after the last good frame are the usual torn tail on ext4.
+            self.tail = if rest.iter().all(|&b| b == 0) {
+                Tail::Truncated
+            } else {
+                Tail::Corrupt
+            };
+            return false;
+        }
+        let Some(h) = rest.first_chunk::<FRAME_HEADER_LEN>() else {
+            self.tail = Tail::Truncated;
+            return false;
+        };
+        let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+        let Some(body) = rest.get(FRAME_HEADER_LEN..FRAME_HEADER_LEN.saturating_add(len)) else {
+            self.tail = Tail::Truncated;
+            return false;
+        };
+        let stored = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&h[..8]);
+        crc.update(body);
+        if crc.finalize() != stored {
+            // The last frame of the file torn by a crash (stale blocks inside it) is a torn
+            // tail; a bad frame with more after it is corruption.
+            let last = FRAME_HEADER_LEN + len == rest.len();
+            self.tail = if last { Tail::Truncated } else { Tail::Corrupt };
+            return false;
+        }
+        self.pos += FRAME_HEADER_LEN;
+        self.frame_end = self.pos + len;
+        true
+    }
 }
 
 impl<'a> Iterator for JournalReader<'a> {
     type Item = JournalRecord<'a>;
 
     fn next(&mut self) -> Option<JournalRecord<'a>> {
+        let framed = self.version != VERSION_1;
         loop {
             if self.tail != Tail::Open {
                 return None;
             }
-            let rest = self.bytes.get(self.pos..).unwrap_or(&[]);
+            if framed && self.pos >= self.frame_end && !self.enter_frame() {
+                return None;
+            }
+            let end = if framed {
+                self.frame_end
+            } else {
+                self.bytes.len()
+            };
+            let rest = self.bytes.get(self.pos..end).unwrap_or(&[]);
             if rest.is_empty() {
                 self.tail = Tail::Clean;
                 return None;
             }
             if rest[0] != RECORD_MAGIC {
-                // Zeros after the last good record are the usual torn tail on ext4.
-                self.tail = if rest.iter().all(|&b| b == 0) {
+                // Zeros after the last good record are the usual torn tail on ext4 (version
+                // 1); inside a frame whose CRC held, anything unexpected is corruption.
+                self.tail = if !framed && rest.iter().all(|&b| b == 0) {
                     Tail::Truncated
                 } else {
                     Tail::Corrupt
                 };
                 return None;
             }
+            let cut = if framed {
+                Tail::Corrupt
+            } else {
+                Tail::Truncated
+            };
             let Some(h) = rest.first_chunk::<RECORD_HEADER_LEN>() else {
-                self.tail = Tail::Truncated;
+                self.tail = cut;
                 return None;
             };
             let len = usize::from(u16::from_le_bytes([h[2], h[3]]));
             let Some(payload) = rest.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + len) else {
-                self.tail = Tail::Truncated;
+                self.tail = cut;
                 return None;
             };
-            let stored = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(&h[..28]);
-            crc.update(payload);
-            if crc.finalize() != stored {
-                self.tail = Tail::Corrupt;
-                return None;
+            if !framed {
+                let stored = u32::from_le_bytes([h[28], h[29], h[30], h[31]]);
+                if record_crc(h, payload) != stored {
+                    self.tail = Tail::Corrupt;
+                    return None;
+                }
             }
             self.pos += RECORD_HEADER_LEN + len;
             let Some(kind) = RecordKind::from_code(h[1]) else {
@@ -578,8 +775,8 @@ pub(crate) mod tests {
             HeaderError::BadMagic
         );
         let mut h = file_header();
-        h[8] = 2;
-        assert_eq!(JournalReader::new(&h).unwrap_err(), HeaderError::Version(2));
+        h[8] = 3;
+        assert_eq!(JournalReader::new(&h).unwrap_err(), HeaderError::Version(3));
     }
 
     #[test]
@@ -617,10 +814,10 @@ pub(crate) mod tests {
         for i in 0..100u16 {
             w.append(&rec(i % 2, i, u32::from(i) * 160, &[i as u8; 160]));
         }
-        assert_eq!(w.pending_bytes(), 100 * 192);
+        assert_eq!(w.pending_bytes(), FRAME_HEADER_LEN + 100 * 192);
         w.commit().unwrap();
         assert_eq!(w.pending_bytes(), 0);
-        assert_eq!(w.bytes_written(), 100 * 192);
+        assert_eq!(w.bytes_written(), (FRAME_HEADER_LEN + 100 * 192) as u64);
         assert_eq!(w.commits(), 1);
         assert_eq!(w.records(), 100);
         let bytes = std::fs::read(&path).unwrap();
@@ -690,5 +887,191 @@ pub(crate) mod tests {
         encode_into(&rec(0, 1, 0, &big), &mut out);
         let r: Vec<_> = JournalReader::new(&out).unwrap().collect();
         assert_eq!(r[0].payload.len(), 65_535);
+    }
+    // ---- version 2: frames ---------------------------------------------------------------
+
+    /// A version-2 journal of one frame per group of records.
+    fn framed(groups: &[&[JournalRecord]]) -> Vec<u8> {
+        let mut out = file_header_v2().to_vec();
+        for g in groups {
+            let mut records = Vec::new();
+            for r in *g {
+                records.extend_from_slice(&record_header(r));
+                records.extend_from_slice(r.payload);
+            }
+            out.extend_from_slice(&frame(&records));
+        }
+        out
+    }
+
+    fn seqs(bytes: &[u8]) -> (Vec<u16>, Tail, usize) {
+        let mut r = JournalReader::new(bytes).unwrap();
+        let s = r.by_ref().map(|x| x.seq).collect();
+        (s, r.tail(), r.offset())
+    }
+
+    #[test]
+    fn frames_round_trip_every_field() {
+        let payload = [9u8; 160];
+        let a = JournalRecord {
+            stream: 3,
+            kind: RecordKind::Event,
+            marker: true,
+            payload_type: 101,
+            seq: 65_535,
+            timestamp: u32::MAX,
+            ssrc: 0xdead_beef,
+            arrival_ns: 1_795_628_305_123_456_789,
+            payload: &payload,
+        };
+        let b = rec(1, 2, 3, b"xy");
+        let bytes = framed(&[&[a], &[b, a]]);
+        let got: Vec<_> = JournalReader::new(&bytes).unwrap().collect();
+        assert_eq!(got, [a, b, a]);
+        assert_eq!(seqs(&bytes).1, Tail::Clean);
+    }
+
+    #[test]
+    fn torn_last_frame_is_skipped_whole_at_every_cut() {
+        let (r1, r2, r3) = (
+            rec(0, 1, 0, &[1; 160]),
+            rec(0, 2, 160, &[2; 160]),
+            rec(0, 3, 320, &[3; 160]),
+        );
+        let bytes = framed(&[&[r1], &[r2, r3]]);
+        let first_end = FILE_HEADER_LEN + FRAME_HEADER_LEN + RECORD_HEADER_LEN + 160;
+        for cut in first_end + 1..bytes.len() {
+            let (s, tail, offset) = seqs(&bytes[..cut]);
+            assert_eq!(s, [1], "cut at {cut}: no record of a torn frame");
+            assert_eq!(tail, Tail::Truncated, "cut at {cut}");
+            assert_eq!(offset, first_end);
+        }
+        assert_eq!(seqs(&bytes[..first_end]).0, [1]);
+        assert_eq!(seqs(&bytes[..first_end]).1, Tail::Clean);
+    }
+
+    #[test]
+    fn stale_bytes_in_the_last_frame_are_a_torn_tail() {
+        let bytes = framed(&[
+            &[rec(0, 1, 0, &[1; 50])],
+            &[rec(0, 2, 0, &[2; 50]), rec(0, 3, 0, &[3; 50])],
+        ]);
+        let mut torn = bytes.clone();
+        let n = torn.len();
+        torn[n - 10] ^= 0xff;
+        let (s, tail, _) = seqs(&torn);
+        assert_eq!(s, [1]);
+        assert_eq!(tail, Tail::Truncated);
+    }
+
+    #[test]
+    fn a_bad_frame_before_others_is_corruption_and_stops_reading() {
+        let mut bytes = framed(&[&[rec(0, 1, 0, &[1; 50])], &[rec(0, 2, 0, &[2; 50])]]);
+        bytes[FILE_HEADER_LEN + FRAME_HEADER_LEN + 40] ^= 1;
+        let (s, tail, offset) = seqs(&bytes);
+        assert!(
+            s.is_empty(),
+            "nothing of a frame whose CRC fails, nor after it"
+        );
+        assert_eq!(tail, Tail::Corrupt);
+        assert_eq!(offset, FILE_HEADER_LEN);
+    }
+
+    #[test]
+    fn zeros_after_frames_are_truncation() {
+        let mut bytes = framed(&[&[rec(0, 1, 0, &[1; 10])]]);
+        bytes.extend_from_slice(&[0; 4096]);
+        assert_eq!(seqs(&bytes).0, [1]);
+        assert_eq!(seqs(&bytes).1, Tail::Truncated);
+    }
+
+    #[test]
+    fn a_record_overrunning_its_frame_is_corruption() {
+        let r = rec(0, 1, 0, &[1; 10]);
+        let mut records = record_header(&r).to_vec();
+        records.extend_from_slice(&[1; 5]); // header says 10 bytes of payload
+        let mut bytes = file_header_v2().to_vec();
+        bytes.extend_from_slice(&frame(&records));
+        assert_eq!(seqs(&bytes).1, Tail::Corrupt);
+    }
+
+    #[test]
+    fn arbitrary_bytes_in_a_framed_journal_never_panic() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..300 {
+            let mut bytes = framed(&[&[rec(0, 1, 0, &[3; 17])]]);
+            for _ in 0..(round * 5 % 150) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes.push(x as u8);
+            }
+            if round % 3 == 0 && bytes.len() > 60 {
+                let at = bytes.len() - 40;
+                bytes[at] = FRAME_MAGIC;
+            }
+            let mut r = JournalReader::new(&bytes).unwrap();
+            assert!(r.by_ref().take(1000).count() <= 2);
+            assert_ne!(r.tail(), Tail::Open);
+        }
+    }
+
+    #[test]
+    fn encoded_records_in_two_pieces_equal_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb) = (dir.path().join("a"), dir.path().join("b"));
+        let r = rec(1, 7, 1120, &[5; 160]);
+        let mut whole = record_header(&r).to_vec();
+        whole.extend_from_slice(r.payload);
+        let mut a = JournalWriter::create(&pa).unwrap();
+        a.append(&r);
+        a.append(&r);
+        a.commit().unwrap();
+        let mut b = JournalWriter::create(&pb).unwrap();
+        b.append_encoded(&whole[..20], &whole[20..]);
+        b.append_encoded(&whole, &[]);
+        b.commit().unwrap();
+        let (ba, bb) = (std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+        assert_eq!(ba, bb);
+        assert_eq!(JournalReader::new(&bb).unwrap().collect::<Vec<_>>(), [r, r]);
+    }
+
+    #[test]
+    fn reopening_a_framed_journal_cuts_a_torn_frame_and_appends_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.bin");
+        let mut w = JournalWriter::create(&path).unwrap();
+        w.append(&rec(0, 1, 0, &[1; 50]));
+        w.commit().unwrap();
+        w.append(&rec(0, 2, 0, &[2; 50]));
+        w.commit().unwrap();
+        drop(w);
+        let full = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &full[..full.len() - 7]).unwrap(); // the second frame torn
+        let mut w = JournalWriter::create(&path).unwrap();
+        w.append(&rec(0, 3, 0, &[3; 50]));
+        w.commit().unwrap();
+        let (s, tail, _) = seqs(&std::fs::read(&path).unwrap());
+        assert_eq!(s, [1, 3]);
+        assert_eq!(tail, Tail::Clean);
+    }
+
+    #[test]
+    fn reopening_a_version_1_journal_keeps_writing_version_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.bin");
+        std::fs::write(&path, journal(&[rec(0, 1, 0, &[1; 20])])).unwrap();
+        let mut w = JournalWriter::create(&path).unwrap();
+        let r = rec(0, 2, 0, &[2; 20]);
+        let mut whole = record_header(&r).to_vec();
+        whole.extend_from_slice(r.payload);
+        w.append_encoded(&whole, &[]);
+        w.append(&rec(0, 3, 0, &[3; 20]));
+        w.commit().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(JournalReader::new(&bytes).unwrap().version(), VERSION_1);
+        let (s, tail, _) = seqs(&bytes);
+        assert_eq!(s, [1, 2, 3]);
+        assert_eq!(tail, Tail::Clean);
     }
 }

@@ -260,6 +260,26 @@ fn remove_temp_files(dir: &Path) -> io::Result<()> {
     walk(dir)
 }
 
+/// `syncfs(2)` of the file system holding a spool (see [`Spool::fs_sync`]).
+#[derive(Clone, Debug)]
+pub struct FsSync {
+    dir: PathBuf,
+}
+
+impl FsSync {
+    pub fn sync(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let dir = File::open(&self.dir).map_err(ctx("open", &self.dir))?;
+        // SAFETY: syncfs takes a valid descriptor, which `dir` owns for the whole call.
+        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error()).map_err(ctx("syncfs", &self.dir))
+        }
+    }
+}
+
 impl Spool {
     /// Creates `recordings/`, `spool/` and `quarantine/` under `data_dir` if missing.
     pub fn open(data_dir: &Path) -> io::Result<Spool> {
@@ -341,14 +361,14 @@ impl Spool {
     /// One `syncfs(2)` of the file system holding the data directory: every journal write,
     /// state file and rename made so far is durable after it.
     pub fn sync_all(&self) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let dir = File::open(self.spool_dir()).map_err(ctx("open", &self.spool_dir()))?;
-        // SAFETY: syncfs takes a valid descriptor, which `dir` owns for the whole call.
-        let rc = unsafe { libc::syncfs(dir.as_raw_fd()) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error()).map_err(ctx("syncfs", &self.spool_dir()))
+        self.fs_sync().sync()
+    }
+
+    /// A handle that runs [`Spool::sync_all`] from another thread (the writer's group commit
+    /// runs it on its own thread, so a slow sync never holds up call setup).
+    pub fn fs_sync(&self) -> FsSync {
+        FsSync {
+            dir: self.spool_dir(),
         }
     }
 

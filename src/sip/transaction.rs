@@ -15,7 +15,8 @@
 //! response, which the user must always send. Malformed input is reported as
 //! [`Event::Malformed`] whether or not a 400/505 could be sent for it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -253,6 +254,13 @@ impl ClientTx {
     }
 }
 
+/// Which map a timer entry points into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerOf {
+    Server,
+    Client,
+}
+
 /// The transaction layer.
 pub struct Endpoint {
     config: EndpointConfig,
@@ -265,6 +273,12 @@ pub struct Endpoint {
     ack_index: HashMap<(String, u32), TxId>,
     clients: BTreeMap<TxId, ClientTx>,
     client_index: HashMap<(String, Method), TxId>,
+    /// Deadlines, earliest first: an entry per deadline a transaction was given, so the next
+    /// timeout and the due transactions are found without visiting every live transaction
+    /// (thousands, each kept 64*T1 after its 2xx). Entries go stale when a deadline moves or
+    /// its transaction ends; stale ones are dropped when they reach the top. Invariant: every
+    /// live transaction's current deadline has an entry (`arm` after every change).
+    timers: BinaryHeap<Reverse<(Instant, TimerOf, TxId)>>,
     events: VecDeque<Event>,
     transmits: VecDeque<Transmit>,
 }
@@ -330,6 +344,7 @@ impl Endpoint {
             ack_index: HashMap::new(),
             clients: BTreeMap::new(),
             client_index: HashMap::new(),
+            timers: BinaryHeap::new(),
             events: VecDeque::new(),
             transmits: VecDeque::new(),
         }
@@ -354,6 +369,11 @@ impl Endpoint {
     /// Retransmissions are answered from their transaction; malformed requests get a 400
     /// (505 for another SIP version) naming the problem when a response can be built at all.
     pub fn handle_message(&mut self, now: Instant, flow: Flow, data: &[u8]) {
+        self.handle_message_inner(now, flow, data);
+        self.prune_timers();
+    }
+
+    fn handle_message_inner(&mut self, now: Instant, flow: Flow, data: &[u8]) {
         let raw = match parse_raw(data) {
             Ok(raw) => raw,
             Err(e) => {
@@ -548,6 +568,7 @@ impl Endpoint {
             tx.last_status = 100;
         }
         self.servers.insert(id, tx);
+        self.arm(TimerOf::Server, id);
         self.server_index.insert(key, id);
         self.events.push_back(Event::Request {
             tx: id,
@@ -609,6 +630,7 @@ impl Endpoint {
             | ServerState::Confirmed
             | ServerState::Proceeding => {}
         }
+        self.arm(TimerOf::Server, id);
     }
 
     fn handle_cancel(&mut self, now: Instant, flow: Flow, request: Request, top: &str, via: Via) {
@@ -668,6 +690,7 @@ impl Endpoint {
                     end_at,
                 },
             );
+            self.arm(TimerOf::Server, id);
             self.server_index.insert(own_key, id);
         }
         if let Some(invite_tx) = cancelled {
@@ -722,6 +745,7 @@ impl Endpoint {
                 tx.end_at = Some(now + t4);
             }
         }
+        self.arm(TimerOf::Client, id);
         self.events.push_back(Event::Response { tx: id, response });
     }
 
@@ -770,11 +794,19 @@ impl Endpoint {
                 self.remove_server(tx);
             }
         }
+        self.arm(TimerOf::Server, tx);
+        self.prune_timers();
     }
 
     /// Starts a non-INVITE client transaction. The endpoint puts its own top Via (with a fresh
     /// branch and `rport`) on the request.
     pub fn send_request(&mut self, now: Instant, request: Request, flow: Flow) -> TxId {
+        let id = self.send_request_inner(now, request, flow);
+        self.prune_timers();
+        id
+    }
+
+    fn send_request_inner(&mut self, now: Instant, request: Request, flow: Flow) -> TxId {
         let mut request = request;
         let branch = format!("{MAGIC_COOKIE}{}", self.random_token());
         let host = match flow.local.ip() {
@@ -816,6 +848,7 @@ impl Endpoint {
                 end_at: Some(now + self.timer_64t1()),
             },
         );
+        self.arm(TimerOf::Client, id);
         self.client_index.insert(key, id);
         id
     }
@@ -845,17 +878,42 @@ impl Endpoint {
                 self.events.push_back(Event::ClientTimeout { tx: id });
             }
         }
+        self.prune_timers();
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         let t2 = self.config.t2;
-        let due: Vec<TxId> = self
-            .servers
-            .iter()
-            .filter(|(_, tx)| tx.deadline().is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        // The entries due, by transaction, in id order (repeatable when timers fire together);
+        // only those whose current deadline is due are acted on, the rest were stale.
+        let mut due_servers = Vec::new();
+        let mut due_clients = Vec::new();
+        while let Some(&Reverse((at, of, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match of {
+                TimerOf::Server => due_servers.push(id),
+                TimerOf::Client => due_clients.push(id),
+            }
+        }
+        for due in [&mut due_servers, &mut due_clients] {
+            due.sort_unstable();
+            due.dedup();
+        }
+        due_servers.retain(|id| {
+            self.servers
+                .get(id)
+                .and_then(ServerTx::deadline)
+                .is_some_and(|d| d <= now)
+        });
+        due_clients.retain(|id| {
+            self.clients
+                .get(id)
+                .and_then(ClientTx::deadline)
+                .is_some_and(|d| d <= now)
+        });
+        for &id in &due_servers {
             let Some(tx) = self.servers.get_mut(&id) else {
                 continue;
             };
@@ -885,13 +943,7 @@ impl Endpoint {
             }
         }
 
-        let due: Vec<TxId> = self
-            .clients
-            .iter()
-            .filter(|(_, tx)| tx.deadline().is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
+        for &id in &due_clients {
             let Some(tx) = self.clients.get_mut(&id) else {
                 continue;
             };
@@ -915,6 +967,38 @@ impl Endpoint {
                 };
                 tx.retransmit_at = Some(now + tx.interval);
             }
+        }
+        for id in due_servers {
+            self.arm(TimerOf::Server, id);
+        }
+        for id in due_clients {
+            self.arm(TimerOf::Client, id);
+        }
+        self.prune_timers();
+    }
+
+    /// The current deadline of a transaction, if it is live and has one.
+    fn deadline_of(&self, of: TimerOf, id: TxId) -> Option<Instant> {
+        match of {
+            TimerOf::Server => self.servers.get(&id).and_then(ServerTx::deadline),
+            TimerOf::Client => self.clients.get(&id).and_then(ClientTx::deadline),
+        }
+    }
+
+    /// Records a transaction's current deadline (after it was set or moved).
+    fn arm(&mut self, of: TimerOf, id: TxId) {
+        if let Some(at) = self.deadline_of(of, id) {
+            self.timers.push(Reverse((at, of, id)));
+        }
+    }
+
+    /// Drops stale entries from the top, so that the top is the earliest live deadline.
+    fn prune_timers(&mut self) {
+        while let Some(&Reverse((at, of, id))) = self.timers.peek() {
+            if self.deadline_of(of, id) == Some(at) {
+                return;
+            }
+            self.timers.pop();
         }
     }
 
@@ -942,11 +1026,10 @@ impl Endpoint {
         self.transmits.pop_front()
     }
 
-    /// The earliest time `handle_timeout` must be called.
+    /// The earliest time `handle_timeout` must be called. O(1): the top of the deadline heap,
+    /// which every input keeps free of stale entries.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let servers = self.servers.values().filter_map(ServerTx::deadline);
-        let clients = self.clients.values().filter_map(ClientTx::deadline);
-        servers.chain(clients).min()
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
     }
 
     /// Live transactions, for metrics and tests.
@@ -1737,6 +1820,55 @@ mod tests {
         assert_eq!(ep.poll_timeout(), Some(now + Duration::from_millis(600)));
         ep.respond(now + Duration::from_millis(50), tx, answer(&req, 486));
         assert_eq!(ep.poll_timeout(), Some(now + Duration::from_millis(550)));
+    }
+
+    /// The earliest deadline by visiting every transaction (what the heap replaces).
+    fn scanned_deadline(ep: &Endpoint) -> Option<Instant> {
+        let servers = ep.servers.values().filter_map(ServerTx::deadline);
+        let clients = ep.clients.values().filter_map(ClientTx::deadline);
+        servers.chain(clients).min()
+    }
+
+    #[test]
+    fn deadline_heap_agrees_with_a_scan_as_timers_move_and_end() {
+        let mut ep = endpoint();
+        let t0 = Instant::now();
+        let mut txs = Vec::new();
+        for i in 0..40u64 {
+            let now = t0 + Duration::from_millis(i * 37);
+            let text = invite()
+                .replace("z9hG4bKinv", &format!("z9hG4bKinv{i}"))
+                .replace("Call-ID: call-1", &format!("Call-ID: call-{i}"));
+            ep.handle_message(now, udp(), text.as_bytes());
+            let (tx, req) = one_request(&mut ep);
+            ep.respond(now, tx, answer(&req, if i % 5 == 0 { 486 } else { 200 }));
+            if i % 3 == 0 {
+                ep.send_request(now, bye(), peer_flow());
+            }
+            txs.push((i, now));
+            assert_eq!(ep.poll_timeout(), scanned_deadline(&ep), "after INVITE {i}");
+        }
+        // Every other 2xx gets its ACK: its retransmissions stop, its deadline moves later.
+        for (i, at) in &txs {
+            if i % 2 == 0 && i % 5 != 0 {
+                let ack = request_text("ACK", &format!("z9hG4bKack{i}"), 1, "")
+                    .replace("Call-ID: call-1", &format!("Call-ID: call-{i}"));
+                ep.handle_message(*at + Duration::from_millis(700), udp(), ack.as_bytes());
+                assert_eq!(ep.poll_timeout(), scanned_deadline(&ep), "after ACK {i}");
+            }
+        }
+        let mut steps = 0;
+        while let Some(at) = ep.poll_timeout() {
+            ep.handle_timeout(at);
+            transmits(&mut ep);
+            events(&mut ep);
+            assert_eq!(ep.poll_timeout(), scanned_deadline(&ep));
+            assert!(ep.poll_timeout().is_none_or(|next| next > at), "progress");
+            steps += 1;
+            assert!(steps < 10_000, "bounded");
+        }
+        assert_eq!(ep.transaction_count(), 0);
+        assert!(ep.timers.is_empty(), "no entry outlives its transaction");
     }
 
     #[test]
