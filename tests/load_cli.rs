@@ -136,6 +136,32 @@ fn four_calls(transport: &str) {
 }
 
 #[test]
+fn packets_sent_right_before_the_bye_are_recorded() {
+    // Real SRCs send BYE right after their last RTP packet, while the recorder's media
+    // thread may be asleep between wakes: what was queued before the BYE must still go in.
+    let server = Server::start(&[]);
+    let (out, json) = load(&[
+        "--target",
+        &target(&server),
+        "--calls",
+        "8",
+        "--duration-s",
+        "1",
+        "--bye-delay-ms",
+        "0",
+    ]);
+    assert!(out.status.success(), "{json}");
+    assert_eq!(num(&json, "calls_ok"), 8, "{json}");
+    let recs = server.wait_recordings(8);
+    assert_eq!(recs.len(), 8);
+    assert_eq!(
+        check_recordings(&recs),
+        num(&json, "rtp_packets_sent"),
+        "every packet sent before the BYE is recorded: {json}"
+    );
+}
+
+#[test]
 fn udp_calls_are_recorded_with_every_packet_sent() {
     four_calls("udp");
 }

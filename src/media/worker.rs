@@ -143,29 +143,35 @@ impl Worker {
             if !self.take_commands() {
                 break;
             }
-            let mut tally = Tally::default();
-            let Worker {
-                backend,
-                slab,
-                scratch,
-                ring,
-                ..
-            } = &mut self;
-            let result = backend.poll(Duration::from_millis(100), &mut |rx: Received<'_>| {
-                on_packet(slab, scratch, ring, &mut tally, rx);
-            });
-            if result.is_err() {
+            if self.poll_once(Duration::from_millis(100)).is_err() {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            self.publish(&tally);
             if !self.batch.is_zero() {
                 std::thread::sleep(self.batch);
             }
         }
+        let _ = self.poll_once(Duration::ZERO);
         let keys: Vec<u64> = self.slab.iter().flatten().map(|s| s.key).collect();
         for key in keys {
             self.remove(key);
         }
+    }
+
+    /// Waits up to `timeout`, records every packet that is ready, and publishes the counts.
+    fn poll_once(&mut self, timeout: Duration) -> std::io::Result<usize> {
+        let mut tally = Tally::default();
+        let Worker {
+            backend,
+            slab,
+            scratch,
+            ring,
+            ..
+        } = self;
+        let result = backend.poll(timeout, &mut |rx: Received<'_>| {
+            on_packet(slab, scratch, ring, &mut tally, rx);
+        });
+        self.publish(&tally);
+        result
     }
 
     fn publish(&self, t: &Tally) {
@@ -191,10 +197,21 @@ impl Worker {
 
     /// Applies queued commands; `false` on shutdown.
     fn take_commands(&mut self) -> bool {
+        let mut drained = false;
         loop {
             match self.commands.try_recv() {
                 Ok(MediaCommand::Add(cfg)) => self.add(*cfg),
-                Ok(MediaCommand::Remove { key }) => self.remove(key),
+                Ok(MediaCommand::Remove { key }) => {
+                    // An SRC sends its last packets just before its BYE, and this thread
+                    // sleeps up to `batch` between wakes: those packets are still queued
+                    // here, and they belong in the recording. Record whatever is ready
+                    // before closing the stream (once per batch of commands).
+                    if !drained {
+                        let _ = self.poll_once(Duration::ZERO);
+                        drained = true;
+                    }
+                    self.remove(key)
+                }
                 Ok(MediaCommand::Shutdown) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }
