@@ -397,6 +397,20 @@ fn offer() -> String {
     sdp
 }
 
+/// The initial SIPREC INVITE of call `id` with the multipart `body`.
+fn invite_text(id: &str, body: &str) -> String {
+    sim::request(
+        "INVITE",
+        id,
+        &format!("z9hG4bK-{id}-1"),
+        1,
+        "",
+        "Require: siprec\r\n",
+        Some("multipart/mixed;boundary=BND"),
+        body,
+    )
+}
+
 fn answer_ports(body: &[u8]) -> Vec<u16> {
     String::from_utf8_lossy(body)
         .lines()
@@ -611,16 +625,7 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
     let mut states: Vec<Option<CallState>> = vec![None; calls];
     let invite = |i: usize| {
         let id = cid(i);
-        let text = sim::request(
-            "INVITE",
-            &id,
-            &format!("z9hG4bK-{id}-1"),
-            1,
-            "",
-            "Require: siprec\r\n",
-            Some("multipart/mixed;boundary=BND"),
-            &body,
-        );
+        let text = invite_text(&id, &body);
         (id, text)
     };
     let setup = transact(
@@ -887,16 +892,7 @@ fn run_setup_limit(o: &Opts) -> Result<(), String> {
         let cid = |i: usize| format!("lim-{run_id}-{step}-{i}");
         let invite = |i: usize| {
             let id = cid(i);
-            let text = sim::request(
-                "INVITE",
-                &id,
-                &format!("z9hG4bK-{id}-1"),
-                1,
-                "",
-                "Require: siprec\r\n",
-                Some("multipart/mixed;boundary=BND"),
-                &body,
-            );
+            let text = invite_text(&id, &body);
             (id, text)
         };
         let mut tags: Vec<Option<String>> = vec![None; calls];
