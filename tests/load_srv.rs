@@ -116,6 +116,15 @@ impl Group {
     }
 }
 
+/// Sessions in progress on one recorder, from its status API.
+fn sessions_active(s: &Server) -> u64 {
+    s.http_get("/api/status")
+        .ok()
+        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["sessions_active"].as_u64())
+        .unwrap_or(0)
+}
+
 fn no_failed_call(report: &serde_json::Value, calls: usize) {
     assert_eq!(report["calls_failed"], 0, "{report}");
     assert_eq!(report["calls_ok"], calls as u64, "{report}");
@@ -207,9 +216,14 @@ fn a_changed_srv_answer_moves_new_calls_after_its_ttl_within_one_run() {
         ]
     };
     g.dns.set_records(only(1));
-    // 24 calls at 6/s: the run spans 4 s; the records change after 1.5 s.
+    // 24 calls at 6/s: the run spans 4 s; the records change once the first call is up on
+    // r2 (so a slow start cannot send every call to the new records).
     let child = g.spawn_load("udp", 24, "6");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sessions_active(&g.servers[1]) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no call reached r2");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     g.dns.set_records(only(2));
     let r = Group::report(child);
     no_failed_call(&r, 24);
@@ -266,15 +280,8 @@ fn a_draining_recorder_answers_503_and_calls_fail_over_to_the_next_priority() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the long call");
-    let up = |s: &Server| {
-        s.http_get("/api/status")
-            .ok()
-            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-            .and_then(|v| v["sessions_active"].as_u64())
-            .unwrap_or(0)
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while up(&draining) == 0 {
+    while sessions_active(&draining) == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the long call never came up"
@@ -302,7 +309,11 @@ fn a_draining_recorder_answers_503_and_calls_fail_over_to_the_next_priority() {
     assert_eq!(r["by_target"][&standby_addr], 6, "{r}");
     assert!(r["responses"]["503"].as_u64().unwrap_or(0) >= 1, "{r}");
     assert!(r["failovers"].as_u64().unwrap_or(0) >= 1, "{r}");
-    assert_eq!(up(&draining), 1, "the draining recorder kept its call");
+    assert_eq!(
+        sessions_active(&draining),
+        1,
+        "the draining recorder kept its call"
+    );
     assert_eq!(standby.wait_recordings(6).len(), 6);
 
     // End the long call (SIGTERM makes reel load send BYE); the drained recorder exits.
