@@ -198,8 +198,10 @@ impl Selector {
     pub fn candidates<R: Rng + ?Sized>(&self, now: Instant, rng: &mut R) -> Vec<SocketAddr> {
         let mut all = Vec::new();
         for r in rfc2782_order(&self.resolved.records, rng) {
+            // A target named by several records (one per port) holds the addresses of all of
+            // them; each record stands for its own port only.
             for a in self.resolved.addrs.get(&r.target).into_iter().flatten() {
-                if !all.contains(a) {
+                if a.port() == r.port && !all.contains(a) {
                     all.push(*a);
                 }
             }
@@ -508,5 +510,27 @@ mod tests {
         let s = Selector::new(resolved, HoldDown::new(Duration::from_secs(1)));
         let mut rng = StdRng::seed_from_u64(14);
         assert!(s.candidates(Instant::now(), &mut rng).is_empty());
+    }
+
+    #[test]
+    fn rfc2782_each_record_stands_for_its_own_port() {
+        // One host, two records: port 5080 at priority 10, port 5060 at priority 20.
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let resolved = Resolved {
+            records: vec![rec(20, 0, 5060, "h"), rec(10, 0, 5080, "h")],
+            addrs: HashMap::from([(
+                "h".to_string(),
+                vec![SocketAddr::new(ip, 5060), SocketAddr::new(ip, 5080)],
+            )]),
+            expires: Instant::now() + Duration::from_secs(60),
+        };
+        let sel = Selector::new(resolved, HoldDown::new(Duration::from_secs(30)));
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..50 {
+            assert_eq!(
+                sel.candidates(Instant::now(), &mut rng),
+                vec![SocketAddr::new(ip, 5080), SocketAddr::new(ip, 5060)]
+            );
+        }
     }
 }
