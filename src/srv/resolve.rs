@@ -239,8 +239,9 @@ impl SrvResolver {
         let mut addrs: HashMap<String, Vec<SocketAddr>> = HashMap::new();
         let mut warnings = Vec::new();
         for (target, tname) in &target_names {
-            // `Resolved` keys addresses by target, so a target named by two records with
-            // different ports gets the addresses for both ports.
+            // `Resolved` keys addresses by target: a target named by two records with
+            // different ports holds its addresses with both ports, and `Selector` takes for
+            // each record only those with that record's port.
             let ports: Vec<u16> = records
                 .iter()
                 .filter(|r| r.target == *target)
