@@ -236,9 +236,47 @@ impl SrvResolver {
             return Err(SrvError::NoSrvRecords { name: shown });
         }
 
+        // Every target's addresses at once: with several dead targets one after another, a
+        // lookup would cost a timeout per target.
+        let mut found: Vec<Option<Result<Vec<IpAddr>, String>>> = vec![None; target_names.len()];
+        let mut pending = tokio::task::JoinSet::new();
+        for (i, (target, tname)) in target_names.iter().enumerate() {
+            if let Ok(ip) = IpAddr::from_str(target) {
+                found[i] = Some(Ok(vec![ip]));
+                continue;
+            }
+            let (me, resolver, lookup, tname) = (
+                self.clone(),
+                resolver.clone(),
+                lookup.clone(),
+                tname.clone(),
+            );
+            pending.spawn(async move {
+                let mut ttl = None;
+                let r = me
+                    .target_addresses(&resolver, &lookup, &tname, &mut ttl)
+                    .await;
+                (i, r, ttl)
+            });
+        }
+        while let Some(done) = pending.join_next().await {
+            match done {
+                Ok((i, r, ttl)) => {
+                    if let Some(t) = ttl {
+                        min_ttl = Some(min_ttl.map_or(t, |m| m.min(t)));
+                    }
+                    if let Some(slot) = found.get_mut(i) {
+                        *slot = Some(r);
+                    }
+                }
+                // A lookup task that died leaves its slot empty: reported as failed below.
+                Err(_) => continue,
+            }
+        }
+
         let mut addrs: HashMap<String, Vec<SocketAddr>> = HashMap::new();
         let mut warnings = Vec::new();
-        for (target, tname) in &target_names {
+        for ((target, _), result) in target_names.iter().zip(found) {
             // `Resolved` keys addresses by target: a target named by two records with
             // different ports holds its addresses with both ports, and `Selector` takes for
             // each record only those with that record's port.
@@ -247,21 +285,22 @@ impl SrvResolver {
                 .filter(|r| r.target == *target)
                 .map(|r| r.port)
                 .collect();
-            let ips = match IpAddr::from_str(target) {
-                Ok(ip) => vec![ip],
-                Err(_) => match self
-                    .target_addresses(&resolver, &lookup, tname, &mut min_ttl)
-                    .await
-                {
-                    Ok(ips) => ips,
-                    Err(reason) => {
-                        warnings.push(TargetFailure {
-                            target: target.clone(),
-                            reason,
-                        });
-                        continue;
-                    }
-                },
+            let ips = match result {
+                Some(Ok(ips)) => ips,
+                Some(Err(reason)) => {
+                    warnings.push(TargetFailure {
+                        target: target.clone(),
+                        reason,
+                    });
+                    continue;
+                }
+                None => {
+                    warnings.push(TargetFailure {
+                        target: target.clone(),
+                        reason: "address lookup task failed".into(),
+                    });
+                    continue;
+                }
             };
             let mut list = Vec::with_capacity(ips.len() * ports.len());
             for port in &ports {
