@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::control::{SessionKey, StorageOp};
 use crate::media::ring::{KIND_END, RingReader, StreamTotals};
-use crate::record::journal::{JournalWriter, RECORD_HEADER_LEN};
+use crate::record::journal::{JournalWriter, RECORD_HEADER_LEN, parse_record};
 use crate::record::{RecordingMeta, Spool};
 
 /// How long a finalize waits for end records that do not come (a media thread stuck or gone).
@@ -330,14 +330,17 @@ impl State {
                     return;
                 };
                 if kind == KIND_END {
+                    // Rare (one per stream): join the pieces and read it as a journal record.
                     let mut bytes = [0u8; RECORD_HEADER_LEN + StreamTotals::LEN];
-                    let (ha, hb) = (a.len().min(bytes.len()), b.len());
+                    let ha = a.len().min(bytes.len());
+                    let hb = b.len().min(bytes.len() - ha);
                     bytes[..ha].copy_from_slice(&a[..ha]);
-                    let hb = hb.min(bytes.len() - ha);
                     bytes[ha..ha + hb].copy_from_slice(&b[..hb]);
-                    let stream = u16::from_le_bytes([bytes[4], bytes[5]]);
-                    let totals = StreamTotals::decode(&bytes[RECORD_HEADER_LEN..ha + hb]);
-                    rec.ended.insert(stream, totals);
+                    let (head, totals) = bytes[..ha + hb].split_at(RECORD_HEADER_LEN.min(ha + hb));
+                    if let Some(end) = head.try_into().ok().and_then(|h| parse_record(h, totals)) {
+                        rec.ended
+                            .insert(end.stream, StreamTotals::decode(end.payload));
+                    }
                     return;
                 }
                 let Some(journal) = rec.journal.as_mut() else {

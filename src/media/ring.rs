@@ -10,7 +10,9 @@
 
 use rtrb::{Consumer, Producer, RingBuffer};
 
-use crate::record::journal::{JournalRecord, RECORD_HEADER_LEN, RecordKind, record_header};
+use crate::record::journal::{
+    JournalRecord, RECORD_HEADER_LEN, RecordKind, parse_record, record_header,
+};
 
 /// What the writer needs of a packet besides its payload.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,7 +38,7 @@ const META_LEN: usize = RECORD_HEADER_LEN;
 const PREFIX_LEN: usize = 8;
 
 impl PacketMeta {
-    /// The journal record header for this packet and a payload of `payload_len` bytes.
+    /// The journal record header for this packet and its payload.
     fn encode(&self, payload: &[u8]) -> [u8; META_LEN] {
         record_header(&JournalRecord {
             stream: self.stream,
@@ -51,20 +53,21 @@ impl PacketMeta {
         })
     }
 
-    fn decode(b: &[u8]) -> Option<PacketMeta> {
-        let b: &[u8; META_LEN] = b.get(..META_LEN)?.try_into().ok()?;
-        Some(PacketMeta {
-            stream: u16::from_le_bytes([b[4], b[5]]),
-            kind: b[1],
-            marker: b[6] & 1 != 0,
-            payload_type: b[7],
-            seq: u16::from_le_bytes([b[8], b[9]]),
-            timestamp: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
-            ssrc: u32::from_le_bytes([b[16], b[17], b[18], b[19]]),
-            arrival_ns: u64::from_le_bytes([
-                b[20], b[21], b[22], b[23], b[24], b[25], b[26], b[27],
-            ]),
-        })
+    /// The packet of one ring record (journal record header, then payload).
+    fn decode(b: &[u8]) -> Option<(PacketMeta, &[u8])> {
+        let h: &[u8; META_LEN] = b.get(..META_LEN)?.try_into().ok()?;
+        let r = parse_record(h, b.get(META_LEN..)?)?;
+        let meta = PacketMeta {
+            stream: r.stream,
+            kind: r.kind.code(),
+            marker: r.marker,
+            payload_type: r.payload_type,
+            seq: r.seq,
+            timestamp: r.timestamp,
+            ssrc: r.ssrc,
+            arrival_ns: r.arrival_ns,
+        };
+        Some((meta, r.payload))
     }
 }
 
@@ -241,8 +244,8 @@ impl RingReader {
             scratch.clear();
             scratch.extend_from_slice(a);
             scratch.extend_from_slice(b);
-            if let Some(meta) = PacketMeta::decode(&scratch) {
-                on_record(recording, &meta, &scratch[META_LEN..]);
+            if let Some((meta, payload)) = PacketMeta::decode(&scratch) {
+                on_record(recording, &meta, payload);
             }
         });
         self.scratch = scratch;

@@ -202,10 +202,11 @@ impl Worker {
             match self.commands.try_recv() {
                 Ok(MediaCommand::Add(cfg)) => self.add(*cfg),
                 Ok(MediaCommand::Remove { key }) => {
-                    // An SRC sends its last packets just before its BYE, and this thread
-                    // sleeps up to `batch` between wakes: those packets are still queued
-                    // here, and they belong in the recording. Record whatever is ready
-                    // before closing the stream (once per batch of commands).
+                    // An SRC sends its last packets just before its BYE. Some may sit in the
+                    // socket or the backend without a delivered completion yet (io_uring runs
+                    // deferred receive work only inside the next enter), and `remove_socket`
+                    // discards what was not delivered. They belong in the recording: record
+                    // whatever is ready before closing the stream (once per batch of commands).
                     if !drained {
                         let _ = self.poll_once(Duration::ZERO);
                         drained = true;
