@@ -496,54 +496,12 @@ fn set_buffer(fd: libc::c_int, opt: libc::c_int, size: libc::c_int) {
     }
 }
 
-/// The selector, plus the hold-downs a 503's Retry-After made shorter than `holddown`.
-struct Targeting {
-    selector: Selector,
-    holddown: Duration,
-    /// Targets whose hold-down ends early, and when.
-    release_at: HashMap<SocketAddr, Instant>,
-}
-
-impl Targeting {
-    /// `target` failed a call: held down for `holddown`, or for `retry_after` when the SRS
-    /// asked for less (more is capped at `holddown`).
-    fn failed(&mut self, target: SocketAddr, retry_after: Option<Duration>, now: Instant) {
-        self.selector.report_failure(target, now);
-        match retry_after {
-            Some(ra) if ra < self.holddown => {
-                self.release_at.insert(target, now + ra);
-            }
-            _ => {
-                self.release_at.remove(&target);
-            }
-        }
-    }
-
-    /// `target` gave a final answer other than 503: up again.
-    fn answered(&mut self, target: SocketAddr) {
-        self.selector.report_success(target);
-        self.release_at.remove(&target);
-    }
-
-    /// Lifts the shortened hold-downs that are over.
-    fn tick(&mut self, now: Instant) {
-        let selector = &mut self.selector;
-        self.release_at.retain(|t, at| {
-            if *at <= now {
-                selector.report_success(*t);
-                false
-            } else {
-                true
-            }
-        });
-    }
-}
-
 /// The run's state on the SIP thread.
 struct Runner<'a> {
     opts: &'a LoadOptions,
     cfg: CallConfig,
-    targeting: Targeting,
+    /// Where calls go: the answer in use and the hold-down of targets that failed.
+    selector: Selector,
     /// Earliest time for the next SRV refresh attempt.
     next_refresh: Instant,
     /// The answer of a refresh in progress.
@@ -591,7 +549,7 @@ impl Runner<'_> {
                         &mut self.out,
                     ),
                     Err(_) => {
-                        self.targeting.failed(target, None, now);
+                        self.selector.report_failure(target, now);
                         call.note_transport_failure();
                     }
                 },
@@ -608,8 +566,10 @@ impl Runner<'_> {
             Output::TargetFailed {
                 target,
                 retry_after,
-            } => self.targeting.failed(target, retry_after, now),
-            Output::TargetOk { target } => self.targeting.answered(target),
+            } => self
+                .selector
+                .report_failure_retry_after(target, now, retry_after),
+            Output::TargetOk { target } => self.selector.report_success(target),
         }
     }
 
@@ -621,7 +581,7 @@ impl Runner<'_> {
         if let Some(rx) = &self.refresh {
             match rx.try_recv() {
                 Ok(Ok(r)) => {
-                    self.targeting.selector.update(r);
+                    self.selector.update(r);
                     self.refresh = None;
                 }
                 Ok(Err(e)) => {
@@ -634,7 +594,7 @@ impl Runner<'_> {
             }
         }
         if self.refresh.is_none()
-            && self.targeting.selector.needs_refresh(now)
+            && self.selector.needs_refresh(now)
             && now >= self.next_refresh
             && let Targets::Srv { name, dns } = &self.opts.targets
         {
@@ -653,7 +613,7 @@ impl Runner<'_> {
 
     fn start_call(&mut self, now: Instant, index: u64) {
         self.refresh_targets(now);
-        let candidates = self.targeting.selector.candidates(now, &mut self.rng);
+        let candidates = self.selector.candidates(now, &mut self.rng);
         let call = Call::new(index, candidates);
         self.by_call_id.insert(call.call_id.clone(), index);
         self.calls.insert(index, call);
@@ -691,7 +651,7 @@ impl Runner<'_> {
     }
 
     fn on_transport_error(&mut self, now: Instant, target: SocketAddr) {
-        self.targeting.failed(target, None, now);
+        self.selector.report_failure(target, now);
         let affected: Vec<u64> = self
             .calls
             .iter()
@@ -766,11 +726,7 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let mut r = Runner {
         opts,
         cfg,
-        targeting: Targeting {
-            selector,
-            holddown: opts.holddown,
-            release_at: HashMap::new(),
-        },
+        selector,
         next_refresh: Instant::now(),
         refresh: None,
         transports: Transports {
@@ -814,7 +770,6 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
             }
             break;
         }
-        r.targeting.tick(now);
         while !shutting
             && started < opts.calls
             && (r.calls.len() as u64) < opts.concurrency
@@ -958,33 +913,6 @@ mod tests {
         // 10 at a time: 100 waves of a 14 s call each.
         let waves = run_bound(&opts(1000, 10), 1, interval);
         assert!(waves >= Duration::from_secs(100 * 14), "{waves:?}");
-    }
-
-    #[test]
-    fn retry_after_shortens_the_hold_down_but_never_lengthens_it() {
-        let a: SocketAddr = "127.0.0.1:5060".parse().unwrap();
-        let t0 = Instant::now();
-        let s = |secs| t0 + Duration::from_secs(secs);
-        let mut t = Targeting {
-            selector: Selector::new(Resolved::fixed(a), HoldDown::new(Duration::from_secs(30))),
-            holddown: Duration::from_secs(30),
-            release_at: HashMap::new(),
-        };
-        t.failed(a, Some(Duration::from_secs(5)), t0);
-        t.tick(s(4));
-        assert!(t.selector.is_down(a, s(4)));
-        t.tick(s(5));
-        assert!(!t.selector.is_down(a, s(5)), "Retry-After 5 s honoured");
-        t.failed(a, Some(Duration::from_secs(600)), t0);
-        t.tick(s(29));
-        assert!(t.selector.is_down(a, s(29)));
-        assert!(!t.selector.is_down(a, s(30)), "capped at --holddown-s");
-        t.failed(a, None, t0);
-        t.answered(a);
-        assert!(
-            !t.selector.is_down(a, s(1)),
-            "an answer lifts the hold-down"
-        );
     }
 
     #[test]

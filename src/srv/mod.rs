@@ -106,15 +106,17 @@ impl HoldDown {
         }
     }
 
-    /// How long a failed target is held down.
-    pub fn duration(&self) -> Duration {
-        self.duration
-    }
-
     /// The target failed (transport error, ICMP error, 503, no final answer in time).
     pub fn mark_down(&mut self, addr: SocketAddr, now: Instant) {
+        self.mark_down_at_most(addr, now, None);
+    }
+
+    /// The target failed and said when to come back (a 503's Retry-After): held down for
+    /// that long when it is shorter than the configured hold-down, never longer.
+    pub fn mark_down_at_most(&mut self, addr: SocketAddr, now: Instant, limit: Option<Duration>) {
+        let hold = limit.map_or(self.duration, |l| l.min(self.duration));
         // A configured "forever" (Duration::MAX) must not overflow the clock.
-        let until = now.checked_add(self.duration).unwrap_or_else(far_future);
+        let until = now.checked_add(hold).unwrap_or_else(far_future);
         self.until.insert(addr, until);
     }
 
@@ -125,11 +127,6 @@ impl HoldDown {
 
     pub fn is_down(&self, addr: SocketAddr, now: Instant) -> bool {
         self.until.get(&addr).is_some_and(|&t| now < t)
-    }
-
-    /// Forgets expired entries (so the map stays as small as the set of failing targets).
-    pub fn expire(&mut self, now: Instant) {
-        self.until.retain(|_, t| now < *t);
     }
 }
 
@@ -216,6 +213,17 @@ impl Selector {
 
     pub fn report_failure(&mut self, addr: SocketAddr, now: Instant) {
         self.hold.mark_down(addr, now);
+    }
+
+    /// A failure with the target's own word on when to retry (a 503's Retry-After), which
+    /// shortens the hold-down but never lengthens it.
+    pub fn report_failure_retry_after(
+        &mut self,
+        addr: SocketAddr,
+        now: Instant,
+        retry_after: Option<Duration>,
+    ) {
+        self.hold.mark_down_at_most(addr, now, retry_after);
     }
 
     pub fn report_success(&mut self, addr: SocketAddr) {
@@ -532,5 +540,22 @@ mod tests {
                 vec![SocketAddr::new(ip, 5080), SocketAddr::new(ip, 5060)]
             );
         }
+    }
+
+    #[test]
+    fn retry_after_shortens_the_hold_down_but_never_lengthens_it() {
+        let a = addr(1);
+        let t0 = Instant::now();
+        let s = |secs| t0 + Duration::from_secs(secs);
+        let mut t = Selector::new(Resolved::fixed(a), HoldDown::new(Duration::from_secs(30)));
+        t.report_failure_retry_after(a, t0, Some(Duration::from_secs(5)));
+        assert!(t.is_down(a, s(4)));
+        assert!(!t.is_down(a, s(5)), "Retry-After 5 s honoured");
+        t.report_failure_retry_after(a, t0, Some(Duration::from_secs(600)));
+        assert!(t.is_down(a, s(29)));
+        assert!(!t.is_down(a, s(30)), "capped at the hold-down");
+        t.report_failure_retry_after(a, t0, None);
+        t.report_success(a);
+        assert!(!t.is_down(a, s(1)), "an answer lifts the hold-down");
     }
 }
