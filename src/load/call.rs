@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::body::{self, CallParties, Direction, Flavour};
 use super::rtp_send::{Codec, StreamCommand, StreamSpec};
@@ -65,12 +65,24 @@ pub struct CallConfig {
     pub hold: bool,
     /// No final answer to an initial INVITE within this: fail over.
     pub failover_timeout: Duration,
-    /// Port the RTP sender sends from (offered in the SDP).
+    /// Port the RTP sender sends from to IPv4 targets (offered in the SDP).
     pub rtp_port: u16,
-    /// Pause between the last RTP packet and the BYE. A real SRC's last packet precedes its
-    /// BYE by at least a network delay; on loopback there is none, and a recorder that wakes
-    /// its media threads every 20 ms may otherwise see the BYE before the last packets.
+    /// The same for IPv6 targets: the sender's IPv6 socket has a port of its own.
+    pub rtp_port_v6: u16,
+    /// Pause between the last RTP packet and the BYE: a real SRC's last packet precedes its
+    /// BYE by at least a network delay, which loopback does not have.
     pub bye_delay: Duration,
+}
+
+impl CallConfig {
+    /// The RTP port to offer from a local address of `ip`'s family.
+    fn rtp_port_for(&self, ip: std::net::IpAddr) -> u16 {
+        if ip.is_ipv6() {
+            self.rtp_port_v6
+        } else {
+            self.rtp_port
+        }
+    }
 }
 
 /// Where a call is.
@@ -195,6 +207,8 @@ struct ClientTx {
 
 /// One call's state.
 pub struct Call {
+    /// When the call started, wall clock (passed in: this module reads no clock).
+    wall: SystemTime,
     pub index: u64,
     pub call_id: String,
     pub phase: Phase,
@@ -220,7 +234,6 @@ pub struct Call {
     hold_at: Option<Instant>,
     resume_at: Option<Instant>,
     end_at: Option<Instant>,
-    held: bool,
     streams_running: u8,
     stop_wait: Option<Instant>,
     /// The reason for failover or failure, kept for when the candidates run out.
@@ -233,9 +246,12 @@ pub struct Call {
 }
 
 impl Call {
-    pub fn new(index: u64, candidates: Vec<SocketAddr>) -> Call {
+    /// Call `index`, to try `candidates` in order; `wall` is when it starts, as a person reads
+    /// time (the metadata's associate-time).
+    pub fn new(index: u64, candidates: Vec<SocketAddr>, wall: SystemTime) -> Call {
         Call {
             index,
+            wall,
             call_id: format!("{:016x}-{index}@reel-load", rand::random::<u64>()),
             phase: Phase::NeedTarget,
             candidates,
@@ -257,7 +273,6 @@ impl Call {
             hold_at: None,
             resume_at: None,
             end_at: None,
-            held: false,
             streams_running: 0,
             stop_wait: None,
             last_failure: None,
@@ -279,6 +294,12 @@ impl Call {
     /// Media is flowing (answered and not yet ending).
     pub fn is_up(&self) -> bool {
         matches!(self.phase, Phase::Confirmed | Phase::ReInviting { .. })
+    }
+
+    /// On hold: the hold re-INVITE went out (its time is cleared then) and the resume is
+    /// still to come.
+    fn held(&self) -> bool {
+        self.hold_at.is_none() && self.resume_at.is_some()
     }
 
     /// The next target to try, if any is left.
@@ -309,12 +330,12 @@ impl Call {
             cfg.flavour,
             cfg.codec,
             local.ip(),
-            cfg.rtp_port,
+            cfg.rtp_port_for(local.ip()),
             self.sdp_session,
             self.sdp_version,
             Direction::SendOnly,
         );
-        let start = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let start = humantime::format_rfc3339_millis(self.wall).to_string();
         let xml = body::metadata(cfg.flavour, &self.parties, &start);
         let multipart = body::multipart(cfg.flavour, &sdp, &xml, &self.parties);
         let mut extra = String::new();
@@ -383,7 +404,7 @@ impl Call {
         }
         match self.phase {
             Phase::Confirmed => {
-                if self.held {
+                if self.held() {
                     min(self.resume_at);
                 } else {
                     min(self.hold_at);
@@ -420,23 +441,18 @@ impl Call {
                     data: tx.data.clone(),
                 });
                 tally.retransmissions += 1;
-                let next = if tx.method == Method::Invite {
-                    tx.interval * 2
-                } else {
-                    (tx.interval * 2).min(T2)
-                };
                 tx.next_retx = Some(now + tx.interval);
-                tx.interval = next.min(T2);
+                tx.interval = (tx.interval * 2).min(T2);
             }
         }
         match self.phase {
             Phase::Confirmed => {
                 if self.end_at.is_some_and(|t| t <= now) {
                     self.stop_media(now, out);
-                } else if !self.held && self.hold_at.is_some_and(|t| t <= now) {
+                } else if !self.held() && self.hold_at.is_some_and(|t| t <= now) {
                     self.hold_at = None;
                     self.reinvite(now, cfg, true, out);
-                } else if self.held && self.resume_at.is_some_and(|t| t <= now) {
+                } else if self.held() && self.resume_at.is_some_and(|t| t <= now) {
                     self.resume_at = None;
                     self.reinvite(now, cfg, false, out);
                 }
@@ -496,7 +512,8 @@ impl Call {
         }
     }
 
-    /// The transport to `target` failed (refused, ICMP unreachable, reset).
+    /// The transport to `target` failed (refused, ICMP unreachable, reset). The caller holds
+    /// the target down; the call moves on to its next candidate.
     pub fn on_transport_error(
         &mut self,
         now: Instant,
@@ -510,12 +527,9 @@ impl Call {
         }
         match self.phase {
             Phase::Inviting => {
+                // The driver holds the target down: the socket failed for every call on it.
                 self.tx = None;
                 self.last_failure = Some(Failure::Transport);
-                out.push(Output::TargetFailed {
-                    target,
-                    retry_after: None,
-                });
                 self.phase = Phase::NeedTarget;
             }
             Phase::ReInviting { .. } | Phase::Byeing => {
@@ -531,7 +545,6 @@ impl Call {
     /// the call.
     pub fn on_request(
         &mut self,
-        now: Instant,
         from: SocketAddr,
         req: &Request,
         tally: &mut Tally,
@@ -540,8 +553,7 @@ impl Call {
         if req.method == Method::Ack {
             return;
         }
-        let mut resp = Response::for_request(req, 200, "");
-        resp.headers.push("Content-Length", "0");
+        let resp = Response::for_request(req, 200, "");
         out.push(Output::Send {
             target: from,
             data: resp.encode(),
@@ -551,7 +563,6 @@ impl Call {
                 out.push(Output::Rtp(StreamCommand::Stop(self.stream_id(k))));
             }
             self.tx = None;
-            let _ = now;
             self.finish(Err(Failure::RemoteBye), tally);
         }
     }
@@ -812,7 +823,6 @@ impl Call {
                 out.push(Output::Rtp(StreamCommand::Pause(self.stream_id(k))));
             }
         }
-        self.held = hold;
         self.sdp_version += 1;
         let dir = if hold {
             Direction::Inactive
@@ -823,7 +833,7 @@ impl Call {
             cfg.flavour,
             cfg.codec,
             local.ip(),
-            cfg.rtp_port,
+            cfg.rtp_port_for(local.ip()),
             self.sdp_session,
             self.sdp_version,
             dir,
@@ -1054,6 +1064,7 @@ mod tests {
             hold,
             failover_timeout: Duration::from_secs(2),
             rtp_port: 40000,
+            rtp_port_v6: 40002,
             bye_delay: Duration::ZERO,
         }
     }
@@ -1099,9 +1110,37 @@ mod tests {
     }
 
     #[test]
+    fn the_offer_names_the_rtp_port_of_the_targets_address_family() {
+        // The RTP sender's IPv4 and IPv6 sockets have ports of their own.
+        let c = cfg(Transport::Udp, false);
+        for (target, local, port) in [
+            ("127.0.0.1:5060", "127.0.0.1:40001", c.rtp_port),
+            ("[::1]:5060", "[::1]:40001", c.rtp_port_v6),
+        ] {
+            let mut call = Call::new(1, vec![a(target)], SystemTime::now());
+            let mut out = Vec::new();
+            let t = call.take_candidate().unwrap();
+            call.attempt(
+                Instant::now(),
+                &c,
+                t,
+                a(local),
+                &mut Tally::default(),
+                &mut out,
+            );
+            let inv = sent(&mut out).remove(0).1;
+            let body = String::from_utf8_lossy(&inv.body);
+            assert!(
+                body.contains(&format!("m=audio {port} ")),
+                "{target}: {body}"
+            );
+        }
+    }
+
+    #[test]
     fn invite_is_a_siprec_request_that_parses() {
         let c = cfg(Transport::Udp, false);
-        let mut call = Call::new(1, vec![a("127.0.0.1:5060")]);
+        let mut call = Call::new(1, vec![a("127.0.0.1:5060")], SystemTime::now());
         let mut tally = Tally::default();
         let inv = started(&mut call, &c, Instant::now(), &mut tally);
         assert_eq!(inv.method, Method::Invite);
@@ -1119,7 +1158,11 @@ mod tests {
     fn udp_invite_retransmits_until_provisional_then_fails_over_at_timeout() {
         let c = cfg(Transport::Udp, false);
         let t0 = Instant::now();
-        let mut call = Call::new(1, vec![a("127.0.0.1:5060"), a("127.0.0.1:5070")]);
+        let mut call = Call::new(
+            1,
+            vec![a("127.0.0.1:5060"), a("127.0.0.1:5070")],
+            SystemTime::now(),
+        );
         let mut tally = Tally::default();
         let inv = started(&mut call, &c, t0, &mut tally);
         let mut out = Vec::new();
@@ -1160,7 +1203,7 @@ mod tests {
     fn tcp_never_retransmits() {
         let c = cfg(Transport::Tcp, false);
         let t0 = Instant::now();
-        let mut call = Call::new(1, vec![a("127.0.0.1:5060")]);
+        let mut call = Call::new(1, vec![a("127.0.0.1:5060")], SystemTime::now());
         let mut tally = Tally::default();
         started(&mut call, &c, t0, &mut tally);
         let mut out = Vec::new();
@@ -1172,7 +1215,11 @@ mod tests {
     fn status_503_fails_over_with_retry_after_and_acks_on_the_invite_branch() {
         let c = cfg(Transport::Udp, false);
         let t0 = Instant::now();
-        let mut call = Call::new(1, vec![a("127.0.0.1:5060"), a("127.0.0.1:5070")]);
+        let mut call = Call::new(
+            1,
+            vec![a("127.0.0.1:5060"), a("127.0.0.1:5070")],
+            SystemTime::now(),
+        );
         let mut tally = Tally::default();
         let inv = started(&mut call, &c, t0, &mut tally);
         let mut r = answer(&inv, 503, "");
@@ -1209,7 +1256,7 @@ mod tests {
         let c = cfg(Transport::Udp, true);
         let t0 = Instant::now();
         let srs = a("127.0.0.1:5060");
-        let mut call = Call::new(3, vec![srs]);
+        let mut call = Call::new(3, vec![srs], SystemTime::now());
         let mut tally = Tally::default();
         let inv = started(&mut call, &c, t0, &mut tally);
         let mut out = Vec::new();
@@ -1306,7 +1353,7 @@ mod tests {
         c.bye_delay = Duration::from_millis(100);
         let t0 = Instant::now();
         let srs = a("127.0.0.1:5060");
-        let mut call = Call::new(1, vec![srs]);
+        let mut call = Call::new(1, vec![srs], SystemTime::now());
         let mut tally = Tally::default();
         let inv = started(&mut call, &c, t0, &mut tally);
         let mut out = Vec::new();
@@ -1334,7 +1381,7 @@ mod tests {
         let c = cfg(Transport::Udp, false);
         let t0 = Instant::now();
         let (first, second) = (a("127.0.0.1:5060"), a("127.0.0.1:5070"));
-        let mut call = Call::new(1, vec![first, second]);
+        let mut call = Call::new(1, vec![first, second], SystemTime::now());
         let mut tally = Tally::default();
         let inv = started(&mut call, &c, t0, &mut tally);
         let mut out = Vec::new();
@@ -1362,7 +1409,7 @@ mod tests {
     fn junk_responses_do_not_panic() {
         let c = cfg(Transport::Udp, false);
         let t0 = Instant::now();
-        let mut call = Call::new(1, vec![a("127.0.0.1:5060")]);
+        let mut call = Call::new(1, vec![a("127.0.0.1:5060")], SystemTime::now());
         let mut tally = Tally::default();
         let inv = started(&mut call, &c, t0, &mut tally);
         let mut out = Vec::new();

@@ -38,7 +38,9 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::tone::{FRAME_SAMPLES, Tone, frames_per_period, linear_to_alaw, linear_to_ulaw};
+use super::tone::{
+    FRAME_SAMPLES, Tone, frames_per_period, frames_per_period_at, linear_to_alaw, linear_to_ulaw,
+};
 use super::tone::{SAMPLE_RATE, telephone_event};
 
 /// Packetisation interval of every stream.
@@ -445,6 +447,11 @@ impl Sender {
         self.v4.as_ref().and_then(|s| s.local_addr().ok())
     }
 
+    /// The same for IPv6 destinations (its own socket, so its own port), where bound.
+    pub fn local_addr_v6(&self) -> Option<SocketAddr> {
+        self.v6.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
     /// Runs on a new thread; stop it with [`SenderHandle::stop`] or let `duration` pass.
     pub fn spawn(self, duration: Duration) -> io::Result<SenderHandle> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -700,31 +707,21 @@ fn encode_period(hz: u32, amplitude: i16, codec: Codec) -> Arc<[u8]> {
     }
 }
 
-/// G.722 frames of a 16 kHz tone. The samples repeat after `frames_per_wide_period` frames;
+/// G.722 frames of a 16 kHz tone. The samples repeat after `frames_per_period_at` frames;
 /// ADPCM state does not, so two periods are encoded and the second is kept: the encoder has
 /// settled on the tone by then and the seam where the period repeats is inaudible to a
 /// Goertzel check.
 fn encode_g722_period(hz: u32, amplitude: i16) -> Arc<[u8]> {
-    const WIDE_RATE: u32 = 2 * SAMPLE_RATE;
-    const WIDE_FRAME: usize = 2 * FRAME_SAMPLES;
-    let hz = hz % WIDE_RATE;
-    let period = u64::from(WIDE_RATE / gcd(hz, WIDE_RATE));
-    let lcm = period * WIDE_FRAME as u64 / u64::from(gcd(period as u32, WIDE_FRAME as u32));
-    let frames = ((lcm / WIDE_FRAME as u64) as usize).clamp(1, 50);
-    let step = std::f64::consts::TAU * f64::from(hz) / f64::from(WIDE_RATE);
-    let samples: Vec<i16> = (0..2 * frames * WIDE_FRAME)
-        .map(|n| (f64::from(amplitude) * (step * n as f64).sin()).round() as i16)
+    let rate = Codec::G722.sample_rate();
+    let frames = frames_per_period_at(hz, rate);
+    let mut tone = Tone::at_rate(hz as f32, amplitude, rate);
+    let samples: Vec<i16> = (0..2 * frames * (rate / 50) as usize)
+        .map(|_| tone.next_sample())
         .collect();
     let mut out = Vec::with_capacity(samples.len() / 2);
     crate::codec::g722::Encoder::new().encode(&samples, &mut out);
+    // G.722 puts one byte on the wire per two 16 kHz samples: a 20 ms frame is 160 bytes.
     out.split_off(frames * FRAME_SAMPLES).into()
-}
-
-fn gcd(mut a: u32, mut b: u32) -> u32 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
 }
 
 /// Thread CPU time (user + system) from getrusage(RUSAGE_THREAD); zero if it fails.

@@ -26,7 +26,7 @@ use crate::sip::framing::Frame;
 use crate::sip::message::parse_message;
 use crate::sip::{Message, Response, StreamFramer};
 use crate::srv::resolve::SrvResolver;
-use crate::srv::{HoldDown, Resolved, Selector, SrvRecord};
+use crate::srv::{HoldDown, Resolved, Selector};
 
 /// Where calls go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,30 +92,6 @@ pub fn resolve_srv(name: &str, dns: Option<SocketAddr>) -> Result<Resolved, Stri
         eprintln!("reel load: --srv {name}: target {w}: left out");
     }
     Ok(answer.resolved)
-}
-
-/// Fixed targets as one answer: each address its own record, priorities in the order given,
-/// so the first is always tried first and the others are the failover order.
-fn fixed_answer(addrs: &[SocketAddr]) -> Resolved {
-    let (Some(first), true) = (addrs.first(), addrs.len() > 1) else {
-        // One target (or none, which `run` refuses before this).
-        return Resolved::fixed(
-            addrs
-                .first()
-                .copied()
-                .unwrap_or(([127, 0, 0, 1], 5060).into()),
-        );
-    };
-    let mut r = Resolved::fixed(*first);
-    r.records.clear();
-    r.addrs.clear();
-    for (i, a) in addrs.iter().enumerate() {
-        let name = a.to_string();
-        let priority = u16::try_from(i).unwrap_or(u16::MAX);
-        r.records.push(SrvRecord::new(priority, 0, a.port(), &name));
-        r.addrs.insert(name, vec![*a]);
-    }
-    r
 }
 
 /// How long a run may take at most; nothing runs past it. One call: every target's
@@ -614,7 +590,7 @@ impl Runner<'_> {
     fn start_call(&mut self, now: Instant, index: u64) {
         self.refresh_targets(now);
         let candidates = self.selector.candidates(now, &mut self.rng);
-        let call = Call::new(index, candidates);
+        let call = Call::new(index, candidates, std::time::SystemTime::now());
         self.by_call_id.insert(call.call_id.clone(), index);
         self.calls.insert(index, call);
         self.settle(now, index);
@@ -632,8 +608,7 @@ impl Runner<'_> {
             if let Message::Request(r) = &msg
                 && r.method != crate::sip::Method::Ack
             {
-                let mut resp = Response::for_request(r, 481, "");
-                resp.headers.push("Content-Length", "0");
+                let resp = Response::for_request(r, 481, "");
                 self.transports.send(from, &resp.encode());
             }
             return;
@@ -645,7 +620,7 @@ impl Runner<'_> {
             Message::Response(r) => {
                 call.on_response(now, &self.cfg, from, r, &mut self.tally, &mut self.out)
             }
-            Message::Request(r) => call.on_request(now, from, r, &mut self.tally, &mut self.out),
+            Message::Request(r) => call.on_request(from, r, &mut self.tally, &mut self.out),
         }
         self.settle(now, index);
     }
@@ -700,13 +675,14 @@ impl Runner<'_> {
 pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
     let resolved = match &opts.targets {
         Targets::Fixed(addrs) if addrs.is_empty() => return Err("no target".into()),
-        Targets::Fixed(addrs) => fixed_answer(addrs),
+        Targets::Fixed(addrs) => Resolved::fixed_many(addrs),
         Targets::Srv { name, dns } => resolve_srv(name, *dns)?,
     };
     let selector = Selector::new(resolved, HoldDown::new(opts.holddown));
     let (sender, control) =
         Sender::dynamic(SendConfig::default()).map_err(|e| format!("RTP sender: {e}"))?;
     let rtp_port = sender.local_addr_v4().map_or(0, |a| a.port());
+    let rtp_port_v6 = sender.local_addr_v6().map_or(0, |a| a.port());
     let interval = Duration::from_secs_f64(1.0 / opts.rate.max(1e-3));
     let bound = run_bound(opts, selector.resolved().addrs.len().max(1), interval);
     let handle = sender
@@ -721,6 +697,7 @@ pub fn run(opts: &LoadOptions) -> Result<LoadReport, String> {
         hold: opts.hold,
         failover_timeout: opts.failover_timeout,
         rtp_port,
+        rtp_port_v6,
         bye_delay: opts.bye_delay,
     };
     let mut r = Runner {
@@ -871,7 +848,7 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:5060".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:5070".parse().unwrap();
         let sel = Selector::new(
-            fixed_answer(&[a, b]),
+            Resolved::fixed_many(&[a, b]),
             HoldDown::new(Duration::from_secs(30)),
         );
         let mut rng = rand::rng();

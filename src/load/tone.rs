@@ -34,8 +34,13 @@ impl Tone {
     /// A tone of `hz` with peak `amplitude` (linear 16-bit units; 8000 is about -12 dBFS).
     /// Frequencies at or above the Nyquist limit (4000 Hz) alias; that is the caller's choice.
     pub fn new(hz: f32, amplitude: i16) -> Tone {
+        Tone::at_rate(hz, amplitude, SAMPLE_RATE)
+    }
+
+    /// The same tone sampled at `rate` per second (16,000 for G.722's wideband audio).
+    pub fn at_rate(hz: f32, amplitude: i16, rate: u32) -> Tone {
         Tone {
-            step: TAU * f64::from(hz) / f64::from(SAMPLE_RATE),
+            step: TAU * f64::from(hz) / f64::from(rate),
             phase: 0.0,
             amplitude: f64::from(amplitude),
         }
@@ -64,10 +69,16 @@ impl Tone {
 /// samples, and the frames repeat after the least common multiple of that and 160. Always
 /// between 1 (e.g. 1000 Hz, 400 Hz) and 50 (one second, e.g. 1 Hz or 441 Hz).
 pub fn frames_per_period(hz: u32) -> usize {
-    let period = SAMPLE_RATE / gcd(hz % SAMPLE_RATE, SAMPLE_RATE);
-    let lcm =
-        u64::from(period) * FRAME_SAMPLES as u64 / u64::from(gcd(period, FRAME_SAMPLES as u32));
-    (lcm / FRAME_SAMPLES as u64) as usize
+    frames_per_period_at(hz, SAMPLE_RATE)
+}
+
+/// The same for audio sampled at `rate` per second in 20 ms frames (`rate / 50` samples):
+/// also between 1 and 50.
+pub fn frames_per_period_at(hz: u32, rate: u32) -> usize {
+    let frame = u64::from(rate / 50);
+    let period = rate / gcd(hz % rate, rate);
+    let lcm = u64::from(period) * frame / u64::from(gcd(period, frame as u32));
+    (lcm / frame) as usize
 }
 
 fn gcd(mut a: u32, mut b: u32) -> u32 {

@@ -144,10 +144,24 @@ pub struct Resolved {
 impl Resolved {
     /// One fixed target that never expires: `--target HOST:PORT`.
     pub fn fixed(addr: SocketAddr) -> Resolved {
-        let name = addr.to_string();
+        Resolved::fixed_many(&[addr])
+    }
+
+    /// Fixed targets that never expire, tried in the order given (`--target A,B,...`): each
+    /// address its own record, priorities 0, 1, 2 ..., so the first is always first choice
+    /// and the others are the failover order. One address gives the same as [`Resolved::fixed`].
+    pub fn fixed_many(addrs: &[SocketAddr]) -> Resolved {
+        let mut records = Vec::with_capacity(addrs.len());
+        let mut by_name = HashMap::with_capacity(addrs.len());
+        for (i, a) in addrs.iter().enumerate() {
+            let name = a.to_string();
+            let priority = u16::try_from(i).unwrap_or(u16::MAX);
+            records.push(SrvRecord::new(priority, 0, a.port(), &name));
+            by_name.insert(name, vec![*a]);
+        }
         Resolved {
-            records: vec![SrvRecord::new(0, 0, addr.port(), &name)],
-            addrs: HashMap::from([(name, vec![addr])]),
+            records,
+            addrs: by_name,
             expires: far_future(),
         }
     }
