@@ -441,41 +441,23 @@ pub fn multipart(flavour: Flavour, sdp: &str, xml: &str, p: &CallParties) -> Str
 /// (port 0). The connection address is the stream's `c=` or the session's; when the answer
 /// has none, `fallback` (the SRS's signalling address).
 pub fn answer_destinations(sdp: &[u8], fallback: IpAddr) -> Vec<Option<std::net::SocketAddr>> {
-    let text = String::from_utf8_lossy(sdp);
-    let mut session_ip: Option<IpAddr> = None;
-    let mut media: Vec<(u16, Option<IpAddr>)> = Vec::new();
-    for line in text.lines() {
-        let line = line.trim_end();
-        if let Some(rest) = line.strip_prefix("m=") {
-            let port = rest
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.split('/').next())
-                .and_then(|p| p.parse().ok())
-                .unwrap_or(0);
-            media.push((port, None));
-        } else if let Some(rest) = line.strip_prefix("c=") {
-            let ip = rest
-                .split_whitespace()
-                .nth(2)
-                .and_then(|a| a.split('/').next())
-                .and_then(|a| a.parse().ok());
-            match media.last_mut() {
-                Some(m) => m.1 = ip,
-                None => session_ip = ip,
-            }
-        }
-    }
-    media
-        .into_iter()
-        .map(|(port, ip)| {
-            if port == 0 {
+    // An answer the recorder's own SDP parser refuses gives no stream to send to.
+    let Ok(answer) = crate::siprec::sdp::parse_sdp(sdp) else {
+        return Vec::new();
+    };
+    answer
+        .media
+        .iter()
+        .map(|m| {
+            if m.port == 0 {
                 return None;
             }
-            let ip = ip.or(session_ip).unwrap_or(fallback);
-            // An unspecified address says nothing about where to send; use the SRS's.
-            let ip = if ip.is_unspecified() { fallback } else { ip };
-            Some(std::net::SocketAddr::new(ip, port))
+            // No address, or an unspecified one, says nothing about where to send: the SRS's.
+            let ip = m
+                .connection
+                .filter(|ip| !ip.is_unspecified())
+                .unwrap_or(fallback);
+            Some(std::net::SocketAddr::new(ip, m.port))
         })
         .collect()
 }
@@ -544,7 +526,7 @@ mod tests {
                 Some("127.0.0.3:5002".parse().unwrap())
             ]
         );
-        let none = answer_destinations(b"m=audio 7 RTP/AVP 0\r\nc=IN IP4 0.0.0.0\r\n", fb);
+        let none = answer_destinations(b"v=0\r\nm=audio 7 RTP/AVP 0\r\nc=IN IP4 0.0.0.0\r\n", fb);
         assert_eq!(none, vec![Some("127.0.0.9:7".parse().unwrap())]);
     }
 
