@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +20,7 @@ const TONES: [f32; 2] = [400.0, 1000.0];
 
 /// Runs `reel load ARGS --json --quiet` to its end (bounded) and parses its last line.
 fn load(args: &[&str]) -> (Output, Value) {
-    let mut child = Command::new(reel_bin())
+    let child = Command::new(reel_bin())
         .arg("load")
         .args(args)
         .args(["--json", "--quiet"])
@@ -30,24 +29,7 @@ fn load(args: &[&str]) -> (Output, Value) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start reel load");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("reel load {args:?} did not end by itself");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
-    let json: Value = serde_json::from_str(last).unwrap_or_else(|e| {
-        panic!(
-            "last line of stdout is not JSON ({e}): {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out, json)
+    common::load::finish(child)
 }
 
 fn target(server: &Server) -> String {
@@ -405,9 +387,7 @@ fn bad_arguments_exit_2_naming_the_flag() {
 fn srv_that_cannot_be_resolved_fails_the_run_naming_the_flag() {
     // Nothing listens on the DNS port: the lookup fails (refused or timed out) and the run
     // does not start.
-    let dead = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    let dns = dead.local_addr().expect("addr").to_string();
-    drop(dead);
+    let dns = format!("127.0.0.1:{}", dead_port());
     let out = Command::new(reel_bin())
         .args(["load", "--srv", "_sip._udp.example.com", "--dns", &dns])
         .stdin(Stdio::null())
@@ -431,11 +411,7 @@ fn sigterm_ends_calls_with_bye() {
         .expect("start reel load");
     // Both calls up (answered) before the signal.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !server
-        .http_get("/metrics")
-        .map(|(_, m)| active_sessions(&m) >= 2)
-        .unwrap_or(false)
-    {
+    while server.sessions_active() < 2 {
         assert!(Instant::now() < deadline, "calls did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -443,9 +419,7 @@ fn sigterm_ends_calls_with_bye() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
-    let out = child.wait_with_output().expect("reel load ends");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("JSON");
+    let (_, json) = common::load::finish(child);
     assert_eq!(json["interrupted"], true, "{json}");
     assert_eq!(num(&json, "bye_ok"), 2, "{json}");
     let recs = server.wait_recordings(2);
@@ -457,14 +431,4 @@ fn sigterm_ends_calls_with_bye() {
         );
     }
     assert_eq!(check_recordings(&recs), num(&json, "rtp_packets_sent"));
-}
-
-/// Sessions in progress, from the Prometheus text.
-fn active_sessions(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("reel_sessions_active"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
 }

@@ -1,6 +1,8 @@
 //! Carrier-style SRV spreading and failover, end to end (RFC 2782): a real DNS server on
 //! loopback serves SRV and A records for four real `reel serve` processes (priority 10 with
-//! weights 40/30/30, and a priority-20 backup); `reel load --srv` spreads calls by weight,
+//! weights 40/30/30, and a priority-20 backup); `reel load --srv` shares the calls over the
+//! priority-10 group (the weighted draw itself is measured in the `srv` unit tests and in
+//! `tests/srv_dns.rs`),
 //! fails over when an instance is gone, and the backup takes every call when the whole
 //! priority-10 group is down. No call fails in any phase, and every call answered by an
 //! instance is recorded there.
@@ -75,15 +77,7 @@ impl Group {
     }
 
     fn report(child: Child) -> serde_json::Value {
-        let out = child.wait_with_output().expect("wait for reel load");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let last = stdout.lines().last().unwrap_or_default();
-        let json: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| {
-            panic!(
-                "last stdout line is not JSON ({e}):\n{stdout}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        let (out, json) = common::load::finish(child);
         assert!(
             out.status.success(),
             "reel load failed: {json}\nstderr:\n{}",
@@ -116,22 +110,13 @@ impl Group {
     }
 }
 
-/// Sessions in progress on one recorder, from its status API.
-fn sessions_active(s: &Server) -> u64 {
-    s.http_get("/api/status")
-        .ok()
-        .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["sessions_active"].as_u64())
-        .unwrap_or(0)
-}
-
 fn no_failed_call(report: &serde_json::Value, calls: usize) {
     assert_eq!(report["calls_failed"], 0, "{report}");
     assert_eq!(report["calls_ok"], calls as u64, "{report}");
 }
 
 #[test]
-fn srv_weights_spread_calls_failover_skips_a_dead_instance_and_the_backup_takes_over() {
+fn srv_priority_10_shares_the_calls_failover_skips_a_dead_instance_and_the_backup_takes_over() {
     let mut g = group();
 
     // 1. All up: priority 10 only, every instance of it used, the backup idle.
@@ -220,7 +205,7 @@ fn a_changed_srv_answer_moves_new_calls_after_its_ttl_within_one_run() {
     // r2 (so a slow start cannot send every call to the new records).
     let child = g.spawn_load("udp", 24, "6");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while sessions_active(&g.servers[1]) == 0 {
+    while g.servers[1].sessions_active() == 0 {
         assert!(std::time::Instant::now() < deadline, "no call reached r2");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -281,7 +266,7 @@ fn a_draining_recorder_answers_503_and_calls_fail_over_to_the_next_priority() {
         .spawn()
         .expect("start the long call");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while sessions_active(&draining) == 0 {
+    while draining.sessions_active() == 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the long call never came up"
@@ -310,7 +295,7 @@ fn a_draining_recorder_answers_503_and_calls_fail_over_to_the_next_priority() {
     assert!(r["responses"]["503"].as_u64().unwrap_or(0) >= 1, "{r}");
     assert!(r["failovers"].as_u64().unwrap_or(0) >= 1, "{r}");
     assert_eq!(
-        sessions_active(&draining),
+        draining.sessions_active(),
         1,
         "the draining recorder kept its call"
     );

@@ -509,7 +509,7 @@ fn dynamic_sender_ends_when_its_control_is_dropped() {
     let handle = sender.spawn(Duration::from_secs(60)).expect("spawn");
     drop(control);
     let start = Instant::now();
-    let report = handle.join().expect("join");
-    assert_eq!(report.packets_sent, 0);
+    handle.join().expect("join");
+    // Its duration is 60 s: ending well before means the dropped control ended it.
     assert!(start.elapsed() < Duration::from_secs(30), "ended by itself");
 }

@@ -98,14 +98,14 @@ async fn rfc2782_order_drawn_from_a_real_answer_follows_priority_and_weight() {
     let s = selector(got);
     let mut rng = StdRng::seed_from_u64(2782);
     let now = Instant::now();
-    let (mut a_first, mut b_first) = (0, 0);
+    let mut a_first = 0;
     for _ in 0..2000 {
         let c = s.candidates(now, &mut rng);
         assert_eq!(c.len(), 4, "every address once: {c:?}");
         assert_eq!(c[3], sa(13, 5080), "the priority-20 backup is always last");
         match c[0] {
             x if x == sa(11, 5060) => a_first += 1,
-            x if x.port() == 5070 => b_first += 1,
+            x if x.port() == 5070 => {}
             other => panic!("unexpected first choice {other}"),
         }
     }
@@ -114,7 +114,6 @@ async fn rfc2782_order_drawn_from_a_real_answer_follows_priority_and_weight() {
         (1080..=1320).contains(&a_first),
         "a first {a_first} of 2000"
     );
-    assert_eq!(a_first + b_first, 2000);
 }
 
 #[test]
@@ -366,13 +365,7 @@ fn a_silent_server_gives_a_timeout_naming_it() {
     let silent = SilentServer::start();
     let r =
         SrvResolver::with_timeout(Some(silent.addr), Duration::from_millis(200)).expect("resolver");
-    let t0 = Instant::now();
     let e = r.lookup_blocking(SIP).expect_err("nobody answers");
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "bounded: {:?}",
-        t0.elapsed()
-    );
     assert!(matches!(e, SrvError::Timeout { .. }), "{e:?}");
     assert!(e.to_string().contains(&silent.addr.to_string()), "{e}");
 }

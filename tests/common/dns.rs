@@ -188,10 +188,6 @@ impl DnsServer {
     pub fn queries(&self) -> Vec<QueryLog> {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-
-    pub fn clear_queries(&self) {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    }
 }
 
 impl Drop for DnsServer {

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod load;
 pub mod media;
 pub mod server;
 pub mod sim;

@@ -175,6 +175,15 @@ impl Server {
         Ok((status, body))
     }
 
+    /// Sessions in progress, from `/api/status` (0 when it cannot be read).
+    pub fn sessions_active(&self) -> u64 {
+        self.http_get("/api/status")
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["sessions_active"].as_u64())
+            .unwrap_or(0)
+    }
+
     /// Every finished recording folder (holding `recording.json`).
     pub fn recordings(&self) -> Vec<PathBuf> {
         recording_dirs(&self.data().join("recordings"))
