@@ -34,8 +34,9 @@
 //! sets up bursts of calls at 100, 200, 400, ... calls/s (one second's worth each, at most
 //! 3,200 calls, fewer when other processes hold ports in the range), each burst torn down with BYE and its recordings awaited before the next. A
 //! burst is clean when every INVITE got a 200, the p99 setup latency stays within
-//! `--setup-bound-ms` (default 250) and the burst went out at 90 % or more of its rate; the
-//! ramp stops at the first burst that is not, and the highest clean rate is printed. At most
+//! `--setup-bound-ms` (default 250) and the burst went out at 90 % or more of its rate. At
+//! the first burst that is not, the ramp takes one step back halfway to the last clean rate,
+//! then stops; the highest clean rate is printed. At most
 //! about three minutes.
 
 #[path = "common/sinks.rs"]
@@ -411,6 +412,12 @@ fn invite_text(id: &str, body: &str) -> String {
     )
 }
 
+/// An in-dialog request without a body (ACK for the 200, BYE) of call `id`.
+fn in_dialog_text(method: &str, id: &str, cseq: u32, to_tag: &str) -> String {
+    let branch = format!("z9hG4bK-{id}-{}", method.to_ascii_lowercase());
+    sim::request(method, id, &branch, cseq, to_tag, "", None, "")
+}
+
 fn answer_ports(body: &[u8]) -> Vec<u16> {
     String::from_utf8_lossy(body)
         .lines()
@@ -647,16 +654,7 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
             let ports = answer_ports(&r.body);
             if let Some(tag) = tag {
                 let id = cid(i);
-                let ack = sim::request(
-                    "ACK",
-                    &id,
-                    &format!("z9hG4bK-{id}-ack"),
-                    1,
-                    &tag,
-                    "",
-                    None,
-                    "",
-                );
+                let ack = in_dialog_text("ACK", &id, 1, &tag);
                 let _ = sock.send_to(ack.as_bytes(), proc.sip);
                 if ports.len() == 2 && ports.iter().all(|&p| p != 0) {
                     states[i] = Some(CallState { tag, ports });
@@ -747,16 +745,7 @@ fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
         let i = up[k];
         let id = cid(i);
         let tag = states[i].as_ref().map_or("", |s| s.tag.as_str());
-        let text = sim::request(
-            "BYE",
-            &id,
-            &format!("z9hG4bK-{id}-bye"),
-            2,
-            tag,
-            "",
-            None,
-            "",
-        );
+        let text = in_dialog_text("BYE", &id, 2, tag);
         (id, text)
     };
     let st = transact(
@@ -916,16 +905,7 @@ fn run_setup_limit(o: &Opts) -> Result<(), String> {
                     return;
                 };
                 let id = cid(i);
-                let ack = sim::request(
-                    "ACK",
-                    &id,
-                    &format!("z9hG4bK-{id}-ack"),
-                    1,
-                    &tag,
-                    "",
-                    None,
-                    "",
-                );
+                let ack = in_dialog_text("ACK", &id, 1, &tag);
                 let _ = sock.send_to(ack.as_bytes(), proc.sip);
                 tags[i] = Some(tag);
             },
@@ -943,16 +923,7 @@ fn run_setup_limit(o: &Opts) -> Result<(), String> {
             let i = up[k];
             let id = cid(i);
             let tag = tags[i].as_deref().unwrap_or("");
-            let text = sim::request(
-                "BYE",
-                &id,
-                &format!("z9hG4bK-{id}-bye"),
-                2,
-                tag,
-                "",
-                None,
-                "",
-            );
+            let text = in_dialog_text("BYE", &id, 2, tag);
             (id, text)
         };
         let byes = transact(&sock, proc.sip, up.len(), 1000, "BYE", &bye, &mut |_, _| {});
@@ -1256,7 +1227,7 @@ fn main() {
         Err(e) => {
             eprintln!("record bench: {e}");
             eprintln!(
-                "usage: record [--calls N | --sizes N1,N2,..] [--seconds D] [--variants a,c,reel] \
+                "usage: record [--calls N | --sizes N1,N2,..] [--seconds D] [--variants a,b,c,reel] \
                  [--setup-rate R] [--batch-ms M] [--reel-bin PATH] [--reel-log FILTER] [--no-pin] \
                  [--setup-limit [--setup-bound-ms B]]"
             );
