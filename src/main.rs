@@ -30,12 +30,7 @@ enum Command {
 #[command(group(ArgGroup::new("destination").required(true).args(["target", "srv"])))]
 struct LoadArgs {
     /// Recorder to call; repeat (or comma-separate) for failover targets, tried in order.
-    #[arg(
-        long,
-        value_name = "HOST:PORT",
-        value_delimiter = ',',
-        conflicts_with = "srv"
-    )]
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
     target: Vec<String>,
     /// Find the recorders by DNS SRV (RFC 2782), e.g. _sip._udp.rec.example.com.
     #[arg(long, value_name = "NAME")]
