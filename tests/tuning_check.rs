@@ -24,6 +24,15 @@ const TUNED: Host = Host {
     reserved: "16384-32767",
 };
 
+/// A host as installed: io_uring off, kernel defaults, an ephemeral range over the RTP ports.
+const UNTUNED: Host = Host {
+    io_uring_disabled: "2",
+    rmem_max: "212992",
+    backlog: "1000",
+    port_range: "10000\t60999",
+    reserved: "",
+};
+
 fn lay_out(root: &Path, h: &Host) {
     let files = [
         ("proc/sys/kernel/io_uring_disabled", h.io_uring_disabled),
@@ -78,16 +87,7 @@ fn a_tuned_host_passes_the_kernel_checks() {
 #[test]
 fn an_untuned_host_is_told_what_to_change_and_exits_1() {
     let dir = tempfile::tempdir().expect("tempdir");
-    lay_out(
-        dir.path(),
-        &Host {
-            io_uring_disabled: "2",
-            rmem_max: "212992",
-            backlog: "1000",
-            port_range: "10000\t60999",
-            reserved: "",
-        },
-    );
+    lay_out(dir.path(), &UNTUNED);
     let out = run(dir.path(), &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -163,16 +163,7 @@ fn the_script_only_reads() {
     // Run on an untuned host with a config, it changes nothing: every file it reads keeps
     // its bytes and time, and it creates none.
     let dir = tempfile::tempdir().expect("tempdir");
-    lay_out(
-        dir.path(),
-        &Host {
-            io_uring_disabled: "2",
-            rmem_max: "212992",
-            backlog: "1000",
-            port_range: "10000\t60999",
-            reserved: "",
-        },
-    );
+    lay_out(dir.path(), &UNTUNED);
     let cfg = dir.path().join("reel.toml");
     std::fs::write(&cfg, "[media]\nrcvbuf = 67108864\n").expect("write config");
     let before = snapshot(dir.path());

@@ -1489,15 +1489,7 @@ fn new_recording_id(rng: &mut rand::rngs::StdRng) -> String {
     let mut b: [u8; 16] = rng.random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::record::model::uuid_text(&b)
 }
 
 fn contact_for(ip: IpAddr, flow: &Flow) -> String {

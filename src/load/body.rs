@@ -398,16 +398,11 @@ fn uuid_from(id: &str) -> String {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(id)
         .unwrap_or_default();
-    let h = hex::encode(bytes);
-    let h = format!("{h:0<32}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    // Short or missing ids are padded with zeros, as before; longer ones cut to 16 bytes.
+    let mut b = [0u8; 16];
+    let n = bytes.len().min(16);
+    b[..n].copy_from_slice(&bytes[..n]);
+    crate::record::model::uuid_text(&b)
 }
 
 /// The multipart boundary `reel load` uses for `flavour` (vendor-like, one per dialect).

@@ -231,6 +231,20 @@ impl RecordingJson {
     }
 }
 
+/// 16 bytes in the 8-4-4-4-12 hex form of a UUID (RFC 9562), as recording ids and
+/// `urn:uuid:` metadata ids are written.
+pub fn uuid_text(b: &[u8; 16]) -> String {
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
