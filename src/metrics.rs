@@ -36,6 +36,7 @@ pub struct MediaThreadStats {
     pub packets: u64,
     pub bytes: u64,
     pub foreign: u64,
+    pub unrouted: u64,
     pub duplicates: u64,
     pub srtp_failures: u64,
     pub malformed: u64,
@@ -172,6 +173,12 @@ const DEFS: &[Def] = &[
         Kind::Counter,
         "Packets dropped: not from the latched source.",
         |s| per_thread(s, |t| t.foreign),
+    ),
+    (
+        "reel_media_unrouted_total",
+        Kind::Counter,
+        "Packets dropped (TPROXY mode): sent to a port no stream is recorded on.",
+        |s| per_thread(s, |t| t.unrouted),
     ),
     (
         "reel_media_duplicates_total",

@@ -84,6 +84,10 @@ pub struct MediaSettings {
     /// Record only packets from the first source heard on a stream; others are counted as
     /// `foreign` and dropped.
     pub latch: bool,
+    /// 0: every stream is received on its own RTP/RTCP sockets. Otherwise media thread `i`
+    /// receives its share of the RTP port range on one socket at `tproxy_port + i`, where an
+    /// nftables TPROXY rule sends it (needs CAP_NET_ADMIN; see docs/tuning.md).
+    pub tproxy_port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -300,6 +304,8 @@ struct RawMedia {
     journal_fsync_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     latch: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tproxy_port: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -417,6 +423,7 @@ impl Config {
                 rcvbuf: Some(self.media.rcvbuf as u64),
                 journal_fsync_ms: Some(self.media.journal_fsync_ms),
                 latch: Some(self.media.latch),
+                tproxy_port: Some(u64::from(self.media.tproxy_port)),
             },
             record: RawRecord {
                 audio: Some(self.record.audio.clone()),
@@ -713,15 +720,36 @@ fn media_from_raw(raw: RawMedia) -> Result<MediaSettings, ConfigError> {
             format!("{journal_fsync_ms} is out of range; expected 10..=60000 milliseconds"),
         ));
     }
+    let threads = at_least_one("media.threads", raw.threads, defaults::THREADS)?;
+    let tproxy_port = match raw.tproxy_port.unwrap_or(0) {
+        0 => 0,
+        p => {
+            let last = p + threads as u64 - 1;
+            if last > 65535 {
+                return Err(err(
+                    "media.tproxy_port",
+                    format!("{p} + {threads} media threads runs past port 65535"),
+                ));
+            }
+            if p <= u64::from(rtp_port_hi) && last >= u64::from(rtp_port_lo) {
+                return Err(err(
+                    "media.tproxy_port",
+                    format!("ports {p}-{last} overlap media.rtp_ports {rtp_port_lo}-{rtp_port_hi}"),
+                ));
+            }
+            p as u16
+        }
+    };
     Ok(MediaSettings {
         rtp_port_lo,
         rtp_port_hi,
-        threads: at_least_one("media.threads", raw.threads, defaults::THREADS)?,
+        threads,
         cpus,
         io_backend,
         rcvbuf,
         journal_fsync_ms,
         latch: raw.latch.unwrap_or(true),
+        tproxy_port,
     })
 }
 

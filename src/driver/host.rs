@@ -26,6 +26,56 @@ pub struct HostState {
     started: HashMap<u16, (u64, usize)>,
     /// Stream key -> port, for streams whose media thread has not closed the sockets yet.
     closing: HashMap<u64, u16>,
+    /// TPROXY mode: which media thread receives which ports.
+    split: Option<PortSplit>,
+}
+
+/// TPROXY mode's division of the RTP port range among media threads: contiguous runs of
+/// whole RTP/RTCP pairs, one run per thread, so one nftables rule per thread sends a run to
+/// that thread's socket and a stream's RTCP goes where its RTP goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSplit {
+    first: u16,
+    pairs: usize,
+    threads: usize,
+}
+
+impl PortSplit {
+    /// The even ports of `lo..hi` as the [`PortPool`] hands them out, over `threads`.
+    pub fn new(lo: u16, hi: u16, threads: usize) -> PortSplit {
+        let first = if lo.is_multiple_of(2) {
+            lo
+        } else {
+            lo.saturating_add(1)
+        };
+        PortSplit {
+            first,
+            pairs: (first..hi).step_by(2).count().max(1),
+            threads: threads.max(1),
+        }
+    }
+
+    /// The media thread that receives RTP port `port` (and `port + 1`).
+    pub fn thread_of(&self, port: u16) -> usize {
+        let pair = usize::from(port.saturating_sub(self.first)) / 2;
+        (pair.min(self.pairs - 1) * self.threads / self.pairs).min(self.threads - 1)
+    }
+
+    /// Per thread, the first RTP port and the last RTCP port it receives.
+    pub fn ranges(&self) -> Vec<(u16, u16)> {
+        (0..self.threads)
+            .map(|i| {
+                let a = (i * self.pairs).div_ceil(self.threads);
+                let b = ((i + 1) * self.pairs).div_ceil(self.threads);
+                let port = |pair: usize| self.first as usize + 2 * pair;
+                (
+                    port(a) as u16,
+                    (port(b).saturating_sub(1)).min(65535) as u16,
+                )
+            })
+            .filter(|(a, b)| a <= b)
+            .collect()
+    }
 }
 
 #[derive(Clone)]
@@ -47,7 +97,14 @@ impl Host {
             next_key: 1,
             started: HashMap::new(),
             closing: HashMap::new(),
+            split: None,
         })))
+    }
+
+    /// TPROXY mode: a stream goes to the thread whose socket receives its port.
+    pub fn with_split(self, split: Option<PortSplit>) -> Host {
+        self.0.borrow_mut().split = split;
+        self
     }
 
     /// A media thread closed a stream's sockets: its port may be reused.
@@ -87,8 +144,13 @@ impl MediaHost for Host {
         };
         let key = h.next_key;
         h.next_key += 1;
-        // Streams of one session go to one thread, so its end records arrive in one ring.
-        let thread = (spec.session.0 % h.media.len() as u64) as usize;
+        // Streams of one session go to one thread, so its end records arrive in one ring;
+        // in TPROXY mode the port decides (the writer waits for every stream's end record,
+        // whichever ring brings it).
+        let thread = match h.split {
+            Some(split) => split.thread_of(port).min(h.media.len() - 1),
+            None => (spec.session.0 % h.media.len() as u64) as usize,
+        };
         let cfg = StreamConfig {
             key,
             recording: spec.session.0 as u32,
@@ -151,6 +213,31 @@ fn unmap(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
     use crate::sip::Transport;
+
+    #[test]
+    fn port_split_rules_cover_each_pair_once_and_match_thread_of() {
+        for (lo, hi, threads) in [(20000, 29999, 1), (20000, 29999, 3), (20001, 20010, 4)] {
+            let split = PortSplit::new(lo, hi, threads);
+            let ranges = split.ranges();
+            let pool_ports: Vec<u16> = (split.first..hi).step_by(2).collect();
+            for &p in &pool_ports {
+                let owners: Vec<usize> = ranges
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (a, b))| (*a..=*b).contains(&p) && (*a..=*b).contains(&(p + 1)))
+                    .map(|(i, _)| i)
+                    .collect();
+                assert_eq!(
+                    owners,
+                    vec![split.thread_of(p)],
+                    "port {p} of {lo}-{hi}/{threads}"
+                );
+            }
+        }
+        // Three threads split 5,000 pairs into contiguous runs.
+        let r = PortSplit::new(20000, 29999, 3).ranges();
+        assert_eq!(r, vec![(20000, 23333), (23334, 26667), (26668, 29999)]);
+    }
 
     fn flow(local: &str, remote: &str) -> Flow {
         Flow {

@@ -19,6 +19,14 @@ use crate::media::worker::{MediaCommand, MediaCounters, MediaReport, Worker};
 /// more than a second, far beyond the writer's 2 ms drain tick.
 const RING_BYTES: usize = 32 * 1024 * 1024;
 
+/// TPROXY mode (`media.tproxy_port`): media thread `i` receives on `port + i`.
+#[derive(Clone, Copy, Debug)]
+pub struct Tproxy {
+    pub port: u16,
+    /// Receive buffer of each shared socket: it holds every stream of the thread.
+    pub rcvbuf: usize,
+}
+
 pub struct MediaThread {
     pub commands: mpsc::Sender<MediaCommand>,
     pub waker: Waker,
@@ -40,6 +48,7 @@ pub fn start(
     count: usize,
     cpus: &[usize],
     kind: Backend,
+    tproxy: Option<Tproxy>,
     reports: tokio::sync::mpsc::UnboundedSender<MediaReport>,
 ) -> std::io::Result<(Vec<MediaThread>, Vec<RingReader>)> {
     let max_sockets = fd_limit().clamp(1024, 65536) as u32;
@@ -53,6 +62,16 @@ pub fn start(
         let thread_counters = counters.clone();
         let cpu = cpus.get(i).copied();
         let reports = reports.clone();
+        let shared = match tproxy {
+            Some(t) => {
+                let port = t.port + i as u16;
+                let sock = backend::open_tproxy_socket(port, t.rcvbuf).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("media.tproxy_port {port}: {e}"))
+                })?;
+                Some(sock)
+            }
+            None => None,
+        };
         let handle = thread::Builder::new()
             .name(format!("reel-media-{i}"))
             .spawn(move || {
@@ -88,24 +107,44 @@ pub fn start(
                         return;
                     }
                 };
-                let _ = ready_tx.send(Ok((backend.waker(), backend.name())));
+                let ready = (backend.waker(), backend.name());
                 let sink = Box::new(move |r: MediaReport| {
                     let _ = reports.send(r);
                 });
-                Worker::new(
+                let worker = Worker::new(
                     backend,
                     cmd_rx,
                     sink,
                     ring_w,
                     thread_counters,
                     Duration::ZERO,
-                )
-                .run();
+                );
+                let worker = match shared {
+                    Some(sock) => match worker.with_tproxy(sock) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    },
+                    None => worker,
+                };
+                let _ = ready_tx.send(Ok(ready));
+                worker.run();
             })?;
         let (waker, name) = ready_rx
             .recv()
             .map_err(|_| std::io::Error::other("media thread died at start"))??;
-        tracing::info!(thread = i, backend = name, cpu = ?cpu, "media thread started");
+        match tproxy {
+            Some(t) => tracing::info!(
+                thread = i,
+                backend = name,
+                cpu = ?cpu,
+                tproxy_port = t.port + i as u16,
+                "media thread started: one TPROXY socket for its share of the RTP ports"
+            ),
+            None => tracing::info!(thread = i, backend = name, cpu = ?cpu, "media thread started"),
+        }
         threads.push(MediaThread {
             commands: cmd_tx,
             waker,

@@ -117,6 +117,11 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         config.media.threads,
         &config.media.cpus,
         backend.backend,
+        (config.media.tproxy_port != 0).then_some(media::Tproxy {
+            port: config.media.tproxy_port,
+            // One socket holds every stream of its thread across a wake (80 ms and more).
+            rcvbuf: 128 << 20,
+        }),
         media_tx,
     )
     .map_err(|e| RunError::Runtime(format!("cannot start the media threads: {e}")))?;
@@ -196,12 +201,27 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         pairs = pool.capacity(),
         "RTP port range"
     );
+    let tproxy = (config.media.tproxy_port != 0).then(|| {
+        let split = host::PortSplit::new(
+            config.media.rtp_port_lo,
+            config.media.rtp_port_hi,
+            config.media.threads,
+        );
+        for (i, (a, b)) in split.ranges().into_iter().enumerate() {
+            tracing::info!(
+                "media thread {i}: TPROXY mode expects: nft add rule inet reel prerouting udp dport {a}-{b} tproxy ip to :{}",
+                config.media.tproxy_port + i as u16
+            );
+        }
+        split
+    });
     let host = host::Host::new(
         pool,
         config.sip.advertise_ip,
         media_threads,
         config.media.latch,
-    );
+    )
+    .with_split(tproxy);
     let rc = RecorderConfig {
         node_name: config.node_name.clone(),
         max_sessions: config.sip.max_sessions,
@@ -361,6 +381,7 @@ fn publish(
                     malformed: c.malformed.load(Relaxed),
                     rtcp: c.rtcp.load(Relaxed),
                     ring_drops: c.ring_drops.load(Relaxed),
+                    unrouted: c.unrouted.load(Relaxed),
                     ring_used_bytes: c.ring_used_bytes.load(Relaxed),
                     enobufs: c.enobufs.load(Relaxed),
                     wakeups: c.wakeups.load(Relaxed),

@@ -69,6 +69,8 @@ pub struct MediaCounters {
     pub malformed: AtomicU64,
     pub rtcp: AtomicU64,
     pub ring_drops: AtomicU64,
+    /// TPROXY mode: datagrams to a port no stream is recorded on (dropped).
+    pub unrouted: AtomicU64,
     pub ring_used_bytes: AtomicU64,
     pub enobufs: AtomicU64,
     pub wakeups: AtomicU64,
@@ -85,7 +87,14 @@ struct Stream {
     latched: Option<SocketAddr>,
     state: StreamState,
     totals: StreamTotals,
+    /// TPROXY mode: the stream's RTP port, and its own sockets, kept open (unpolled) so the
+    /// ports stay reserved while the shared socket receives for them.
+    port: u16,
+    _held: Option<(UdpSocket, Option<UdpSocket>)>,
 }
+
+/// The token of a media thread's TPROXY socket (stream tokens are slab indexes shifted left).
+const TPROXY_TOKEN: u64 = u64::MAX;
 
 /// Local tallies, flushed to the shared atomics once per poll.
 #[derive(Default)]
@@ -99,6 +108,7 @@ struct Tally {
     malformed: u64,
     rtcp: u64,
     ring_drops: u64,
+    unrouted: u64,
 }
 
 pub struct Worker {
@@ -110,6 +120,9 @@ pub struct Worker {
     slab: Vec<Option<Stream>>,
     free: Vec<usize>,
     scratch: Box<[u8; 4096]>,
+    /// TPROXY mode: destination port -> stream token + 1 (0: no stream), for datagrams of
+    /// the one socket that receives the whole port range.
+    by_port: Option<Box<[u32]>>,
     /// Sleep between polls so each wake takes many completions (a recorder needs no
     /// per-packet latency; the socket buffers hold what arrives meanwhile).
     batch: Duration,
@@ -133,8 +146,19 @@ impl Worker {
             slab: Vec::new(),
             free: Vec::new(),
             scratch: Box::new([0u8; 4096]),
+            by_port: None,
             batch,
         }
+    }
+
+    /// Receives every stream of this thread on `socket` (see
+    /// [`super::backend::open_tproxy_socket`]) instead of on the streams' own sockets, routing
+    /// each datagram by its original destination port. The streams' own sockets stay open, so
+    /// their ports stay reserved, but are not polled.
+    pub fn with_tproxy(mut self, socket: UdpSocket) -> std::io::Result<Worker> {
+        self.backend.add_socket(socket, TPROXY_TOKEN)?;
+        self.by_port = Some(vec![0u32; 65536].into_boxed_slice());
+        Ok(self)
     }
 
     /// Runs until [`MediaCommand::Shutdown`] or the command channel closes.
@@ -165,10 +189,23 @@ impl Worker {
             slab,
             scratch,
             ring,
+            by_port,
             ..
         } = self;
+        let by_port = by_port.as_deref();
         let result = backend.poll(timeout, &mut |rx: Received<'_>| {
-            on_packet(slab, scratch, ring, &mut tally, rx);
+            let token = if rx.token == TPROXY_TOKEN {
+                match by_port.and_then(|t| t.get(usize::from(rx.dst_port))) {
+                    Some(&v) if v != 0 => u64::from(v - 1),
+                    _ => {
+                        tally.unrouted += 1;
+                        return;
+                    }
+                }
+            } else {
+                rx.token
+            };
+            on_packet(slab, scratch, ring, &mut tally, token, rx);
         });
         self.publish(&tally);
         result
@@ -186,6 +223,7 @@ impl Worker {
         c.malformed.fetch_add(t.malformed, Ordering::Relaxed);
         c.rtcp.fetch_add(t.rtcp, Ordering::Relaxed);
         c.ring_drops.fetch_add(t.ring_drops, Ordering::Relaxed);
+        c.unrouted.fetch_add(t.unrouted, Ordering::Relaxed);
         c.ring_used_bytes
             .store(self.ring.used() as u64, Ordering::Relaxed);
         let s = self.backend.stats();
@@ -226,14 +264,31 @@ impl Worker {
         });
         let token = (index as u64) << 1;
         let key = cfg.key;
-        if self.backend.add_socket(cfg.rtp, token).is_err() {
-            // Nothing to record from; report the stream closed so its ports come back.
-            self.free.push(index);
-            (self.reports)(MediaReport::Closed { key });
-            return;
-        }
-        if let Some(rtcp) = cfg.rtcp {
-            let _ = self.backend.add_socket(rtcp, token | 1);
+        let mut port = 0u16;
+        let mut held = None;
+        if let Some(table) = self.by_port.as_deref_mut() {
+            // TPROXY mode: route the stream's ports here; keep its sockets only as a claim.
+            port = cfg.rtp.local_addr().map(|a| a.port()).unwrap_or(0);
+            let Some(v) = u32::try_from(token + 1).ok().filter(|_| port != 0) else {
+                self.free.push(index);
+                (self.reports)(MediaReport::Closed { key });
+                return;
+            };
+            table[usize::from(port)] = v;
+            if let Some(slot) = table.get_mut(usize::from(port) + 1) {
+                *slot = v + 1; // token | 1: RTCP
+            }
+            held = Some((cfg.rtp, cfg.rtcp));
+        } else {
+            if self.backend.add_socket(cfg.rtp, token).is_err() {
+                // Nothing to record from; report the stream closed so its ports come back.
+                self.free.push(index);
+                (self.reports)(MediaReport::Closed { key });
+                return;
+            }
+            if let Some(rtcp) = cfg.rtcp {
+                let _ = self.backend.add_socket(rtcp, token | 1);
+            }
         }
         self.slab[index] = Some(Stream {
             key,
@@ -245,6 +300,8 @@ impl Worker {
             latched: None,
             state: StreamState::new(),
             totals: StreamTotals::default(),
+            port,
+            _held: held,
         });
     }
 
@@ -258,8 +315,18 @@ impl Worker {
             return;
         };
         let token = (index as u64) << 1;
-        let _ = self.backend.remove_socket(token);
-        let _ = self.backend.remove_socket(token | 1);
+        if let Some(table) = self.by_port.as_deref_mut() {
+            if let Some(s) = self.slab[index].as_ref() {
+                for p in [usize::from(s.port), usize::from(s.port) + 1] {
+                    if let Some(slot) = table.get_mut(p) {
+                        *slot = 0;
+                    }
+                }
+            }
+        } else {
+            let _ = self.backend.remove_socket(token);
+            let _ = self.backend.remove_socket(token | 1);
+        }
         if let Some(s) = self.slab[index].take() {
             let end = PacketMeta {
                 stream: s.mline,
@@ -287,13 +354,14 @@ fn on_packet(
     scratch: &mut [u8; 4096],
     ring: &mut RingWriter,
     tally: &mut Tally,
+    token: u64,
     rx: Received<'_>,
 ) {
-    let Some(Some(stream)) = slab.get_mut((rx.token >> 1) as usize) else {
+    let Some(Some(stream)) = slab.get_mut((token >> 1) as usize) else {
         return;
     };
     tally.bytes += rx.data.len() as u64;
-    if rx.token & 1 == 1 || is_rtcp(rx.data) {
+    if token & 1 == 1 || is_rtcp(rx.data) {
         stream.totals.rtcp_packets += 1;
         tally.rtcp += 1;
         return;

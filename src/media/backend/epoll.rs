@@ -24,8 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    BackendConfig, BackendStats, Received, RecvBackend, TIMESTAMP_CMSG_SPACE, Waker,
-    parse_sockaddr, parse_timestampns, realtime_now_ns, set_timestamping,
+    BackendConfig, BackendStats, CONTROL_SPACE, Received, RecvBackend, Waker, parse_control,
+    parse_sockaddr, realtime_now_ns, set_timestamping,
 };
 
 /// epoll data of the wake eventfd; sockets use their slab index, which never gets this big.
@@ -34,8 +34,8 @@ const WAKE_KEY: u64 = u64::MAX;
 const MAX_BATCH: usize = 64;
 /// Ready events taken per `epoll_wait`; more ready sockets come in the next call.
 const MAX_EVENTS: usize = 512;
-/// `u64` words of control buffer per message (a timestamp cmsg plus room for one more).
-const CONTROL_WORDS: usize = (TIMESTAMP_CMSG_SPACE * 2).div_ceil(8);
+/// `u64` words of control buffer per message (the timestamp and the TPROXY destination).
+const CONTROL_WORDS: usize = CONTROL_SPACE.div_ceil(8);
 
 /// Switches on `SO_TIMESTAMPNS` for `fd`.
 pub(super) fn set_timestampns(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -43,15 +43,79 @@ pub(super) fn set_timestampns(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 fn setsockopt_int(fd: BorrowedFd<'_>, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    setsockopt_at(fd, libc::SOL_SOCKET, opt, value)
+}
+
+fn setsockopt_at(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from `&value`, which lives
     // across the call; `fd` is open for the borrow's lifetime.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             opt,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// An IPv4 UDP socket on `0.0.0.0:port` that receives datagrams an nftables TPROXY rule sends
+/// it for other destination ports (`IP_TRANSPARENT`, needs CAP_NET_ADMIN), and reports each
+/// one's original destination (`IP_RECVORIGDSTADDR`). Non-blocking, kernel timestamps on.
+pub(super) fn tproxy_socket(port: u16) -> io::Result<std::net::UdpSocket> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: socket() takes no pointers; a non-negative result is a new descriptor that only
+    // this function owns, handed to OwnedFd at once (closed on every error path below).
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a valid descriptor we own (checked above) and nothing else holds it.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    setsockopt_at(fd.as_fd(), libc::SOL_IP, libc::IP_TRANSPARENT, 1).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("IP_TRANSPARENT (needs CAP_NET_ADMIN): {e}"),
+        )
+    })?;
+    setsockopt_at(fd.as_fd(), libc::SOL_IP, libc::IP_RECVORIGDSTADDR, 1)?;
+    setsockopt_int(fd.as_fd(), libc::SO_REUSEADDR, 1)?;
+    set_timestampns(fd.as_fd())?;
+    let sock = std::net::UdpSocket::from(fd);
+    let bind = bind_any_v4(&sock, port);
+    bind.map(|()| sock)
+}
+
+/// Binds `sock` to `0.0.0.0:port`.
+fn bind_any_v4(sock: &std::net::UdpSocket, port: u16) -> io::Result<()> {
+    // SAFETY: sockaddr_in is plain data; all-zero is a valid value we then fill in.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = port.to_be();
+    sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::UNSPECIFIED).to_be();
+    // SAFETY: bind reads `size_of::<sockaddr_in>()` bytes from `sa`, which lives across the
+    // call; the descriptor is open for the borrow of `sock`.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     };
     if rc < 0 {
@@ -369,8 +433,9 @@ impl RecvBackend for EpollBackend {
                         self.stats.errors += 1;
                         continue;
                     };
-                    let arrival_ns = parse_timestampns(control)
-                        .unwrap_or_else(|| *fallback_ns.get_or_insert_with(realtime_now_ns));
+                    let (stamp, dst_port) = parse_control(control);
+                    let arrival_ns =
+                        stamp.unwrap_or_else(|| *fallback_ns.get_or_insert_with(realtime_now_ns));
                     self.stats.packets += 1;
                     self.stats.bytes += data.len() as u64;
                     self.stats.truncated += u64::from(truncated);
@@ -379,6 +444,7 @@ impl RecvBackend for EpollBackend {
                         data,
                         arrival_ns,
                         source,
+                        dst_port,
                         truncated,
                     });
                     delivered += 1;

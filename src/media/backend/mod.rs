@@ -47,6 +47,10 @@ pub struct Received<'a> {
     pub arrival_ns: u64,
     /// The sender's address.
     pub source: SocketAddr,
+    /// The destination port the datagram was sent to, from `IP_ORIGDSTADDR`, on a socket
+    /// opened with [`open_tproxy_socket`] (one socket receiving a whole port range behind an
+    /// nftables TPROXY rule); 0 on ordinary sockets.
+    pub dst_port: u16,
     /// The datagram was larger than the receive buffer; `data` holds its first bytes only.
     pub truncated: bool,
 }
@@ -177,6 +181,16 @@ pub fn open_backend(kind: Backend, config: &BackendConfig) -> io::Result<Box<dyn
     })
 }
 
+/// Opens the socket one media thread receives a whole RTP port range on, behind an nftables
+/// TPROXY rule (`media.tproxy_port`): IPv4, `0.0.0.0:port`, `IP_TRANSPARENT` (CAP_NET_ADMIN),
+/// each datagram's original destination port reported in [`Received::dst_port`], receive
+/// buffer `rcvbuf` bytes.
+pub fn open_tproxy_socket(port: u16, rcvbuf: usize) -> io::Result<std::net::UdpSocket> {
+    let sock = epoll::tproxy_socket(port)?;
+    epoll::set_rcvbuf(sock.as_fd(), rcvbuf)?;
+    Ok(sock)
+}
+
 /// Switches on `SO_TIMESTAMPNS` (kernel receive timestamps, `CLOCK_REALTIME` ns) for
 /// `socket`. Both backends call it in `add_socket`.
 pub fn set_timestamping(socket: &impl AsFd) -> io::Result<()> {
@@ -231,10 +245,48 @@ const CMSG_ALIGN: usize = std::mem::size_of::<usize>();
 pub(crate) const TIMESTAMP_CMSG_SPACE: usize =
     CMSG_HDR + std::mem::size_of::<libc::timespec>().next_multiple_of(CMSG_ALIGN);
 
+/// Control-buffer bytes that hold one `IP_ORIGDSTADDR` message: `CMSG_SPACE(sockaddr_in)`.
+pub(crate) const ORIGDST_CMSG_SPACE: usize =
+    CMSG_HDR + std::mem::size_of::<libc::sockaddr_in>().next_multiple_of(CMSG_ALIGN);
+
+/// Control-buffer bytes a backend gives each datagram: the timestamp and, on a TPROXY socket,
+/// the original destination.
+pub(crate) const CONTROL_SPACE: usize = TIMESTAMP_CMSG_SPACE + ORIGDST_CMSG_SPACE;
+
+/// What the control messages of one datagram say: the kernel receive time (ns) and the
+/// original destination port (0 when absent).
+pub(crate) fn parse_control(control: &[u8]) -> (Option<u64>, u16) {
+    (
+        parse_timestampns(control),
+        parse_origdst_port(control).unwrap_or(0),
+    )
+}
+
+/// Finds the `IP_ORIGDSTADDR` control message (a `sockaddr_in`, port in network order at
+/// bytes 2..4) and returns its port. Safe byte parsing, like [`parse_timestampns`].
+pub(crate) fn parse_origdst_port(control: &[u8]) -> Option<u16> {
+    let data = find_cmsg(control, libc::SOL_IP, libc::IP_ORIGDSTADDR)?;
+    let port = data.get(2..4)?;
+    Some(u16::from_be_bytes([port[0], port[1]]))
+}
+
 /// Finds the `SCM_TIMESTAMPNS` control message in `control` (as the kernel lays out
 /// `msg_control`) and returns its time in ns. Safe byte parsing: a cut or malformed control
 /// area yields `None`, never a panic.
 pub(crate) fn parse_timestampns(control: &[u8]) -> Option<u64> {
+    let data = find_cmsg(control, libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)?;
+    // struct timespec { time_t tv_sec; long tv_nsec; } on a 64-bit or 32-bit target.
+    let w = std::mem::size_of::<libc::time_t>();
+    let sec = i64_from_ne(data.get(..w)?)?;
+    let nsec = i64_from_ne(data.get(w..w + std::mem::size_of::<libc::c_long>())?)?;
+    if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
+        return None;
+    }
+    Some((sec as u64).saturating_mul(1_000_000_000) + nsec as u64)
+}
+
+/// The data of the first control message of `level`/`kind` in `control`.
+fn find_cmsg(control: &[u8], want_level: i32, want_kind: i32) -> Option<&[u8]> {
     let mut off = 0usize;
     while off + CMSG_HDR <= control.len() {
         let len = usize::from_ne_bytes(control.get(off..off + CMSG_ALIGN)?.try_into().ok()?);
@@ -253,16 +305,8 @@ pub(crate) fn parse_timestampns(control: &[u8]) -> Option<u64> {
         if len < CMSG_HDR {
             return None;
         }
-        if level == libc::SOL_SOCKET && kind == libc::SCM_TIMESTAMPNS {
-            let data = control.get(off + CMSG_HDR..off + len)?;
-            // struct timespec { time_t tv_sec; long tv_nsec; } on a 64-bit or 32-bit target.
-            let w = std::mem::size_of::<libc::time_t>();
-            let sec = i64_from_ne(data.get(..w)?)?;
-            let nsec = i64_from_ne(data.get(w..w + std::mem::size_of::<libc::c_long>())?)?;
-            if sec < 0 || !(0..1_000_000_000).contains(&nsec) {
-                return None;
-            }
-            return Some((sec as u64).saturating_mul(1_000_000_000) + nsec as u64);
+        if level == want_level && kind == want_kind {
+            return control.get(off + CMSG_HDR..off + len);
         }
         off = off.checked_add(len.next_multiple_of(CMSG_ALIGN))?;
     }

@@ -45,8 +45,8 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 
 use super::epoll::new_eventfd;
 use super::{
-    BackendConfig, BackendStats, Batch, Received, RecvBackend, TIMESTAMP_CMSG_SPACE, Waker,
-    parse_sockaddr, parse_timestampns, realtime_now_ns, set_timestamping,
+    BackendConfig, BackendStats, Batch, CONTROL_SPACE, Received, RecvBackend, Waker, parse_control,
+    parse_sockaddr, realtime_now_ns, set_timestamping,
 };
 
 /// Name space reserved in each buffer: `sockaddr_in6` is 28 bytes; 32 keeps the control
@@ -56,7 +56,7 @@ const NAME_LEN: usize = 32;
 const RECVMSG_OUT: usize = 16;
 /// Bytes at the front of every provided buffer before the payload starts, so the largest
 /// datagram delivered whole is `buf_size - HEADER_BYTES`.
-pub const HEADER_BYTES: usize = RECVMSG_OUT + NAME_LEN + TIMESTAMP_CMSG_SPACE;
+pub const HEADER_BYTES: usize = RECVMSG_OUT + NAME_LEN + CONTROL_SPACE;
 
 /// The one buffer group this backend registers.
 const BGID: u16 = 0;
@@ -385,7 +385,7 @@ impl UringBackend {
         // SAFETY: msghdr is a plain C struct; all-zero (null pointers, zero lengths) is valid.
         let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         msghdr.msg_namelen = NAME_LEN as libc::socklen_t;
-        msghdr.msg_controllen = TIMESTAMP_CMSG_SPACE as _;
+        msghdr.msg_controllen = CONTROL_SPACE as _;
 
         let max = config.max_sockets;
         let mut me = UringBackend {
@@ -644,8 +644,8 @@ fn deliver_buffer(
     };
     let data = out.payload_data();
     let truncated = out.is_payload_truncated() || out.incoming_payload_len() as usize > data.len();
-    let arrival_ns = parse_timestampns(out.control_data())
-        .unwrap_or_else(|| *fallback_ns.get_or_insert_with(realtime_now_ns));
+    let (stamp, dst_port) = parse_control(out.control_data());
+    let arrival_ns = stamp.unwrap_or_else(|| *fallback_ns.get_or_insert_with(realtime_now_ns));
     stats.packets += 1;
     stats.bytes += data.len() as u64;
     stats.truncated += u64::from(truncated);
@@ -654,6 +654,7 @@ fn deliver_buffer(
         data,
         arrival_ns,
         source,
+        dst_port,
         truncated,
     });
     1

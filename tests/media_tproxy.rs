@@ -1,0 +1,167 @@
+//! TPROXY mode (`media.tproxy_port`): each media thread receives its share of the RTP port
+//! range on one socket, behind the nftables rules the server prints at start, and routes each
+//! datagram by its original destination port. Runs in a private network namespace of its own
+//! (the rules never touch the host's), on both receive backends.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::media::*;
+use common::server::Server;
+use reel::load::rtp_send::StreamSpec;
+use reel::media::probe::probe_uring;
+
+const TONES: [f32; 2] = [440.0, 1000.0];
+const TPROXY_PORT: u16 = 33000;
+
+/// Moves the calling thread (and every process and thread it starts) into a new network
+/// namespace with loopback up. `Err` says why that cannot be done here.
+fn private_netns() -> Result<(), String> {
+    // SAFETY: unshare takes no pointers; it changes only this thread's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "unshare(CLONE_NEWNET): {} (needs CAP_SYS_ADMIN)",
+            std::io::Error::last_os_error()
+        ));
+    }
+    run("ip", &["link", "set", "lo", "up"])
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// The `nft add rule ...` lines the server logged, installed as they are.
+fn install_rules(server: &Server) -> usize {
+    run("nft", &["add", "table", "inet", "reel"]).expect("nft table");
+    run(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            "reel",
+            "prerouting",
+            "{ type filter hook prerouting priority -150; }",
+        ],
+    )
+    .expect("nft chain");
+    let log = server.log_text();
+    let rules: Vec<String> = log
+        .lines()
+        .filter_map(|l| l.split("TPROXY mode expects: nft ").nth(1))
+        .map(|r| r.trim_end_matches('"').trim().to_string())
+        .collect();
+    for rule in &rules {
+        let args: Vec<&str> = rule.split_whitespace().collect();
+        run("nft", &args).expect("nft rule from the server's log");
+    }
+    rules.len()
+}
+
+fn metric(server: &Server, name: &str) -> u64 {
+    let (status, text) = server.http_get("/metrics").expect("metrics");
+    assert_eq!(status, 200);
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn record_one_call(backend: &str) {
+    let config = format!("[media]\nthreads = 2\ntproxy_port = {TPROXY_PORT}\n");
+    let server = Server::start_with(Some(&config), &["--io-backend", backend]);
+    assert_eq!(install_rules(&server), 2, "one rule per media thread");
+    let call = start_call(&server, &format!("tproxy-{backend}"), &offer(0, None));
+    let specs = vec![
+        StreamSpec::new(dest(call.ports[0]), 0x1111_0001, TONES[0]),
+        StreamSpec::new(dest(call.ports[1]), 0x2222_0002, TONES[1]),
+    ];
+    // A stranger on stream 2's port (counted as foreign) and a datagram to a port of the
+    // range that no stream holds (counted as unrouted): neither is recorded.
+    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let idle_port = server.rtp.1 - 1;
+    assert!(!call.ports.contains(&idle_port));
+    let report = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| send(specs, Duration::from_secs(2)));
+        std::thread::sleep(Duration::from_millis(500));
+        let mut junk = vec![0x80u8, 0, 0, 1, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
+        junk.extend_from_slice(&[0x55; 160]);
+        for _ in 0..20 {
+            let _ = stranger.send_to(&junk, dest(call.ports[1]));
+        }
+        for _ in 0..7 {
+            let _ = stranger.send_to(&junk, dest(idle_port));
+        }
+        sender.join().expect("sender")
+    });
+    assert!(report.packets_sent >= 180, "{report:?}");
+    assert_eq!(metric(&server, "reel_media_unrouted_total"), 7, "{backend}");
+    end_call(&call);
+    let recs = server.wait_recordings(1);
+    let (dir, json) = &recs[0];
+    assert_eq!(json["state"], "complete", "{backend}: {json}");
+    let streams = json["streams"].as_array().expect("streams");
+    let recorded: u64 = streams.iter().filter_map(|s| s["packets"].as_u64()).sum();
+    assert_eq!(
+        recorded, report.packets_sent,
+        "{backend}: every packet sent is recorded"
+    );
+    let foreign: u64 = streams.iter().filter_map(|s| s["foreign"].as_u64()).sum();
+    assert_eq!(foreign, 20, "{backend}: {json}");
+    let wav = dir.join("audio.wav");
+    let (channels, rate, seconds) = wav_info(&wav);
+    assert_eq!(channels, 2);
+    assert!((1.8..2.6).contains(&seconds), "{backend}: {seconds} s");
+    for (ch, tone) in TONES.iter().enumerate() {
+        let samples = channel(&wav, ch, rate);
+        let from = (rate as usize * 3) / 10;
+        let window = &samples[from..(from + rate as usize).min(samples.len())];
+        assert_eq!(
+            dominant(window, &TONES, rate),
+            *tone,
+            "{backend}: channel {ch}"
+        );
+    }
+}
+
+#[test]
+fn tproxy_mode_records_each_party_on_its_channel_through_one_socket_per_thread() {
+    if !sox_available() {
+        return;
+    }
+    if Command::new("nft").arg("--version").output().is_err() {
+        eprintln!("skipped: nft (nftables) is not installed; .ci/run installs it");
+        return;
+    }
+    let outcome = std::thread::spawn(|| -> Result<(), String> {
+        private_netns()?;
+        let mut backends = vec!["epoll"];
+        match probe_uring() {
+            Ok(_) => backends.push("uring"),
+            Err(e) => eprintln!("uring variant skipped: {e}"),
+        }
+        for backend in backends {
+            record_one_call(backend);
+        }
+        Ok(())
+    })
+    .join()
+    .expect("test thread");
+    if let Err(why) = outcome {
+        eprintln!("skipped: no private network namespace here: {why}");
+    }
+}
