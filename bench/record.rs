@@ -133,7 +133,7 @@ fn parse_args() -> Result<Opts, String> {
                 if let Some(bad) = o
                     .variants
                     .iter()
-                    .find(|v| !["a", "b", "c", "reel"].contains(&v.as_str()))
+                    .find(|v| !["a", "b", "c", "reel", "reel-tproxy"].contains(&v.as_str()))
                 {
                     return Err(format!("unknown variant {bad} (a,b,c,reel)"));
                 }
@@ -322,7 +322,10 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<u16> {
     text.get(9..12).and_then(|c| c.parse().ok())
 }
 
-fn start_reel(o: &Opts, calls: usize) -> Result<ReelProc, String> {
+/// The port `reel-tproxy`'s one media thread receives the whole RTP range on.
+const TPROXY_PORT: u16 = 64000;
+
+fn start_reel(o: &Opts, calls: usize, tproxy: bool) -> Result<ReelProc, String> {
     if !o.reel_bin.exists() {
         return Err(format!(
             "{} missing: cargo build --release --bin reel",
@@ -341,10 +344,22 @@ fn start_reel(o: &Opts, calls: usize) -> Result<ReelProc, String> {
     let rtp = free_rtp_block((calls * 4 + 64) as u16)?;
     let mut cmd = Command::new(&o.reel_bin);
     cmd.arg("serve");
+    let mut media = String::new();
     if o.pin && nproc() >= 2 {
         // Same placement as sink (a): the receiving thread on CPU 1, the sender on CPU 0.
+        media.push_str("cpus = [1]\n");
+    }
+    if tproxy {
+        if rtp.1 >= TPROXY_PORT {
+            return Err(format!(
+                "RTP block {rtp:?} reaches the TPROXY port {TPROXY_PORT}"
+            ));
+        }
+        media.push_str(&format!("tproxy_port = {TPROXY_PORT}\n"));
+    }
+    if !media.is_empty() {
         let cfg = dir.path().join("reel.toml");
-        std::fs::write(&cfg, "[media]\ncpus = [1]\n").map_err(|e| e.to_string())?;
+        std::fs::write(&cfg, format!("[media]\n{media}")).map_err(|e| e.to_string())?;
         cmd.arg("--config").arg(cfg);
     }
     let log = std::fs::File::create(dir.path().join("reel.log")).map_err(|e| e.to_string())?;
@@ -369,6 +384,25 @@ fn start_reel(o: &Opts, calls: usize) -> Result<ReelProc, String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if http_get(p.http, "/health") == Some(200) {
+            if tproxy {
+                // The rule reel prints at start for one media thread (this bench runs in its
+                // own network namespace, see `enter_netns`).
+                let rule = format!(
+                    "add rule inet reelbench prerouting udp dport {}-{} tproxy ip to :{TPROXY_PORT}",
+                    p.rtp.0, p.rtp.1
+                );
+                nft(&["add", "table", "inet", "reelbench"])?;
+                nft(&[
+                    "add",
+                    "chain",
+                    "inet",
+                    "reelbench",
+                    "prerouting",
+                    "{ type filter hook prerouting priority -150; }",
+                ])?;
+                nft(&["flush", "chain", "inet", "reelbench", "prerouting"])?;
+                nft(&rule.split_whitespace().collect::<Vec<_>>())?;
+            }
             return Ok(p);
         }
         if let Some(Ok(Some(st))) = p.child.as_mut().map(|c| c.try_wait()) {
@@ -608,8 +642,44 @@ struct ReelOutcome {
     note: String,
 }
 
-fn run_reel(o: &Opts, calls: usize) -> Result<ReelOutcome, String> {
-    let mut proc = start_reel(o, calls)?;
+fn nft(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("nft")
+        .args(args)
+        .output()
+        .map_err(|e| format!("nft (apt-get install nftables): {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// Moves the bench (every variant, so they stay comparable) into a private network namespace
+/// with loopback up, so `reel-tproxy`'s nftables rule never touches the host's.
+fn enter_netns() -> Result<(), String> {
+    // SAFETY: unshare takes no pointers; called before the bench starts any thread, so the
+    // whole process (this one thread) moves.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "unshare(CLONE_NEWNET): {} (needs root)",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let st = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .map_err(|e| format!("ip: {e}"))?;
+    if !st.success() {
+        return Err("ip link set lo up failed".into());
+    }
+    Ok(())
+}
+
+fn run_reel(o: &Opts, calls: usize, tproxy: bool) -> Result<ReelOutcome, String> {
+    let mut proc = start_reel(o, calls, tproxy)?;
     let pid = proc.pid();
     eprintln!(
         "reel pid {pid}: sip {} http {} rtp {}-{} data {}",
@@ -846,7 +916,7 @@ fn run_setup_limit(o: &Opts) -> Result<(), String> {
     let mut proc = None;
     let mut max_calls = 0;
     for n in LIMIT_MAX_CALLS {
-        match start_reel(o, n) {
+        match start_reel(o, n, false) {
             Ok(p) => {
                 proc = Some(p);
                 max_calls = n;
@@ -1047,6 +1117,7 @@ struct SizeResult {
     b: Option<sinks::Outcome>,
     c: Option<sinks::Outcome>,
     reel: Option<Result<ReelOutcome, String>>,
+    reel_tproxy: Option<Result<ReelOutcome, String>>,
 }
 
 fn run_size(o: &Opts, calls: usize, uring: bool) -> SizeResult {
@@ -1069,7 +1140,8 @@ fn run_size(o: &Opts, calls: usize, uring: bool) -> SizeResult {
             "a" if uring => r.a = Some(sinks::run_paced('a', &args)),
             "b" => r.b = Some(sinks::run_paced('b', &args)),
             "c" if uring => r.c = Some(sinks::run_drain(&args)),
-            "reel" => r.reel = Some(run_reel(o, calls)),
+            "reel" => r.reel = Some(run_reel(o, calls, false)),
+            "reel-tproxy" => r.reel_tproxy = Some(run_reel(o, calls, true)),
             _ => {
                 eprintln!("{v}: skipped, io_uring unavailable");
                 continue;
@@ -1154,70 +1226,75 @@ fn print_detail(r: &SizeResult, tck: u64) {
             o.note.clone(),
         );
     }
-    match &r.reel {
-        Some(Ok(x)) => {
-            row(
-                "reel serve (uring)",
-                x.sent,
-                x.recorded,
-                reel_ns(x, tck),
-                format!(
-                    "{} calls up, {} recordings, {} BYE 200",
-                    x.calls_ok, x.recordings, x.bye_ok
-                ),
-            );
-            let total = x.cpu_ticks.max(1) as f64;
-            let split: Vec<String> = x
-                .split
-                .iter()
-                .map(|(n, t)| {
+    for (name, outcome) in [
+        ("reel serve (uring)", &r.reel),
+        ("reel serve, TPROXY", &r.reel_tproxy),
+    ] {
+        match outcome {
+            Some(Ok(x)) => {
+                row(
+                    name,
+                    x.sent,
+                    x.recorded,
+                    reel_ns(x, tck),
                     format!(
-                        "{n} {:.2} s ({:.0}%, {:.3} us/pkt)",
-                        *t as f64 / tck as f64,
-                        100.0 * *t as f64 / total,
-                        *t as f64 * 1e6 / tck as f64 / x.recorded.max(1) as f64
-                    )
-                })
-                .collect();
-            println!(
-                "  reel CPU over the RTP phase ({:.2} s wall): {:.2} s = {} ticks at {} Hz",
-                x.rtp_wall.as_secs_f64(),
-                x.cpu_ticks as f64 / tck as f64,
-                x.cpu_ticks,
-                tck
-            );
-            println!("  per thread: {}", split.join("; "));
-            println!(
-                "  reel idle with {} calls up and no media: {:.2} CPU-s/s",
-                x.calls_ok,
-                x.idle_ticks_per_s / tck as f64
-            );
-            println!(
-                "  recording.json: lost {} duplicates {} foreign {}; sender: {:.2} CPU-s, max late {:.1} ms, {} send errors; setup {:.1} s, quiet {:.1} s later",
-                x.lost_field,
-                x.duplicates,
-                x.foreign,
-                x.sender_cpu.as_secs_f64(),
-                x.max_late.as_secs_f64() * 1e3,
-                x.send_errors,
-                x.setup_secs,
-                x.settle_secs
-            );
-            if let Some((p50, p99, max)) = x.setup_latency {
-                println!(
-                    "  SIP setup latency (INVITE sent -> 200) at {} calls/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-                    x.setup_rate,
-                    ms(p50),
-                    ms(p99),
-                    ms(max)
+                        "{} calls up, {} recordings, {} BYE 200",
+                        x.calls_ok, x.recordings, x.bye_ok
+                    ),
                 );
+                let total = x.cpu_ticks.max(1) as f64;
+                let split: Vec<String> = x
+                    .split
+                    .iter()
+                    .map(|(n, t)| {
+                        format!(
+                            "{n} {:.2} s ({:.0}%, {:.3} us/pkt)",
+                            *t as f64 / tck as f64,
+                            100.0 * *t as f64 / total,
+                            *t as f64 * 1e6 / tck as f64 / x.recorded.max(1) as f64
+                        )
+                    })
+                    .collect();
+                println!(
+                    "  reel CPU over the RTP phase ({:.2} s wall): {:.2} s = {} ticks at {} Hz",
+                    x.rtp_wall.as_secs_f64(),
+                    x.cpu_ticks as f64 / tck as f64,
+                    x.cpu_ticks,
+                    tck
+                );
+                println!("  per thread: {}", split.join("; "));
+                println!(
+                    "  reel idle with {} calls up and no media: {:.2} CPU-s/s",
+                    x.calls_ok,
+                    x.idle_ticks_per_s / tck as f64
+                );
+                println!(
+                    "  recording.json: lost {} duplicates {} foreign {}; sender: {:.2} CPU-s, max late {:.1} ms, {} send errors; setup {:.1} s, quiet {:.1} s later",
+                    x.lost_field,
+                    x.duplicates,
+                    x.foreign,
+                    x.sender_cpu.as_secs_f64(),
+                    x.max_late.as_secs_f64() * 1e3,
+                    x.send_errors,
+                    x.setup_secs,
+                    x.settle_secs
+                );
+                if let Some((p50, p99, max)) = x.setup_latency {
+                    println!(
+                        "  SIP setup latency (INVITE sent -> 200) at {} calls/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                        x.setup_rate,
+                        ms(p50),
+                        ms(p99),
+                        ms(max)
+                    );
+                }
+                if !x.note.is_empty() {
+                    println!("  note: {}", x.note);
+                }
             }
-            if !x.note.is_empty() {
-                println!("  note: {}", x.note);
-            }
+            Some(Err(e)) => println!("{name}: FAILED: {e}"),
+            None => {}
         }
-        Some(Err(e)) => println!("reel serve: FAILED: {e}"),
-        None => {}
     }
 }
 
@@ -1227,7 +1304,7 @@ fn main() {
         Err(e) => {
             eprintln!("record bench: {e}");
             eprintln!(
-                "usage: record [--calls N | --sizes N1,N2,..] [--seconds D] [--variants a,b,c,reel] \
+                "usage: record [--calls N | --sizes N1,N2,..] [--seconds D] [--variants a,b,c,reel,reel-tproxy] \
                  [--setup-rate R] [--batch-ms M] [--reel-bin PATH] [--reel-log FILTER] [--no-pin] \
                  [--setup-limit [--setup-bound-ms B]]"
             );
@@ -1235,6 +1312,15 @@ fn main() {
         }
     };
     sinks::raise_nofile();
+    if o.variants.iter().any(|v| v == "reel-tproxy") {
+        match enter_netns() {
+            Ok(()) => println!("network: a private namespace of its own (for reel-tproxy's rule)"),
+            Err(e) => {
+                eprintln!("record bench: reel-tproxy needs a private network namespace: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let tck = clk_tck();
     sinks::print_machine();
     println!(

@@ -1144,6 +1144,14 @@ mod tests {
     #[test]
     fn negative_number_names_key() {
         assert_eq!(key_of("[media]\nthreads = -1\n"), "media.threads");
+        assert_eq!(
+            key_of("[media]\nrtp_ports = \"20000-29999\"\ntproxy_port = 25000\n"),
+            "media.tproxy_port"
+        );
+        assert_eq!(
+            key_of("[media]\nthreads = 4\ntproxy_port = 65534\n"),
+            "media.tproxy_port"
+        );
     }
 
     #[test]
