@@ -23,15 +23,20 @@ pub struct PortPool {
     rcvbuf: usize,
 }
 
+/// The first RTP port of a range starting at `lo`: RTP ports are even.
+pub fn first_rtp_port(lo: u16) -> u16 {
+    if lo.is_multiple_of(2) {
+        lo
+    } else {
+        lo.saturating_add(1)
+    }
+}
+
 impl PortPool {
     /// A pool over the even ports of `lo..=hi`. Binds to `[::]` (dual-stack) when the host has
     /// IPv6, else `0.0.0.0`.
     pub fn new(lo: u16, hi: u16, rcvbuf: usize) -> PortPool {
-        let first = if lo.is_multiple_of(2) {
-            lo
-        } else {
-            lo.saturating_add(1)
-        };
+        let first = first_rtp_port(lo);
         let free = (first..hi).step_by(2).collect();
         let v6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         let bind_ip = match UdpSocket::bind(SocketAddr::new(v6, 0)) {

@@ -43,11 +43,7 @@ pub struct PortSplit {
 impl PortSplit {
     /// The even ports of `lo..hi` as the [`PortPool`] hands them out, over `threads`.
     pub fn new(lo: u16, hi: u16, threads: usize) -> PortSplit {
-        let first = if lo.is_multiple_of(2) {
-            lo
-        } else {
-            lo.saturating_add(1)
-        };
+        let first = crate::control::ports::first_rtp_port(lo);
         PortSplit {
             first,
             pairs: (first..hi).step_by(2).count().max(1),

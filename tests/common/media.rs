@@ -177,3 +177,22 @@ pub fn sox_available() -> bool {
     }
     ok
 }
+
+/// Asserts `dir/audio.wav` is stereo with `tones[ch]` dominant on channel `ch` (a second of
+/// audio after the first 300 ms, past any late start); returns its length in seconds.
+pub fn check_tone_channels(dir: &std::path::Path, tones: &[f32; 2]) -> f64 {
+    let wav = dir.join("audio.wav");
+    let (channels, rate, seconds) = wav_info(&wav);
+    assert_eq!(channels, 2);
+    for (ch, tone) in tones.iter().enumerate() {
+        let samples = channel(&wav, ch, rate);
+        let from = (rate as usize * 3) / 10;
+        let window = &samples[from..(from + rate as usize).min(samples.len())];
+        assert_eq!(
+            dominant(window, tones, rate),
+            *tone,
+            "channel {ch} carries its stream's tone"
+        );
+    }
+    seconds
+}
