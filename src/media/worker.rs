@@ -93,6 +93,18 @@ struct Stream {
     _held: Option<(UdpSocket, Option<UdpSocket>)>,
 }
 
+/// A datagram held for [`Worker::replay_late`]: where its bytes are in `late_bytes`.
+struct Late {
+    dst_port: u16,
+    source: SocketAddr,
+    arrival_ns: u64,
+    start: usize,
+    len: usize,
+}
+
+const LATE_PACKETS: usize = 2048;
+const LATE_BYTES: usize = 512 * 1024;
+
 /// The token of a media thread's TPROXY socket (stream tokens are slab indexes shifted left).
 const TPROXY_TOKEN: u64 = u64::MAX;
 
@@ -123,6 +135,12 @@ pub struct Worker {
     /// TPROXY mode: destination port -> stream token + 1 (0: no stream), for datagrams of
     /// the one socket that receives the whole port range.
     by_port: Option<Box<[u32]>>,
+    /// TPROXY mode: datagrams for a port not (yet) in `by_port`, kept until the commands
+    /// queued meanwhile are applied. The SRC may send its first packets as soon as it has
+    /// the 200, before this thread took the stream's `Add`; with per-stream sockets they wait
+    /// in the socket, here they would be lost. Preallocated, never grown.
+    late: Vec<Late>,
+    late_bytes: Vec<u8>,
     /// Sleep between polls so each wake takes many completions (a recorder needs no
     /// per-packet latency; the socket buffers hold what arrives meanwhile).
     batch: Duration,
@@ -147,6 +165,8 @@ impl Worker {
             free: Vec::new(),
             scratch: Box::new([0u8; 4096]),
             by_port: None,
+            late: Vec::new(),
+            late_bytes: Vec::new(),
             batch,
         }
     }
@@ -158,6 +178,8 @@ impl Worker {
     pub fn with_tproxy(mut self, socket: UdpSocket) -> std::io::Result<Worker> {
         self.backend.add_socket(socket, TPROXY_TOKEN)?;
         self.by_port = Some(vec![0u32; 65536].into_boxed_slice());
+        self.late = Vec::with_capacity(LATE_PACKETS);
+        self.late_bytes = Vec::with_capacity(LATE_BYTES);
         Ok(self)
     }
 
@@ -170,11 +192,18 @@ impl Worker {
             if self.poll_once(Duration::from_millis(100)).is_err() {
                 std::thread::sleep(Duration::from_millis(1));
             }
+            if !self.late.is_empty() {
+                if !self.take_commands() {
+                    break;
+                }
+                self.replay_late();
+            }
             if !self.batch.is_zero() {
                 std::thread::sleep(self.batch);
             }
         }
         let _ = self.poll_once(Duration::ZERO);
+        self.replay_late();
         let keys: Vec<u64> = self.slab.iter().flatten().map(|s| s.key).collect();
         for key in keys {
             self.remove(key);
@@ -190,6 +219,8 @@ impl Worker {
             scratch,
             ring,
             by_port,
+            late,
+            late_bytes,
             ..
         } = self;
         let by_port = by_port.as_deref();
@@ -198,7 +229,21 @@ impl Worker {
                 match by_port.and_then(|t| t.get(usize::from(rx.dst_port))) {
                     Some(&v) if v != 0 => u64::from(v - 1),
                     _ => {
-                        tally.unrouted += 1;
+                        let start = late_bytes.len();
+                        if late.len() < late.capacity()
+                            && start + rx.data.len() <= late_bytes.capacity()
+                        {
+                            late_bytes.extend_from_slice(rx.data);
+                            late.push(Late {
+                                dst_port: rx.dst_port,
+                                source: rx.source,
+                                arrival_ns: rx.arrival_ns,
+                                start,
+                                len: rx.data.len(),
+                            });
+                        } else {
+                            tally.unrouted += 1;
+                        }
                         return;
                     }
                 }
@@ -209,6 +254,46 @@ impl Worker {
         });
         self.publish(&tally);
         result
+    }
+
+    /// Records the held datagrams whose port now has a stream; counts the rest as unrouted.
+    fn replay_late(&mut self) {
+        let mut tally = Tally::default();
+        let Worker {
+            slab,
+            scratch,
+            ring,
+            by_port,
+            late,
+            late_bytes,
+            ..
+        } = self;
+        for l in late.iter() {
+            let entry = by_port
+                .as_deref()
+                .and_then(|t| t.get(usize::from(l.dst_port)))
+                .copied()
+                .unwrap_or(0);
+            let Some(data) = late_bytes.get(l.start..l.start + l.len) else {
+                continue;
+            };
+            if entry == 0 {
+                tally.unrouted += 1;
+                continue;
+            }
+            let rx = Received {
+                token: TPROXY_TOKEN,
+                data,
+                arrival_ns: l.arrival_ns,
+                source: l.source,
+                dst_port: l.dst_port,
+                truncated: false,
+            };
+            on_packet(slab, scratch, ring, &mut tally, u64::from(entry - 1), rx);
+        }
+        late.clear();
+        late_bytes.clear();
+        self.publish(&tally);
     }
 
     fn publish(&self, t: &Tally) {
