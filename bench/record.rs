@@ -45,6 +45,9 @@ mod sinks;
 #[path = "../tests/common/sim.rs"]
 mod sim;
 
+#[path = "../tests/common/netns.rs"]
+mod netns;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -135,7 +138,7 @@ fn parse_args() -> Result<Opts, String> {
                     .iter()
                     .find(|v| !["a", "b", "c", "reel", "reel-tproxy"].contains(&v.as_str()))
                 {
-                    return Err(format!("unknown variant {bad} (a,b,c,reel)"));
+                    return Err(format!("unknown variant {bad} (a,b,c,reel,reel-tproxy)"));
                 }
             }
             "--bench" => {}
@@ -385,23 +388,14 @@ fn start_reel(o: &Opts, calls: usize, tproxy: bool) -> Result<ReelProc, String> 
     loop {
         if http_get(p.http, "/health") == Some(200) {
             if tproxy {
-                // The rule reel prints at start for one media thread (this bench runs in its
-                // own network namespace, see `enter_netns`).
-                let rule = format!(
-                    "add rule inet reelbench prerouting udp dport {}-{} tproxy ip to :{TPROXY_PORT}",
-                    p.rtp.0, p.rtp.1
-                );
-                nft(&["add", "table", "inet", "reelbench"])?;
-                nft(&[
-                    "add",
-                    "chain",
-                    "inet",
-                    "reelbench",
-                    "prerouting",
-                    "{ type filter hook prerouting priority -150; }",
-                ])?;
-                nft(&["flush", "chain", "inet", "reelbench", "prerouting"])?;
-                nft(&rule.split_whitespace().collect::<Vec<_>>())?;
+                // The rule reel prints at start for its one media thread (this bench runs in
+                // its own network namespace, see `main`). An earlier size's rule goes first.
+                netns::nft_reel_chain()?;
+                netns::run("nft", &["flush", "chain", "inet", "reel", "prerouting"])?;
+                let split = reel::driver::host::PortSplit::new(p.rtp.0, p.rtp.1, 1);
+                for rule in split.nft_rules(TPROXY_PORT) {
+                    netns::nft_rule(&rule)?;
+                }
             }
             return Ok(p);
         }
@@ -640,42 +634,6 @@ struct ReelOutcome {
     split: Vec<(String, u64)>,
     idle_ticks_per_s: f64,
     note: String,
-}
-
-fn nft(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("nft")
-        .args(args)
-        .output()
-        .map_err(|e| format!("nft (apt-get install nftables): {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "nft {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
-}
-
-/// Moves the bench (every variant, so they stay comparable) into a private network namespace
-/// with loopback up, so `reel-tproxy`'s nftables rule never touches the host's.
-fn enter_netns() -> Result<(), String> {
-    // SAFETY: unshare takes no pointers; called before the bench starts any thread, so the
-    // whole process (this one thread) moves.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(format!(
-            "unshare(CLONE_NEWNET): {} (needs root)",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let st = Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .map_err(|e| format!("ip: {e}"))?;
-    if !st.success() {
-        return Err("ip link set lo up failed".into());
-    }
-    Ok(())
 }
 
 fn run_reel(o: &Opts, calls: usize, tproxy: bool) -> Result<ReelOutcome, String> {
@@ -1313,7 +1271,9 @@ fn main() {
     };
     sinks::raise_nofile();
     if o.variants.iter().any(|v| v == "reel-tproxy") {
-        match enter_netns() {
+        // Every variant, so they stay comparable; before any thread starts, so the whole
+        // process moves.
+        match netns::private_netns() {
             Ok(()) => println!("network: a private namespace of its own (for reel-tproxy's rule)"),
             Err(e) => {
                 eprintln!("record bench: reel-tproxy needs a private network namespace: {e}");

@@ -53,8 +53,7 @@ fn each_party_on_its_own_channel_for_the_whole_call_on_both_backends() {
         let report = std::thread::scope(|scope| {
             let sender = scope.spawn(|| send(specs, Duration::from_secs(2)));
             std::thread::sleep(Duration::from_millis(500));
-            let mut junk = vec![0x80u8, 0, 0, 1, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
-            junk.extend_from_slice(&[0x55; 160]);
+            let junk = stranger_packet();
             for _ in 0..20 {
                 let _ = stranger.send_to(&junk, dest(call.ports[1]));
             }

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::media::*;
+use common::netns::{nft_reel_chain, nft_rule, private_netns};
 use common::server::Server;
 use reel::load::rtp_send::StreamSpec;
 use reel::media::probe::probe_uring;
@@ -16,58 +17,17 @@ use reel::media::probe::probe_uring;
 const TONES: [f32; 2] = [440.0, 1000.0];
 const TPROXY_PORT: u16 = 33000;
 
-/// Moves the calling thread (and every process and thread it starts) into a new network
-/// namespace with loopback up. `Err` says why that cannot be done here.
-fn private_netns() -> Result<(), String> {
-    // SAFETY: unshare takes no pointers; it changes only this thread's namespaces.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(format!(
-            "unshare(CLONE_NEWNET): {} (needs CAP_SYS_ADMIN)",
-            std::io::Error::last_os_error()
-        ));
-    }
-    run("ip", &["link", "set", "lo", "up"])
-}
-
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
-}
-
 /// The `nft add rule ...` lines the server logged, installed as they are.
 fn install_rules(server: &Server) -> usize {
-    run("nft", &["add", "table", "inet", "reel"]).expect("nft table");
-    run(
-        "nft",
-        &[
-            "add",
-            "chain",
-            "inet",
-            "reel",
-            "prerouting",
-            "{ type filter hook prerouting priority -150; }",
-        ],
-    )
-    .expect("nft chain");
+    nft_reel_chain().expect("nft table and chain");
     let log = server.log_text();
-    let rules: Vec<String> = log
+    let rules: Vec<&str> = log
         .lines()
         .filter_map(|l| l.split("TPROXY mode expects: nft ").nth(1))
-        .map(|r| r.trim_end_matches('"').trim().to_string())
+        .map(|r| r.trim_end_matches('"').trim())
         .collect();
     for rule in &rules {
-        let args: Vec<&str> = rule.split_whitespace().collect();
-        run("nft", &args).expect("nft rule from the server's log");
+        nft_rule(rule).expect("nft rule from the server's log");
     }
     rules.len()
 }
@@ -98,8 +58,7 @@ fn record_one_call(backend: &str) {
     let report = std::thread::scope(|scope| {
         let sender = scope.spawn(|| send(specs, Duration::from_secs(2)));
         std::thread::sleep(Duration::from_millis(500));
-        let mut junk = vec![0x80u8, 0, 0, 1, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
-        junk.extend_from_slice(&[0x55; 160]);
+        let junk = stranger_packet();
         for _ in 0..20 {
             let _ = stranger.send_to(&junk, dest(call.ports[1]));
         }

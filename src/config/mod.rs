@@ -86,7 +86,7 @@ pub struct MediaSettings {
     pub latch: bool,
     /// 0: every stream is received on its own RTP/RTCP sockets. Otherwise media thread `i`
     /// receives its share of the RTP port range on one socket at `tproxy_port + i`, where an
-    /// nftables TPROXY rule sends it (needs CAP_NET_ADMIN; see docs/tuning.md).
+    /// nftables TPROXY rule sends it (needs CAP_NET_ADMIN; see tuning/README.md).
     pub tproxy_port: u16,
 }
 

@@ -57,6 +57,21 @@ impl PortSplit {
         (pair.min(self.pairs - 1) * self.threads / self.pairs).min(self.threads - 1)
     }
 
+    /// Per media thread, the nftables rule that sends its ports to its socket at
+    /// `tproxy_port + thread` (table `inet reel`, chain `prerouting`), as `nft` arguments.
+    pub fn nft_rules(&self, tproxy_port: u16) -> Vec<String> {
+        self.ranges()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (a, b))| {
+                format!(
+                    "add rule inet reel prerouting udp dport {a}-{b} tproxy ip to :{}",
+                    usize::from(tproxy_port) + i
+                )
+            })
+            .collect()
+    }
+
     /// Per thread, the first RTP port and the last RTCP port it receives.
     pub fn ranges(&self) -> Vec<(u16, u16)> {
         (0..self.threads)

@@ -135,16 +135,8 @@ pub fn start(
         let (waker, name) = ready_rx
             .recv()
             .map_err(|_| std::io::Error::other("media thread died at start"))??;
-        match tproxy {
-            Some(t) => tracing::info!(
-                thread = i,
-                backend = name,
-                cpu = ?cpu,
-                tproxy_port = t.port + i as u16,
-                "media thread started: one TPROXY socket for its share of the RTP ports"
-            ),
-            None => tracing::info!(thread = i, backend = name, cpu = ?cpu, "media thread started"),
-        }
+        let tproxy_port = tproxy.map(|t| t.port + i as u16);
+        tracing::info!(thread = i, backend = name, cpu = ?cpu, tproxy_port = ?tproxy_port, "media thread started");
         threads.push(MediaThread {
             commands: cmd_tx,
             waker,

@@ -207,11 +207,8 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
             config.media.rtp_port_hi,
             config.media.threads,
         );
-        for (i, (a, b)) in split.ranges().into_iter().enumerate() {
-            tracing::info!(
-                "media thread {i}: TPROXY mode expects: nft add rule inet reel prerouting udp dport {a}-{b} tproxy ip to :{}",
-                config.media.tproxy_port + i as u16
-            );
+        for (i, rule) in split.nft_rules(config.media.tproxy_port).iter().enumerate() {
+            tracing::info!("media thread {i}: TPROXY mode expects: nft {rule}");
         }
         split
     });

@@ -93,7 +93,20 @@ struct Stream {
     _held: Option<(UdpSocket, Option<UdpSocket>)>,
 }
 
-/// A datagram held for [`Worker::replay_late`]: where its bytes are in `late_bytes`.
+/// TPROXY mode's routing: destination port -> stream token, for the datagrams of the one
+/// socket that receives the thread's whole share of the port range.
+struct PortTable {
+    /// Stream token + 1 per port (0: no stream).
+    slots: Box<[u32]>,
+    /// Datagrams for a port not (yet) in `slots`, kept until the commands queued meanwhile
+    /// are applied. The SRC may send its first packets as soon as it has the 200, before this
+    /// thread took the stream's `Add`; with per-stream sockets they wait in the socket, here
+    /// they would be lost. Preallocated, never grown.
+    late: Vec<Late>,
+    late_bytes: Vec<u8>,
+}
+
+/// A datagram held in [`PortTable::late`]: where its bytes are in `late_bytes`.
 struct Late {
     dst_port: u16,
     source: SocketAddr,
@@ -104,6 +117,64 @@ struct Late {
 
 const LATE_PACKETS: usize = 2048;
 const LATE_BYTES: usize = 512 * 1024;
+
+impl PortTable {
+    fn new() -> PortTable {
+        PortTable {
+            slots: vec![0u32; 65536].into_boxed_slice(),
+            late: Vec::with_capacity(LATE_PACKETS),
+            late_bytes: Vec::with_capacity(LATE_BYTES),
+        }
+    }
+
+    /// The token of the stream `port` belongs to.
+    fn route(&self, port: u16) -> Option<u64> {
+        match self.slots.get(usize::from(port)) {
+            Some(&v) if v != 0 => Some(u64::from(v - 1)),
+            _ => None,
+        }
+    }
+
+    /// Routes RTP `port` to `token` and `port + 1` to `token | 1` (RTCP). `false` when the
+    /// token does not fit.
+    fn set(&mut self, port: u16, token: u64) -> bool {
+        let Ok(v) = u32::try_from(token + 1) else {
+            return false;
+        };
+        self.slots[usize::from(port)] = v;
+        if let Some(slot) = self.slots.get_mut(usize::from(port) + 1) {
+            *slot = v + 1;
+        }
+        true
+    }
+
+    fn clear(&mut self, port: u16) {
+        for p in [usize::from(port), usize::from(port) + 1] {
+            if let Some(slot) = self.slots.get_mut(p) {
+                *slot = 0;
+            }
+        }
+    }
+
+    /// Keeps an unrouted datagram for a replay; `false` when the preallocated room is full.
+    fn hold(&mut self, rx: &Received<'_>) -> bool {
+        let start = self.late_bytes.len();
+        if self.late.len() == self.late.capacity()
+            || start + rx.data.len() > self.late_bytes.capacity()
+        {
+            return false;
+        }
+        self.late_bytes.extend_from_slice(rx.data);
+        self.late.push(Late {
+            dst_port: rx.dst_port,
+            source: rx.source,
+            arrival_ns: rx.arrival_ns,
+            start,
+            len: rx.data.len(),
+        });
+        true
+    }
+}
 
 /// The token of a media thread's TPROXY socket (stream tokens are slab indexes shifted left).
 const TPROXY_TOKEN: u64 = u64::MAX;
@@ -132,15 +203,8 @@ pub struct Worker {
     slab: Vec<Option<Stream>>,
     free: Vec<usize>,
     scratch: Box<[u8; 4096]>,
-    /// TPROXY mode: destination port -> stream token + 1 (0: no stream), for datagrams of
-    /// the one socket that receives the whole port range.
-    by_port: Option<Box<[u32]>>,
-    /// TPROXY mode: datagrams for a port not (yet) in `by_port`, kept until the commands
-    /// queued meanwhile are applied. The SRC may send its first packets as soon as it has
-    /// the 200, before this thread took the stream's `Add`; with per-stream sockets they wait
-    /// in the socket, here they would be lost. Preallocated, never grown.
-    late: Vec<Late>,
-    late_bytes: Vec<u8>,
+    /// TPROXY mode only.
+    tproxy: Option<PortTable>,
     /// Sleep between polls so each wake takes many completions (a recorder needs no
     /// per-packet latency; the socket buffers hold what arrives meanwhile).
     batch: Duration,
@@ -164,9 +228,7 @@ impl Worker {
             slab: Vec::new(),
             free: Vec::new(),
             scratch: Box::new([0u8; 4096]),
-            by_port: None,
-            late: Vec::new(),
-            late_bytes: Vec::new(),
+            tproxy: None,
             batch,
         }
     }
@@ -177,9 +239,7 @@ impl Worker {
     /// their ports stay reserved, but are not polled.
     pub fn with_tproxy(mut self, socket: UdpSocket) -> std::io::Result<Worker> {
         self.backend.add_socket(socket, TPROXY_TOKEN)?;
-        self.by_port = Some(vec![0u32; 65536].into_boxed_slice());
-        self.late = Vec::with_capacity(LATE_PACKETS);
-        self.late_bytes = Vec::with_capacity(LATE_BYTES);
+        self.tproxy = Some(PortTable::new());
         Ok(self)
     }
 
@@ -192,7 +252,7 @@ impl Worker {
             if self.poll_once(Duration::from_millis(100)).is_err() {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            if !self.late.is_empty() {
+            if self.tproxy.as_ref().is_some_and(|t| !t.late.is_empty()) {
                 if !self.take_commands() {
                     break;
                 }
@@ -218,39 +278,16 @@ impl Worker {
             slab,
             scratch,
             ring,
-            by_port,
-            late,
-            late_bytes,
+            tproxy,
             ..
         } = self;
-        let by_port = by_port.as_deref();
-        let result = backend.poll(timeout, &mut |rx: Received<'_>| {
-            let token = if rx.token == TPROXY_TOKEN {
-                match by_port.and_then(|t| t.get(usize::from(rx.dst_port))) {
-                    Some(&v) if v != 0 => u64::from(v - 1),
-                    _ => {
-                        let start = late_bytes.len();
-                        if late.len() < late.capacity()
-                            && start + rx.data.len() <= late_bytes.capacity()
-                        {
-                            late_bytes.extend_from_slice(rx.data);
-                            late.push(Late {
-                                dst_port: rx.dst_port,
-                                source: rx.source,
-                                arrival_ns: rx.arrival_ns,
-                                start,
-                                len: rx.data.len(),
-                            });
-                        } else {
-                            tally.unrouted += 1;
-                        }
-                        return;
-                    }
-                }
-            } else {
-                rx.token
-            };
-            on_packet(slab, scratch, ring, &mut tally, token, rx);
+        let result = backend.poll(timeout, &mut |rx: Received<'_>| match tproxy.as_mut() {
+            Some(table) if rx.token == TPROXY_TOKEN => match table.route(rx.dst_port) {
+                Some(token) => on_packet(slab, scratch, ring, &mut tally, Received { token, ..rx }),
+                None if table.hold(&rx) => {}
+                None => tally.unrouted += 1,
+            },
+            _ => on_packet(slab, scratch, ring, &mut tally, rx),
         });
         self.publish(&tally);
         result
@@ -263,36 +300,32 @@ impl Worker {
             slab,
             scratch,
             ring,
-            by_port,
-            late,
-            late_bytes,
+            tproxy,
             ..
         } = self;
-        for l in late.iter() {
-            let entry = by_port
-                .as_deref()
-                .and_then(|t| t.get(usize::from(l.dst_port)))
-                .copied()
-                .unwrap_or(0);
-            let Some(data) = late_bytes.get(l.start..l.start + l.len) else {
-                continue;
-            };
-            if entry == 0 {
+        let Some(table) = tproxy.as_mut() else {
+            return;
+        };
+        for l in &table.late {
+            let (Some(token), Some(data)) = (
+                table.route(l.dst_port),
+                table.late_bytes.get(l.start..l.start + l.len),
+            ) else {
                 tally.unrouted += 1;
                 continue;
-            }
+            };
             let rx = Received {
-                token: TPROXY_TOKEN,
+                token,
                 data,
                 arrival_ns: l.arrival_ns,
                 source: l.source,
                 dst_port: l.dst_port,
                 truncated: false,
             };
-            on_packet(slab, scratch, ring, &mut tally, u64::from(entry - 1), rx);
+            on_packet(slab, scratch, ring, &mut tally, rx);
         }
-        late.clear();
-        late_bytes.clear();
+        table.late.clear();
+        table.late_bytes.clear();
         self.publish(&tally);
     }
 
@@ -351,17 +384,13 @@ impl Worker {
         let key = cfg.key;
         let mut port = 0u16;
         let mut held = None;
-        if let Some(table) = self.by_port.as_deref_mut() {
+        if let Some(table) = self.tproxy.as_mut() {
             // TPROXY mode: route the stream's ports here; keep its sockets only as a claim.
             port = cfg.rtp.local_addr().map(|a| a.port()).unwrap_or(0);
-            let Some(v) = u32::try_from(token + 1).ok().filter(|_| port != 0) else {
+            if port == 0 || !table.set(port, token) {
                 self.free.push(index);
                 (self.reports)(MediaReport::Closed { key });
                 return;
-            };
-            table[usize::from(port)] = v;
-            if let Some(slot) = table.get_mut(usize::from(port) + 1) {
-                *slot = v + 1; // token | 1: RTCP
             }
             held = Some((cfg.rtp, cfg.rtcp));
         } else {
@@ -400,13 +429,9 @@ impl Worker {
             return;
         };
         let token = (index as u64) << 1;
-        if let Some(table) = self.by_port.as_deref_mut() {
+        if let Some(table) = self.tproxy.as_mut() {
             if let Some(s) = self.slab[index].as_ref() {
-                for p in [usize::from(s.port), usize::from(s.port) + 1] {
-                    if let Some(slot) = table.get_mut(p) {
-                        *slot = 0;
-                    }
-                }
+                table.clear(s.port);
             }
         } else {
             let _ = self.backend.remove_socket(token);
@@ -439,14 +464,13 @@ fn on_packet(
     scratch: &mut [u8; 4096],
     ring: &mut RingWriter,
     tally: &mut Tally,
-    token: u64,
     rx: Received<'_>,
 ) {
-    let Some(Some(stream)) = slab.get_mut((token >> 1) as usize) else {
+    let Some(Some(stream)) = slab.get_mut((rx.token >> 1) as usize) else {
         return;
     };
     tally.bytes += rx.data.len() as u64;
-    if token & 1 == 1 || is_rtcp(rx.data) {
+    if rx.token & 1 == 1 || is_rtcp(rx.data) {
         stream.totals.rtcp_packets += 1;
         tally.rtcp += 1;
         return;

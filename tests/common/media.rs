@@ -196,3 +196,10 @@ pub fn check_tone_channels(dir: &std::path::Path, tones: &[f32; 2]) -> f64 {
     }
     seconds
 }
+
+/// An RTP packet (PCMU, SSRC 0xdeadbeef) a stranger sends to a stream's port.
+pub fn stranger_packet() -> Vec<u8> {
+    let mut junk = vec![0x80u8, 0, 0, 1, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
+    junk.extend_from_slice(&[0x55; 160]);
+    junk
+}

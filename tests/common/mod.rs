@@ -5,5 +5,6 @@ pub mod client;
 pub mod dns;
 pub mod load;
 pub mod media;
+pub mod netns;
 pub mod server;
 pub mod sim;

@@ -98,8 +98,8 @@ pub(super) fn tproxy_socket(port: u16) -> io::Result<std::net::UdpSocket> {
     setsockopt_int(fd.as_fd(), libc::SO_REUSEADDR, 1)?;
     set_timestampns(fd.as_fd())?;
     let sock = std::net::UdpSocket::from(fd);
-    let bind = bind_any_v4(&sock, port);
-    bind.map(|()| sock)
+    bind_any_v4(&sock, port)?;
+    Ok(sock)
 }
 
 /// Binds `sock` to `0.0.0.0:port`.

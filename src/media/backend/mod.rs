@@ -253,29 +253,37 @@ pub(crate) const ORIGDST_CMSG_SPACE: usize =
 /// the original destination.
 pub(crate) const CONTROL_SPACE: usize = TIMESTAMP_CMSG_SPACE + ORIGDST_CMSG_SPACE;
 
-/// What the control messages of one datagram say: the kernel receive time (ns) and the
-/// original destination port (0 when absent).
+/// What the control messages of one datagram say, in one walk over them: the kernel receive
+/// time (ns) from `SCM_TIMESTAMPNS` and the original destination port from `IP_ORIGDSTADDR`
+/// (a `sockaddr_in`, port in network order at bytes 2..4; 0 when absent). Safe byte parsing:
+/// a cut or malformed control area yields what was read before it, never a panic.
 pub(crate) fn parse_control(control: &[u8]) -> (Option<u64>, u16) {
-    (
-        parse_timestampns(control),
-        parse_origdst_port(control).unwrap_or(0),
-    )
+    let mut stamp = None;
+    let mut port = 0u16;
+    let mut off = 0usize;
+    while let Some((level, kind, data, next)) = cmsg_at(control, off) {
+        match (level, kind) {
+            (libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS) => stamp = timespec_ns(data),
+            (libc::SOL_IP, libc::IP_ORIGDSTADDR) => {
+                if let Some(p) = data.get(2..4) {
+                    port = u16::from_be_bytes([p[0], p[1]]);
+                }
+            }
+            _ => {}
+        }
+        off = next;
+    }
+    (stamp, port)
 }
 
-/// Finds the `IP_ORIGDSTADDR` control message (a `sockaddr_in`, port in network order at
-/// bytes 2..4) and returns its port. Safe byte parsing, like [`parse_timestampns`].
-pub(crate) fn parse_origdst_port(control: &[u8]) -> Option<u16> {
-    let data = find_cmsg(control, libc::SOL_IP, libc::IP_ORIGDSTADDR)?;
-    let port = data.get(2..4)?;
-    Some(u16::from_be_bytes([port[0], port[1]]))
+/// The `SCM_TIMESTAMPNS` time in `control` (as the kernel lays out `msg_control`), in ns.
+#[cfg(test)]
+fn parse_timestampns(control: &[u8]) -> Option<u64> {
+    parse_control(control).0
 }
 
-/// Finds the `SCM_TIMESTAMPNS` control message in `control` (as the kernel lays out
-/// `msg_control`) and returns its time in ns. Safe byte parsing: a cut or malformed control
-/// area yields `None`, never a panic.
-pub(crate) fn parse_timestampns(control: &[u8]) -> Option<u64> {
-    let data = find_cmsg(control, libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)?;
-    // struct timespec { time_t tv_sec; long tv_nsec; } on a 64-bit or 32-bit target.
+/// `struct timespec { time_t tv_sec; long tv_nsec; }` (64- or 32-bit target) as ns.
+fn timespec_ns(data: &[u8]) -> Option<u64> {
     let w = std::mem::size_of::<libc::time_t>();
     let sec = i64_from_ne(data.get(..w)?)?;
     let nsec = i64_from_ne(data.get(w..w + std::mem::size_of::<libc::c_long>())?)?;
@@ -285,32 +293,30 @@ pub(crate) fn parse_timestampns(control: &[u8]) -> Option<u64> {
     Some((sec as u64).saturating_mul(1_000_000_000) + nsec as u64)
 }
 
-/// The data of the first control message of `level`/`kind` in `control`.
-fn find_cmsg(control: &[u8], want_level: i32, want_kind: i32) -> Option<&[u8]> {
-    let mut off = 0usize;
-    while off + CMSG_HDR <= control.len() {
-        let len = usize::from_ne_bytes(control.get(off..off + CMSG_ALIGN)?.try_into().ok()?);
-        let level = i32::from_ne_bytes(
-            control
-                .get(off + CMSG_ALIGN..off + CMSG_ALIGN + 4)?
-                .try_into()
-                .ok()?,
-        );
-        let kind = i32::from_ne_bytes(
-            control
-                .get(off + CMSG_ALIGN + 4..off + CMSG_ALIGN + 8)?
-                .try_into()
-                .ok()?,
-        );
-        if len < CMSG_HDR {
-            return None;
-        }
-        if level == want_level && kind == want_kind {
-            return control.get(off + CMSG_HDR..off + len);
-        }
-        off = off.checked_add(len.next_multiple_of(CMSG_ALIGN))?;
+/// The control message at `off`: level, type, data, and where the next one starts.
+fn cmsg_at(control: &[u8], off: usize) -> Option<(i32, i32, &[u8], usize)> {
+    if off + CMSG_HDR > control.len() {
+        return None;
     }
-    None
+    let len = usize::from_ne_bytes(control.get(off..off + CMSG_ALIGN)?.try_into().ok()?);
+    let level = i32::from_ne_bytes(
+        control
+            .get(off + CMSG_ALIGN..off + CMSG_ALIGN + 4)?
+            .try_into()
+            .ok()?,
+    );
+    let kind = i32::from_ne_bytes(
+        control
+            .get(off + CMSG_ALIGN + 4..off + CMSG_ALIGN + 8)?
+            .try_into()
+            .ok()?,
+    );
+    if len < CMSG_HDR {
+        return None;
+    }
+    let data = control.get(off + CMSG_HDR..off.checked_add(len)?)?;
+    let next = off.checked_add(len.next_multiple_of(CMSG_ALIGN))?;
+    Some((level, kind, data, next))
 }
 
 fn i64_from_ne(b: &[u8]) -> Option<i64> {
@@ -341,6 +347,28 @@ mod tests {
         let mut v = sec.to_ne_bytes().to_vec();
         v.extend_from_slice(&nsec.to_ne_bytes());
         v
+    }
+
+    #[test]
+    fn timestamp_and_tproxy_destination_in_one_walk() {
+        let mut sin = vec![0u8; std::mem::size_of::<libc::sockaddr_in>()];
+        sin[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        sin[2..4].copy_from_slice(&20002u16.to_be_bytes());
+        let stamp = cmsg(libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS, &timespec(5, 6));
+        let dst = cmsg(libc::SOL_IP, libc::IP_ORIGDSTADDR, &sin);
+        assert_eq!(ORIGDST_CMSG_SPACE, dst.len());
+        assert_eq!(CONTROL_SPACE, stamp.len() + dst.len());
+        let both = [stamp.clone(), dst.clone()].concat();
+        assert_eq!(parse_control(&both), (Some(5_000_000_006), 20002));
+        assert_eq!(
+            parse_control(&[dst, stamp].concat()),
+            (Some(5_000_000_006), 20002)
+        );
+        // Cut inside the destination: the timestamp before it still counts.
+        assert_eq!(
+            parse_control(&both[..both.len() - 4]),
+            (Some(5_000_000_006), 0)
+        );
     }
 
     #[test]
