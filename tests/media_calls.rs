@@ -49,16 +49,7 @@ fn each_party_on_its_own_channel_for_the_whole_call_on_both_backends() {
             packets: 5,
         }];
         // A stranger sends to stream 2's port from another address: counted, not recorded.
-        let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
-        let report = std::thread::scope(|scope| {
-            let sender = scope.spawn(|| send(specs, Duration::from_secs(2)));
-            std::thread::sleep(Duration::from_millis(500));
-            let junk = stranger_packet();
-            for _ in 0..20 {
-                let _ = stranger.send_to(&junk, dest(call.ports[1]));
-            }
-            sender.join().expect("sender")
-        });
+        let report = send_with_stranger(specs, &[(call.ports[1], 20)]);
         assert!(report.packets_sent >= 180, "{report:?}");
         end_call(&call);
         let recs = server.wait_recordings(1);

@@ -6,7 +6,6 @@
 mod common;
 
 use std::process::Command;
-use std::time::Duration;
 
 use common::media::*;
 use common::netns::{nft_reel_chain, nft_rule, private_netns};
@@ -52,21 +51,9 @@ fn record_one_call(backend: &str) {
     ];
     // A stranger on stream 2's port (counted as foreign) and a datagram to a port of the
     // range that no stream holds (counted as unrouted): neither is recorded.
-    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
     let idle_port = server.rtp.1 - 1;
     assert!(!call.ports.contains(&idle_port));
-    let report = std::thread::scope(|scope| {
-        let sender = scope.spawn(|| send(specs, Duration::from_secs(2)));
-        std::thread::sleep(Duration::from_millis(500));
-        let junk = stranger_packet();
-        for _ in 0..20 {
-            let _ = stranger.send_to(&junk, dest(call.ports[1]));
-        }
-        for _ in 0..7 {
-            let _ = stranger.send_to(&junk, dest(idle_port));
-        }
-        sender.join().expect("sender")
-    });
+    let report = send_with_stranger(specs, &[(call.ports[1], 20), (idle_port, 7)]);
     assert!(report.packets_sent >= 180, "{report:?}");
     assert_eq!(metric(&server, "reel_media_unrouted_total"), 7, "{backend}");
     end_call(&call);

@@ -197,9 +197,23 @@ pub fn check_tone_channels(dir: &std::path::Path, tones: &[f32; 2]) -> f64 {
     seconds
 }
 
-/// An RTP packet (PCMU, SSRC 0xdeadbeef) a stranger sends to a stream's port.
-pub fn stranger_packet() -> Vec<u8> {
+/// Sends the specs for 2 s; half a second in, a stranger on 127.0.0.2 sends `count` RTP
+/// packets (SSRC 0xdeadbeef) to each `(port, count)`.
+pub fn send_with_stranger(
+    specs: Vec<StreamSpec>,
+    stranger_to: &[(u16, usize)],
+) -> reel::load::rtp_send::SendReport {
+    let stranger = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
     let mut junk = vec![0x80u8, 0, 0, 1, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
     junk.extend_from_slice(&[0x55; 160]);
-    junk
+    std::thread::scope(|scope| {
+        let sender = scope.spawn(|| send(specs, Duration::from_secs(2)));
+        std::thread::sleep(Duration::from_millis(500));
+        for &(port, count) in stranger_to {
+            for _ in 0..count {
+                let _ = stranger.send_to(&junk, dest(port));
+            }
+        }
+        sender.join().expect("sender")
+    })
 }
