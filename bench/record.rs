@@ -10,6 +10,11 @@
 //!   empty (`bench/recv.rs` variant b); paced like a.
 //! - `c`: the drain floor: queues filled first, then drained with batched waits; only the
 //!   drains are timed (`bench/recv.rs`).
+//! - `t`: the floor of TPROXY mode: the traffic of a, every port taken by one
+//!   `IP_TRANSPARENT` socket behind an nftables TPROXY rule, polled with a media thread's own
+//!   backend config (`reel::driver::media::backend_config`: 80 ms batched waits, 16,384
+//!   buffers), each packet counted and dropped. Needs root: like `reel-tproxy` it moves the
+//!   whole bench into a private network namespace.
 //! - `reel`: the real `reel serve` (release binary) as a child process on free loopback ports
 //!   with its own temporary data directory and `--io-backend uring`. N SIPREC calls are set
 //!   up over UDP (INVITE with two sendonly PCMU streams labelled 1 and 2 plus RFC 7865
@@ -21,8 +26,11 @@
 //!   not counted (the RTP phase starts only once reel has gone quiet after the last 200: the
 //!   writer may still be creating spool entries); per-thread CPU comes from
 //!   `/proc/<pid>/task/*/stat`.
+//! - `reel-tproxy`: the same with `media.tproxy_port` set: its one media thread receives the
+//!   whole RTP range on one TPROXY socket (the rule Reel prints at start, installed in the
+//!   bench's private network namespace).
 //!
-//! Figures: packets recorded (or received, for a, b and c), loss = sent - recorded,
+//! Figures: packets recorded (or received, for a, b, c and t), loss = sent - recorded,
 //! CPU-seconds per million packets (= µs per packet), calls per core (= 1e6 / (µs/pkt x 100
 //! pkt/s)), and the ratios to (a) and (c). For reel also the SIP setup latency (INVITE sent to
 //! its 200 received, first transmission, retransmissions included) p50 / p99 / max.
@@ -57,7 +65,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use reel::load::rtp_send::{SendConfig, Sender as RtpSender, StreamSpec};
-use reel::media::probe::probe_uring;
+use reel::media::probe::{Backend, probe_uring};
 use reel::sip::{Message, NameAddr, Response};
 
 const PKTS_PER_CALL: f64 = 100.0;
@@ -136,9 +144,9 @@ fn parse_args() -> Result<Opts, String> {
                 if let Some(bad) = o
                     .variants
                     .iter()
-                    .find(|v| !["a", "b", "c", "reel", "reel-tproxy"].contains(&v.as_str()))
+                    .find(|v| !["a", "b", "c", "t", "reel", "reel-tproxy"].contains(&v.as_str()))
                 {
-                    return Err(format!("unknown variant {bad} (a,b,c,reel,reel-tproxy)"));
+                    return Err(format!("unknown variant {bad} (a,b,c,t,reel,reel-tproxy)"));
                 }
             }
             "--bench" => {}
@@ -1076,6 +1084,7 @@ struct SizeResult {
     c: Option<sinks::Outcome>,
     reel: Option<Result<ReelOutcome, String>>,
     reel_tproxy: Option<Result<ReelOutcome, String>>,
+    t: Option<Result<sinks::Outcome, String>>,
 }
 
 fn run_size(o: &Opts, calls: usize, uring: bool) -> SizeResult {
@@ -1098,6 +1107,7 @@ fn run_size(o: &Opts, calls: usize, uring: bool) -> SizeResult {
             "a" if uring => r.a = Some(sinks::run_paced('a', &args)),
             "b" => r.b = Some(sinks::run_paced('b', &args)),
             "c" if uring => r.c = Some(sinks::run_drain(&args)),
+            "t" if uring => r.t = Some(run_tproxy_floor(&args)),
             "reel" => r.reel = Some(run_reel(o, calls, false)),
             "reel-tproxy" => r.reel_tproxy = Some(run_reel(o, calls, true)),
             _ => {
@@ -1111,6 +1121,41 @@ fn run_size(o: &Opts, calls: usize, uring: bool) -> SizeResult {
         );
     }
     r
+}
+
+/// The port variant t's one socket takes every stream on (reel-tproxy's is `TPROXY_PORT`).
+const FLOOR_TPROXY_PORT: u16 = TPROXY_PORT + 1;
+/// Variant t's first RTP port; streams on even ports from here, no socket bound to any.
+const FLOOR_FIRST_PORT: u16 = 20000;
+
+/// Variant t, the floor of TPROXY mode: the same paced traffic as a, every stream's port
+/// taken by one `IP_TRANSPARENT` socket (as `reel serve` with `media.tproxy_port` opens it),
+/// polled with a media thread's own backend config (its waits and buffers), every packet
+/// counted and dropped. What reel-tproxy's media thread costs above this is Reel's own work.
+fn run_tproxy_floor(args: &sinks::Args) -> Result<sinks::Outcome, String> {
+    let last = usize::from(FLOOR_FIRST_PORT) + 2 * args.sockets;
+    let last = u16::try_from(last).map_err(|_| format!("{} streams do not fit", args.sockets))?;
+    netns::nft_reel_chain()?;
+    netns::run("nft", &["flush", "chain", "inet", "reel", "prerouting"])?;
+    for rule in
+        reel::driver::host::PortSplit::new(FLOOR_FIRST_PORT, last, 1).nft_rules(FLOOR_TPROXY_PORT)
+    {
+        netns::nft_rule(&rule)?;
+    }
+    let sock = reel::media::backend::open_tproxy_socket(FLOOR_TPROXY_PORT, 128 << 20)
+        .map_err(|e| format!("TPROXY socket: {e}"))?;
+    let addrs: Vec<SocketAddr> = (0..args.sockets)
+        .map(|i| SocketAddr::from(([127, 0, 0, 1], FLOOR_FIRST_PORT + 2 * i as u16)))
+        .collect();
+    let config = reel::driver::media::backend_config(64);
+    Ok(sinks::run_paced_on(
+        Backend::Uring,
+        config,
+        vec![sock],
+        &addrs,
+        None,
+        args,
+    ))
 }
 
 fn sink_ns(o: &sinks::Outcome) -> f64 {
@@ -1183,6 +1228,20 @@ fn print_detail(r: &SizeResult, tck: u64) {
             sink_ns(o),
             o.note.clone(),
         );
+    }
+    match &r.t {
+        Some(Ok(o)) => row(
+            "t one TPROXY socket",
+            o.sent,
+            o.received,
+            sink_ns(o),
+            format!(
+                "{:.0} pkt/wake",
+                o.received as f64 / o.stats.wakeups.max(1) as f64
+            ),
+        ),
+        Some(Err(e)) => println!("t one TPROXY socket: FAILED: {e}"),
+        None => {}
     }
     for (name, outcome) in [
         ("reel serve (uring)", &r.reel),
@@ -1262,7 +1321,7 @@ fn main() {
         Err(e) => {
             eprintln!("record bench: {e}");
             eprintln!(
-                "usage: record [--calls N | --sizes N1,N2,..] [--seconds D] [--variants a,b,c,reel,reel-tproxy] \
+                "usage: record [--calls N | --sizes N1,N2,..] [--seconds D] [--variants a,b,c,t,reel,reel-tproxy] \
                  [--setup-rate R] [--batch-ms M] [--reel-bin PATH] [--reel-log FILTER] [--no-pin] \
                  [--setup-limit [--setup-bound-ms B]]"
             );
@@ -1270,13 +1329,13 @@ fn main() {
         }
     };
     sinks::raise_nofile();
-    if o.variants.iter().any(|v| v == "reel-tproxy") {
+    if o.variants.iter().any(|v| v == "reel-tproxy" || v == "t") {
         // Every variant, so they stay comparable; before any thread starts, so the whole
         // process moves.
         match netns::private_netns() {
-            Ok(()) => println!("network: a private namespace of its own (for reel-tproxy's rule)"),
+            Ok(()) => println!("network: a private namespace of its own (for the TPROXY rules)"),
             Err(e) => {
-                eprintln!("record bench: reel-tproxy needs a private network namespace: {e}");
+                eprintln!("record bench: t and reel-tproxy need a private network namespace: {e}");
                 std::process::exit(2);
             }
         }

@@ -241,14 +241,31 @@ pub fn run_paced(v: char, args: &Args) -> Outcome {
     } else {
         Backend::Uring
     };
-    let config = config_for(v, args);
     let (socks, addrs) = make_sockets(args.sockets);
+    let batch_sleep = (v == 'e').then(|| Duration::from_millis(args.batch_ms));
+    run_paced_on(kind, config_for(v, args), socks, &addrs, batch_sleep, args)
+}
+
+/// The paced run: one sender thread sends round-robin to `addrs` at `args`' rate while a
+/// receiver thread polls `socks` (which may be fewer than `addrs`: one TPROXY socket takes
+/// every port) with `config`, sleeping `batch_sleep` between polls when given.
+pub fn run_paced_on(
+    kind: Backend,
+    config: BackendConfig,
+    socks: Vec<UdpSocket>,
+    addrs: &[SocketAddr],
+    batch_sleep: Option<Duration>,
+    args: &Args,
+) -> Outcome {
     let start = Arc::new(Barrier::new(2));
     let done = Arc::new(AtomicBool::new(false));
     let sent_total = Arc::new(AtomicU64::new(0));
     let (rx_start, rx_done, rx_sent) = (start.clone(), done.clone(), sent_total.clone());
     let pin = args.pin;
-    let batch_sleep = (v == 'e').then(|| Duration::from_millis(args.batch_ms));
+    // A batched wait is cut short by the poll's timeout: give it room to run its course.
+    let wait = config.batch.map_or(Duration::from_millis(20), |b| {
+        b.min_wait + Duration::from_millis(20)
+    });
     let rx = std::thread::spawn(move || {
         if pin {
             pin_to(1);
@@ -269,7 +286,7 @@ pub fn run_paced(v: char, args: &Args) -> Outcome {
                     std::thread::sleep(d);
                     Duration::ZERO
                 }
-                None => Duration::from_millis(20),
+                None => wait,
             };
             let n = b
                 .poll(timeout, &mut |p| {
@@ -295,12 +312,12 @@ pub fn run_paced(v: char, args: &Args) -> Outcome {
     if args.pin {
         pin_to(0);
     }
-    let mut tx = Sender::new(&addrs);
+    let mut tx = Sender::new(addrs);
     start.wait();
     let proc0 = process_cpu_ns();
     let tx_cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
-    let rate = args.sockets as u64 * args.pps_per_socket;
+    let rate = addrs.len() as u64 * args.pps_per_socket;
     let total = rate * args.seconds;
     let slice = Duration::from_millis(args.slice_ms);
     let mut next = t0;

@@ -43,6 +43,28 @@ impl MediaThread {
     }
 }
 
+/// What each media thread's receive backend is opened with (also the bench's one-socket
+/// floor, so that it measures the same waits and buffers).
+pub fn backend_config(max_sockets: u32) -> BackendConfig {
+    BackendConfig {
+        max_sockets,
+        // A recorder needs no per-packet latency: let ~80 ms of packets pile up (about four
+        // per stream) so each wake drains thousands of completions and each socket's receive
+        // work is shared by several packets. Measured at 1,000 calls in alternating runs
+        // (bench record --variants c,reel): media thread 2.14 / 2.18 us/packet at 20 ms,
+        // 1.70 / 1.80 at 40 ms; 1.86 / 1.60 at 40 ms against 1.44 / 1.34 at 80 ms. The wake
+        // comes earlier when `min_complete` packets are in (three quarters of the buffers),
+        // so a busier thread never runs out of buffers. Cost: 32 MiB of receive buffers per
+        // media thread.
+        batch: Some(Batch {
+            min_complete: 12288,
+            min_wait: Duration::from_millis(80),
+        }),
+        buf_count: 16384,
+        ..BackendConfig::default()
+    }
+}
+
 /// Starts `count` media threads; returns them and the rings for the writer.
 pub fn start(
     count: usize,
@@ -78,24 +100,7 @@ pub fn start(
                 if let Some(cpu) = cpu {
                     pin_to(cpu);
                 }
-                let config = BackendConfig {
-                    max_sockets,
-                    // A recorder needs no per-packet latency: let ~80 ms of packets pile up
-                    // (about four per stream) so each wake drains thousands of completions and
-                    // each socket's receive work is shared by several packets. Measured at
-                    // 1,000 calls in alternating runs (bench record --variants c,reel):
-                    // media thread 2.14 / 2.18 us/packet at 20 ms, 1.70 / 1.80 at 40 ms;
-                    // 1.86 / 1.60 at 40 ms against 1.44 / 1.34 at 80 ms. The wake comes
-                    // earlier when `min_complete` packets are in (three quarters of the
-                    // buffers), so a busier thread never runs out of buffers. Cost: 32 MiB of
-                    // receive buffers per media thread.
-                    batch: Some(Batch {
-                        min_complete: 12288,
-                        min_wait: Duration::from_millis(80),
-                    }),
-                    buf_count: 16384,
-                    ..BackendConfig::default()
-                };
+                let config = backend_config(max_sockets);
                 let opened = backend::open_backend(kind, &config).or_else(|e| {
                 tracing::warn!(error = %e, "media thread {i}: io_uring setup failed; using epoll");
                 backend::open_backend(Backend::Epoll, &config)
