@@ -37,6 +37,7 @@ pub struct MediaThreadStats {
     pub bytes: u64,
     pub foreign: u64,
     pub unrouted: u64,
+    pub tproxy_bypass: u64,
     pub duplicates: u64,
     pub srtp_failures: u64,
     pub malformed: u64,
@@ -179,6 +180,12 @@ const DEFS: &[Def] = &[
         Kind::Counter,
         "Packets dropped (TPROXY mode): sent to a port no stream is recorded on.",
         |s| per_thread(s, |t| t.unrouted),
+    ),
+    (
+        "reel_media_tproxy_bypass_total",
+        Kind::Counter,
+        "Packets (TPROXY mode) that reached a stream's own socket instead of the shared one: no or a partial nftables rule, or IPv6 media. Recorded all the same.",
+        |s| per_thread(s, |t| t.tproxy_bypass),
     ),
     (
         "reel_media_duplicates_total",

@@ -31,6 +31,11 @@ fn install_rules(server: &Server) -> usize {
     rules.len()
 }
 
+fn nft_flush() {
+    common::netns::run("nft", &["flush", "chain", "inet", "reel", "prerouting"])
+        .expect("nft flush");
+}
+
 fn metric(server: &Server, name: &str) -> u64 {
     let (status, text) = server.http_get("/metrics").expect("metrics");
     assert_eq!(status, 200);
@@ -40,11 +45,20 @@ fn metric(server: &Server, name: &str) -> u64 {
         .sum()
 }
 
-fn record_one_call(backend: &str) {
+/// One call in TPROXY mode, with the server's nftables rules installed (`rules`) or not.
+/// Without them every datagram reaches the stream's own socket: still recorded, but counted
+/// as a bypass and logged.
+fn record_one_call(backend: &str, rules: bool) {
     let config = format!("[media]\nthreads = 2\ntproxy_port = {TPROXY_PORT}\n");
     let server = Server::start_with(Some(&config), &["--io-backend", backend]);
-    assert_eq!(install_rules(&server), 2, "one rule per media thread");
-    let call = start_call(&server, &format!("tproxy-{backend}"), &offer(0, None));
+    if rules {
+        assert_eq!(install_rules(&server), 2, "one rule per media thread");
+    }
+    let call = start_call(
+        &server,
+        &format!("tproxy-{backend}-{rules}"),
+        &offer(0, None),
+    );
     let specs = vec![
         StreamSpec::new(dest(call.ports[0]), 0x1111_0001, TONES[0]),
         StreamSpec::new(dest(call.ports[1]), 0x2222_0002, TONES[1]),
@@ -55,9 +69,28 @@ fn record_one_call(backend: &str) {
     assert!(!call.ports.contains(&idle_port));
     let report = send_with_stranger(specs, &[(call.ports[1], 20), (idle_port, 7)]);
     assert!(report.packets_sent >= 180, "{report:?}");
-    assert_eq!(metric(&server, "reel_media_unrouted_total"), 7, "{backend}");
     end_call(&call);
     let recs = server.wait_recordings(1);
+    // Read once the call is over: by then its media thread has taken every datagram.
+    let bypass = metric(&server, "reel_media_tproxy_bypass_total");
+    if rules {
+        assert_eq!(metric(&server, "reel_media_unrouted_total"), 7, "{backend}");
+        assert_eq!(
+            bypass, 0,
+            "{backend}: every datagram came through the shared socket"
+        );
+    } else {
+        // The stranger's 20 reach the stream's socket too (then dropped as foreign); the
+        // idle port has no socket at all.
+        assert_eq!(metric(&server, "reel_media_unrouted_total"), 0, "{backend}");
+        assert_eq!(bypass, report.packets_sent + 20, "{backend}");
+        assert!(
+            server
+                .log_text()
+                .contains("RTP reached a stream's own socket, not the shared one"),
+            "{backend}: the missing rule is logged"
+        );
+    }
     let (dir, json) = &recs[0];
     assert_eq!(json["state"], "complete", "{backend}: {json}");
     let streams = json["streams"].as_array().expect("streams");
@@ -73,7 +106,8 @@ fn record_one_call(backend: &str) {
 }
 
 #[test]
-fn tproxy_mode_records_each_party_on_its_channel_through_one_socket_per_thread() {
+fn tproxy_mode_records_each_party_on_its_channel_through_one_socket_per_thread_and_without_the_rule_too()
+ {
     if !sox_available() {
         return;
     }
@@ -88,8 +122,13 @@ fn tproxy_mode_records_each_party_on_its_channel_through_one_socket_per_thread()
             Ok(_) => backends.push("uring"),
             Err(e) => eprintln!("uring variant skipped: {e}"),
         }
-        for backend in backends {
-            record_one_call(backend);
+        for backend in &backends {
+            record_one_call(backend, true);
+        }
+        // Without the rules (flushed here), as when an operator has not installed them yet.
+        nft_flush();
+        for backend in &backends {
+            record_one_call(backend, false);
         }
         Ok(())
     })

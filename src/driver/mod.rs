@@ -379,6 +379,7 @@ fn publish(
                     rtcp: c.rtcp.load(Relaxed),
                     ring_drops: c.ring_drops.load(Relaxed),
                     unrouted: c.unrouted.load(Relaxed),
+                    tproxy_bypass: c.tproxy_bypass.load(Relaxed),
                     ring_used_bytes: c.ring_used_bytes.load(Relaxed),
                     enobufs: c.enobufs.load(Relaxed),
                     wakeups: c.wakeups.load(Relaxed),

@@ -71,6 +71,9 @@ pub struct MediaCounters {
     pub ring_drops: AtomicU64,
     /// TPROXY mode: datagrams to a port no stream is recorded on (dropped).
     pub unrouted: AtomicU64,
+    /// TPROXY mode: datagrams that reached a stream's own socket instead of the shared one
+    /// (no or a partial nftables rule, IPv6 media). Recorded all the same.
+    pub tproxy_bypass: AtomicU64,
     pub ring_used_bytes: AtomicU64,
     pub enobufs: AtomicU64,
     pub wakeups: AtomicU64,
@@ -87,10 +90,8 @@ struct Stream {
     latched: Option<SocketAddr>,
     state: StreamState,
     totals: StreamTotals,
-    /// TPROXY mode: the stream's RTP port, and its own sockets, kept open (unpolled) so the
-    /// ports stay reserved while the shared socket receives for them.
+    /// TPROXY mode: the stream's RTP port (its route in the [`PortTable`]).
     port: u16,
-    _held: Option<(UdpSocket, Option<UdpSocket>)>,
 }
 
 /// TPROXY mode's routing: destination port -> stream token, for the datagrams of the one
@@ -192,6 +193,7 @@ struct Tally {
     rtcp: u64,
     ring_drops: u64,
     unrouted: u64,
+    tproxy_bypass: u64,
 }
 
 pub struct Worker {
@@ -205,6 +207,8 @@ pub struct Worker {
     scratch: Box<[u8; 4096]>,
     /// TPROXY mode only.
     tproxy: Option<PortTable>,
+    /// TPROXY mode: whether the first datagram past the shared socket was logged.
+    bypass_logged: bool,
     /// Sleep between polls so each wake takes many completions (a recorder needs no
     /// per-packet latency; the socket buffers hold what arrives meanwhile).
     batch: Duration,
@@ -229,6 +233,7 @@ impl Worker {
             free: Vec::new(),
             scratch: Box::new([0u8; 4096]),
             tproxy: None,
+            bypass_logged: false,
             batch,
         }
     }
@@ -287,7 +292,11 @@ impl Worker {
                 None if table.hold(&rx) => {}
                 None => tally.unrouted += 1,
             },
-            _ => on_packet(slab, scratch, ring, &mut tally, rx),
+            Some(_) => {
+                tally.tproxy_bypass += 1;
+                on_packet(slab, scratch, ring, &mut tally, rx)
+            }
+            None => on_packet(slab, scratch, ring, &mut tally, rx),
         });
         self.publish(&tally);
         result
@@ -329,7 +338,15 @@ impl Worker {
         self.publish(&tally);
     }
 
-    fn publish(&self, t: &Tally) {
+    fn publish(&mut self, t: &Tally) {
+        if t.tproxy_bypass > 0 && !self.bypass_logged {
+            self.bypass_logged = true;
+            tracing::warn!(
+                "TPROXY mode: RTP reached a stream's own socket, not the shared one (is the \
+                 nftables rule printed at start installed? IPv6 media always comes this way); \
+                 it is recorded all the same, counted in reel_media_tproxy_bypass_total"
+            );
+        }
         let c = &self.counters;
         c.packets.fetch_add(t.packets, Ordering::Relaxed);
         c.bytes.fetch_add(t.bytes, Ordering::Relaxed);
@@ -342,6 +359,8 @@ impl Worker {
         c.rtcp.fetch_add(t.rtcp, Ordering::Relaxed);
         c.ring_drops.fetch_add(t.ring_drops, Ordering::Relaxed);
         c.unrouted.fetch_add(t.unrouted, Ordering::Relaxed);
+        c.tproxy_bypass
+            .fetch_add(t.tproxy_bypass, Ordering::Relaxed);
         c.ring_used_bytes
             .store(self.ring.used() as u64, Ordering::Relaxed);
         let s = self.backend.stats();
@@ -383,26 +402,28 @@ impl Worker {
         let token = (index as u64) << 1;
         let key = cfg.key;
         let mut port = 0u16;
-        let mut held = None;
         if let Some(table) = self.tproxy.as_mut() {
-            // TPROXY mode: route the stream's ports here; keep its sockets only as a claim.
+            // TPROXY mode: route the stream's ports to it from the shared socket. Its own
+            // sockets are polled as well (below): idle while the nftables rule takes the
+            // ports, they still record what comes past it (no rule yet, IPv6 media).
             port = cfg.rtp.local_addr().map(|a| a.port()).unwrap_or(0);
             if port == 0 || !table.set(port, token) {
                 self.free.push(index);
                 (self.reports)(MediaReport::Closed { key });
                 return;
             }
-            held = Some((cfg.rtp, cfg.rtcp));
-        } else {
-            if self.backend.add_socket(cfg.rtp, token).is_err() {
-                // Nothing to record from; report the stream closed so its ports come back.
-                self.free.push(index);
-                (self.reports)(MediaReport::Closed { key });
-                return;
+        }
+        if self.backend.add_socket(cfg.rtp, token).is_err() {
+            // Nothing to record from; report the stream closed so its ports come back.
+            if let Some(table) = self.tproxy.as_mut() {
+                table.clear(port);
             }
-            if let Some(rtcp) = cfg.rtcp {
-                let _ = self.backend.add_socket(rtcp, token | 1);
-            }
+            self.free.push(index);
+            (self.reports)(MediaReport::Closed { key });
+            return;
+        }
+        if let Some(rtcp) = cfg.rtcp {
+            let _ = self.backend.add_socket(rtcp, token | 1);
         }
         self.slab[index] = Some(Stream {
             key,
@@ -415,7 +436,6 @@ impl Worker {
             state: StreamState::new(),
             totals: StreamTotals::default(),
             port,
-            _held: held,
         });
     }
 
@@ -429,14 +449,13 @@ impl Worker {
             return;
         };
         let token = (index as u64) << 1;
-        if let Some(table) = self.tproxy.as_mut() {
-            if let Some(s) = self.slab[index].as_ref() {
-                table.clear(s.port);
-            }
-        } else {
-            let _ = self.backend.remove_socket(token);
-            let _ = self.backend.remove_socket(token | 1);
+        if let Some(table) = self.tproxy.as_mut()
+            && let Some(s) = self.slab[index].as_ref()
+        {
+            table.clear(s.port);
         }
+        let _ = self.backend.remove_socket(token);
+        let _ = self.backend.remove_socket(token | 1);
         if let Some(s) = self.slab[index].take() {
             let end = PacketMeta {
                 stream: s.mline,
