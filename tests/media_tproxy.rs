@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::net::{Ipv6Addr, SocketAddr};
 use std::process::Command;
 
 use common::media::*;
@@ -19,6 +20,7 @@ const TPROXY_PORT: u16 = 33000;
 /// The `nft add rule ...` lines the server logged, installed as they are.
 fn install_rules(server: &Server) -> usize {
     nft_reel_chain().expect("nft table and chain");
+    nft_flush(); // an earlier server's rules
     let log = server.log_text();
     let rules: Vec<&str> = log
         .lines()
@@ -45,23 +47,37 @@ fn metric(server: &Server, name: &str) -> u64 {
         .sum()
 }
 
-/// One call in TPROXY mode, with the server's nftables rules installed (`rules`) or not.
-/// Without them every datagram reaches the stream's own socket: still recorded, but counted
-/// as a bypass and logged.
-fn record_one_call(backend: &str, rules: bool) {
+/// How a call's media reaches the server.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    /// The server's nftables rules installed: everything through the shared socket.
+    Tproxy,
+    /// No rules: every datagram reaches the stream's own socket; still recorded, but
+    /// counted as a bypass and logged.
+    NoRule,
+    /// Rules installed, stream 2 sent over IPv6 (which the IPv4 rule does not take): it
+    /// reaches its stream's own socket and is recorded; stream 1 comes through the rule.
+    Ipv6Stream2,
+}
+
+fn record_one_call(backend: &str, path: Path) {
     let config = format!("[media]\nthreads = 2\ntproxy_port = {TPROXY_PORT}\n");
     let server = Server::start_with(Some(&config), &["--io-backend", backend]);
-    if rules {
+    if path != Path::NoRule {
         assert_eq!(install_rules(&server), 2, "one rule per media thread");
     }
     let call = start_call(
         &server,
-        &format!("tproxy-{backend}-{rules}"),
+        &format!("tproxy-{backend}-{path:?}"),
         &offer(0, None),
     );
+    let dest2 = match path {
+        Path::Ipv6Stream2 => SocketAddr::from((Ipv6Addr::LOCALHOST, call.ports[1])),
+        _ => dest(call.ports[1]),
+    };
     let specs = vec![
         StreamSpec::new(dest(call.ports[0]), 0x1111_0001, TONES[0]),
-        StreamSpec::new(dest(call.ports[1]), 0x2222_0002, TONES[1]),
+        StreamSpec::new(dest2, 0x2222_0002, TONES[1]),
     ];
     // A stranger on stream 2's port (counted as foreign) and a datagram to a port of the
     // range that no stream holds (counted as unrouted): neither is recorded.
@@ -73,23 +89,31 @@ fn record_one_call(backend: &str, rules: bool) {
     let recs = server.wait_recordings(1);
     // Read once the call is over: by then its media thread has taken every datagram.
     let bypass = metric(&server, "reel_media_tproxy_bypass_total");
-    if rules {
-        assert_eq!(metric(&server, "reel_media_unrouted_total"), 7, "{backend}");
-        assert_eq!(
-            bypass, 0,
-            "{backend}: every datagram came through the shared socket"
-        );
-    } else {
-        // The stranger's 20 reach the stream's socket too (then dropped as foreign); the
-        // idle port has no socket at all.
-        assert_eq!(metric(&server, "reel_media_unrouted_total"), 0, "{backend}");
-        assert_eq!(bypass, report.packets_sent + 20, "{backend}");
-        assert!(
-            server
-                .log_text()
-                .contains("RTP reached a stream's own socket, not the shared one"),
-            "{backend}: the missing rule is logged"
-        );
+    let unrouted = metric(&server, "reel_media_unrouted_total");
+    let logged = server
+        .log_text()
+        .contains("RTP reached a stream's own socket, not the shared one");
+    match path {
+        Path::Tproxy => {
+            assert_eq!(unrouted, 7, "{backend}");
+            assert_eq!(bypass, 0, "{backend}: all through the shared socket");
+            assert!(!logged, "{backend}: no bypass, no warning");
+        }
+        Path::Ipv6Stream2 => {
+            assert_eq!(unrouted, 7, "{backend}");
+            assert_eq!(
+                bypass, report.per_stream[1].packets,
+                "{backend}: stream 2 only"
+            );
+            assert!(logged, "{backend}: the bypass is logged");
+        }
+        Path::NoRule => {
+            // The stranger's 20 reach the stream's socket too (then dropped as foreign);
+            // the idle port has no socket at all.
+            assert_eq!(unrouted, 0, "{backend}");
+            assert_eq!(bypass, report.packets_sent + 20, "{backend}");
+            assert!(logged, "{backend}: the missing rule is logged");
+        }
     }
     let (dir, json) = &recs[0];
     assert_eq!(json["state"], "complete", "{backend}: {json}");
@@ -123,12 +147,19 @@ fn tproxy_mode_records_each_party_on_its_channel_through_one_socket_per_thread_a
             Err(e) => eprintln!("uring variant skipped: {e}"),
         }
         for backend in &backends {
-            record_one_call(backend, true);
+            record_one_call(backend, Path::Tproxy);
+        }
+        if std::net::UdpSocket::bind("[::1]:0").is_ok() {
+            for backend in &backends {
+                record_one_call(backend, Path::Ipv6Stream2);
+            }
+        } else {
+            eprintln!("IPv6 case skipped: no ::1 in this network namespace");
         }
         // Without the rules (flushed here), as when an operator has not installed them yet.
         nft_flush();
         for backend in &backends {
-            record_one_call(backend, false);
+            record_one_call(backend, Path::NoRule);
         }
         Ok(())
     })
