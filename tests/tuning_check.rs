@@ -126,6 +126,106 @@ fn the_config_file_sets_what_is_checked() {
     assert!(cpus_line.contains("4096"), "names the missing CPU: {text}");
 }
 
+/// Runs the check with a stand-in `nft` first on PATH: it prints `output` and exits 0 when
+/// `listed`, else prints it on stderr and exits 1 (as nft does for a missing chain).
+fn run_with_nft(root: &Path, args: &[&str], output: &str, listed: bool) -> Output {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir bin");
+    let listing = root.join("nft-output");
+    std::fs::write(&listing, output).expect("write nft output");
+    let script = if listed {
+        format!("#!/bin/sh\ncat '{}'\n", listing.display())
+    } else {
+        format!("#!/bin/sh\ncat '{}' >&2\nexit 1\n", listing.display())
+    };
+    let nft = bin.join("nft");
+    std::fs::write(&nft, script).expect("write nft");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new("sh")
+        .arg(SCRIPT)
+        .args(args)
+        .env("REEL_CHECK_ROOT", root)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tuning/check.sh")
+}
+
+/// The text of the line for one check.
+fn line_of(out: &Output, check: &str) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(check))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn tproxy_mode_wants_one_rule_per_media_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    lay_out(dir.path(), &TUNED);
+    let cfg = dir.path().join("reel.toml");
+    std::fs::write(&cfg, "[media]\nthreads = 2\ntproxy_port = 40000\n").expect("write config");
+    let args = ["--config", cfg.to_str().expect("utf-8 path")];
+    let chain = |rules: &str| {
+        format!(
+            "table inet reel {{\n\tchain prerouting {{\n\t\ttype filter hook prerouting priority mangle; policy accept;\n{rules}\t}}\n}}\n"
+        )
+    };
+    let both = chain(
+        "\t\tudp dport 16384-24575 tproxy ip to :40000\n\t\tudp dport 24576-32767 tproxy ip to :40001\n",
+    );
+    let out = run_with_nft(dir.path(), &args, &both, true);
+    assert_eq!(
+        verdict(&out, "tproxy_rules"),
+        "ok",
+        "{}",
+        line_of(&out, "tproxy_rules")
+    );
+
+    // Thread 1's rule missing; a rule for :400010 is not one for :40001.
+    let one = chain(
+        "\t\tudp dport 16384-24575 tproxy ip to :40000\n\t\tudp dport 24576-32767 tproxy ip to :400010\n",
+    );
+    let out = run_with_nft(dir.path(), &args, &one, true);
+    assert_eq!(verdict(&out, "tproxy_rules"), "change");
+    let line = line_of(&out, "tproxy_rules");
+    assert!(
+        line.contains(":40001") && !line.contains(":40000 "),
+        "{line}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = run_with_nft(
+        dir.path(),
+        &args,
+        "Error: No such file or directory\n",
+        false,
+    );
+    assert_eq!(verdict(&out, "tproxy_rules"), "change");
+    assert!(line_of(&out, "tproxy_rules").contains("no chain inet reel prerouting"));
+
+    // Not allowed to list: said, not counted as a change.
+    let out = run_with_nft(
+        dir.path(),
+        &args,
+        "Operation not permitted (you must be root)\n",
+        false,
+    );
+    assert_eq!(verdict(&out, "tproxy_rules"), "info");
+
+    // Default mode: no such check at all.
+    std::fs::write(&cfg, "[media]\nthreads = 2\n").expect("write config");
+    let out = run_with_nft(dir.path(), &args, &both, true);
+    assert!(line_of(&out, "tproxy_rules").is_empty());
+}
+
 #[test]
 fn bad_arguments_exit_2_with_a_message() {
     let dir = tempfile::tempdir().expect("tempdir");

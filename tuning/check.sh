@@ -5,7 +5,8 @@
 #
 #   tuning/check.sh [--config /etc/reel/reel.toml] [--calls N]
 #
-# --config: read media.rcvbuf, media.rtp_ports, media.cpus and data_dir from that file
+# --config: read media.rcvbuf, media.rtp_ports, media.cpus, media.threads, media.tproxy_port
+#           and data_dir from that file
 #           (plain key = value lines; the embedded defaults otherwise).
 # --calls:  the concurrent calls to plan for (default 1000): sizes the descriptor limit.
 #
@@ -61,6 +62,8 @@ RTP_PORTS="$(conf media rtp_ports)"; RTP_PORTS="${RTP_PORTS:-16384-32767}"
 CPUS="$(conf media cpus | tr -d '[] ')"
 DATA_DIR="$(conf '' data_dir)"; DATA_DIR="${DATA_DIR:-./reel-data}"
 RTP_LO="${RTP_PORTS%-*}"; RTP_HI="${RTP_PORTS#*-}"
+THREADS="$(conf media threads)"; THREADS="${THREADS:-1}"
+TPROXY_PORT="$(conf media tproxy_port)"; TPROXY_PORT="${TPROXY_PORT:-0}"
 
 # --- io_uring -------------------------------------------------------------------------------
 v="$(readf /proc/sys/kernel/io_uring_disabled)"
@@ -123,6 +126,31 @@ if [ -n "$eph_lo" ] && [ -n "$eph_hi" ]; then
     ok rtp_ports "media.rtp_ports $RTP_PORTS reserved (net.ipv4.ip_local_reserved_ports)"
   else
     change rtp_ports "media.rtp_ports $RTP_PORTS overlaps the ephemeral range $eph_lo-$eph_hi: set net.ipv4.ip_local_reserved_ports = $RTP_PORTS, or move one of the ranges"
+  fi
+fi
+
+# --- TPROXY mode: one nftables rule per media thread ---------------------------------------
+if [ "$TPROXY_PORT" != 0 ]; then
+  if ! command -v nft >/dev/null 2>&1; then
+    change tproxy_rules "media.tproxy_port = $TPROXY_PORT but nft (nftables) is not installed: install it and the rules Reel prints at start; without them RTP goes to each stream's own socket (reel_media_tproxy_bypass_total)"
+  elif listing="$(nft list chain inet reel prerouting 2>&1)"; then
+    missing=""
+    i=0
+    while [ "$i" -lt "$THREADS" ]; do
+      port=$((TPROXY_PORT + i))
+      echo "$listing" | grep -q "udp dport .*tproxy ip to :$port\$" || missing="$missing :$port"
+      i=$((i + 1))
+    done
+    if [ -z "$missing" ]; then
+      ok tproxy_rules "a TPROXY rule for each of the $THREADS media thread(s) (from :$TPROXY_PORT)"
+    else
+      change tproxy_rules "no 'tproxy ip to' rule for$missing in chain inet reel prerouting: install the rules Reel prints at start (tuning/README.md)"
+    fi
+  else
+    case "$listing" in
+      *"No such file"*) change tproxy_rules "media.tproxy_port = $TPROXY_PORT but there is no chain inet reel prerouting: create it and install the rules Reel prints at start (tuning/README.md)" ;;
+      *) info tproxy_rules "cannot list the nftables rules ($(echo "$listing" | head -1)); run as root to check them" ;;
+    esac
   fi
 fi
 
