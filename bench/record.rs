@@ -1377,64 +1377,59 @@ fn main() {
         println!();
         println!("== scaling ==");
         println!(
-            "{:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>10} {:>9} {:>9}",
+            "{:>6} {:>7} {:>10} {:>10} {:>8} {:>8} {:>9} {:>8} {:>7} {:>9} {:>10} {:>9} {:>9}",
             "calls",
+            "mode",
             "sent",
             "recorded",
             "loss",
             "a us/pk",
-            "c us/pk",
+            "floor us",
             "reel us",
             "vs a",
-            "vs c",
+            "vs floor",
             "calls/core",
             "media us",
             "writer us"
         );
+        let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.3}", v / 1000.0));
         for r in &results {
             let a = r.a.as_ref().map(sink_ns);
+            // Each socket model against its own floor: c for per-stream sockets, t for TPROXY.
+            let t = r.t.as_ref().and_then(|o| o.as_ref().ok()).map(sink_ns);
             let c = r.c.as_ref().map(sink_ns);
-            let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.3}", v / 1000.0));
-            let (sent, rec, ns, media, writer) = match &r.reel {
-                Some(Ok(x)) => {
-                    let per = |pfx: &str| {
-                        let t: u64 = x
-                            .split
-                            .iter()
-                            .filter(|(n, _)| n.starts_with(pfx))
-                            .map(|s| s.1)
-                            .sum();
-                        Some(t as f64 * 1e9 / tck as f64 / x.recorded.max(1) as f64)
-                    };
-                    (
-                        x.sent as i64,
-                        x.recorded as i64,
-                        Some(reel_ns(x, tck)),
-                        per("reel-media"),
-                        per("reel-writer"),
-                    )
-                }
-                _ => (0, 0, None, None, None),
-            };
-            let ratio = |b: Option<f64>| match (ns, b) {
-                (Some(x), Some(b)) => format!("{:.2}", x / b),
-                _ => "-".into(),
-            };
-            println!(
-                "{:>6} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>10} {:>9} {:>9}",
-                r.calls,
-                sent,
-                rec,
-                sent - rec,
-                f(a),
-                f(c),
-                f(ns),
-                ratio(a),
-                ratio(c),
-                ns.map_or("-".into(), |v| format!("{:.0}", 1e9 / (v * PKTS_PER_CALL))),
-                f(media),
-                f(writer)
-            );
+            for (mode, outcome, floor) in [("sockets", &r.reel, c), ("tproxy", &r.reel_tproxy, t)] {
+                let Some(Ok(x)) = outcome else {
+                    continue;
+                };
+                let per = |pfx: &str| {
+                    let t: u64 = x
+                        .split
+                        .iter()
+                        .filter(|(n, _)| n.starts_with(pfx))
+                        .map(|s| s.1)
+                        .sum();
+                    Some(t as f64 * 1e9 / tck as f64 / x.recorded.max(1) as f64)
+                };
+                let ns = reel_ns(x, tck);
+                let ratio = |b: Option<f64>| b.map_or("-".into(), |b| format!("{:.2}", ns / b));
+                println!(
+                    "{:>6} {:>7} {:>10} {:>10} {:>8} {:>8} {:>9} {:>8} {:>7} {:>9} {:>10.0} {:>9} {:>9}",
+                    r.calls,
+                    mode,
+                    x.sent,
+                    x.recorded,
+                    x.sent as i64 - x.recorded as i64,
+                    f(a),
+                    f(floor),
+                    f(Some(ns)),
+                    ratio(a),
+                    ratio(floor),
+                    1e9 / (ns * PKTS_PER_CALL),
+                    f(per("reel-media")),
+                    f(per("reel-writer"))
+                );
+            }
         }
     }
     println!();
