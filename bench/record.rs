@@ -397,13 +397,9 @@ fn start_reel(o: &Opts, calls: usize, tproxy: bool) -> Result<ReelProc, String> 
         if http_get(p.http, "/health") == Some(200) {
             if tproxy {
                 // The rule reel prints at start for its one media thread (this bench runs in
-                // its own network namespace, see `main`). An earlier size's rule goes first.
-                netns::nft_reel_chain()?;
-                netns::run("nft", &["flush", "chain", "inet", "reel", "prerouting"])?;
+                // its own network namespace, see `main`). They replace an earlier size's.
                 let split = reel::driver::host::PortSplit::new(p.rtp.0, p.rtp.1, 1);
-                for rule in split.nft_rules(TPROXY_PORT) {
-                    netns::nft_rule(&rule)?;
-                }
+                netns::set_reel_rules(&split.nft_rules(TPROXY_PORT))?;
             }
             return Ok(p);
         }
@@ -1135,13 +1131,8 @@ const FLOOR_FIRST_PORT: u16 = 20000;
 fn run_tproxy_floor(args: &sinks::Args) -> Result<sinks::Outcome, String> {
     let last = usize::from(FLOOR_FIRST_PORT) + 2 * args.sockets;
     let last = u16::try_from(last).map_err(|_| format!("{} streams do not fit", args.sockets))?;
-    netns::nft_reel_chain()?;
-    netns::run("nft", &["flush", "chain", "inet", "reel", "prerouting"])?;
-    for rule in
-        reel::driver::host::PortSplit::new(FLOOR_FIRST_PORT, last, 1).nft_rules(FLOOR_TPROXY_PORT)
-    {
-        netns::nft_rule(&rule)?;
-    }
+    let split = reel::driver::host::PortSplit::new(FLOOR_FIRST_PORT, last, 1);
+    netns::set_reel_rules(&split.nft_rules(FLOOR_TPROXY_PORT))?;
     let sock = reel::media::backend::open_tproxy_socket(FLOOR_TPROXY_PORT, 128 << 20)
         .map_err(|e| format!("TPROXY socket: {e}"))?;
     let addrs: Vec<SocketAddr> = (0..args.sockets)

@@ -9,7 +9,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::process::Command;
 
 use common::media::*;
-use common::netns::{nft_reel_chain, nft_rule, private_netns};
+use common::netns::{private_netns, set_reel_rules};
 use common::server::Server;
 use reel::load::rtp_send::StreamSpec;
 use reel::media::probe::probe_uring;
@@ -17,25 +17,17 @@ use reel::media::probe::probe_uring;
 const TONES: [f32; 2] = [440.0, 1000.0];
 const TPROXY_PORT: u16 = 33000;
 
-/// The `nft add rule ...` lines the server logged, installed as they are.
+/// The `nft add rule ...` lines the server logged, installed as they are (in place of an
+/// earlier server's).
 fn install_rules(server: &Server) -> usize {
-    nft_reel_chain().expect("nft table and chain");
-    nft_flush(); // an earlier server's rules
     let log = server.log_text();
     let rules: Vec<&str> = log
         .lines()
         .filter_map(|l| l.split("TPROXY mode expects: nft ").nth(1))
         .map(|r| r.trim_end_matches('"').trim())
         .collect();
-    for rule in &rules {
-        nft_rule(rule).expect("nft rule from the server's log");
-    }
+    set_reel_rules(&rules).expect("nft rules from the server's log");
     rules.len()
-}
-
-fn nft_flush() {
-    common::netns::run("nft", &["flush", "chain", "inet", "reel", "prerouting"])
-        .expect("nft flush");
 }
 
 fn metric(server: &Server, name: &str) -> u64 {
@@ -157,7 +149,7 @@ fn tproxy_mode_records_each_party_on_its_channel_through_one_socket_per_thread_a
             eprintln!("IPv6 case skipped: no ::1 in this network namespace");
         }
         // Without the rules (flushed here), as when an operator has not installed them yet.
-        nft_flush();
+        set_reel_rules::<&str>(&[]).expect("nft flush");
         for backend in &backends {
             record_one_call(backend, Path::NoRule);
         }

@@ -16,8 +16,10 @@ pub fn private_netns() -> Result<(), String> {
     run("ip", &["link", "set", "lo", "up"])
 }
 
-/// Creates the `inet reel` table with the `prerouting` chain TPROXY rules go into.
-pub fn nft_reel_chain() -> Result<(), String> {
+/// Makes `rules` (as Reel prints them: `add rule inet reel prerouting ...`) the whole of the
+/// `inet reel` table's `prerouting` chain: the table and chain are created when missing and
+/// emptied of an earlier run's rules. No rules leaves the chain empty.
+pub fn set_reel_rules<S: AsRef<str>>(rules: &[S]) -> Result<(), String> {
     run("nft", &["add", "table", "inet", "reel"])?;
     run(
         "nft",
@@ -29,12 +31,12 @@ pub fn nft_reel_chain() -> Result<(), String> {
             "prerouting",
             "{ type filter hook prerouting priority -150; }",
         ],
-    )
-}
-
-/// Runs `nft` with a rule as Reel prints it (`add rule inet reel prerouting ...`).
-pub fn nft_rule(rule: &str) -> Result<(), String> {
-    run("nft", &rule.split_whitespace().collect::<Vec<_>>())
+    )?;
+    run("nft", &["flush", "chain", "inet", "reel", "prerouting"])?;
+    for rule in rules {
+        run("nft", &rule.as_ref().split_whitespace().collect::<Vec<_>>())?;
+    }
+    Ok(())
 }
 
 /// Runs `cmd args`; `Err` carries its stderr.
