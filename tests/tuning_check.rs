@@ -49,24 +49,48 @@ fn lay_out(root: &Path, h: &Host) {
     }
 }
 
+/// A fake host tree laid out as `h`, with `config` written to `reel.toml` in it.
+fn host_with_config(h: &Host, config: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    lay_out(dir.path(), h);
+    let cfg = dir.path().join("reel.toml");
+    std::fs::write(&cfg, config).expect("write config");
+    (dir, cfg)
+}
+
 fn run(root: &Path, args: &[&str]) -> Output {
+    run_with_env(root, args, &[])
+}
+
+fn run_with_env(root: &Path, args: &[&str], env: &[(&str, String)]) -> Output {
     Command::new("sh")
         .arg(SCRIPT)
         .args(args)
         .env("REEL_CHECK_ROOT", root)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .output()
         .expect("run tuning/check.sh")
 }
 
+/// The text of the line for one check, empty when there is none.
+fn line_of(out: &Output, check: &str) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(check))
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The verdict ("ok", "change", "info") of the line for one check.
 fn verdict(out: &Output, check: &str) -> String {
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(check))
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no line for {check}:\n{text}"))
-        .to_string()
+    match line_of(out, check).split_whitespace().next() {
+        Some(v) => v.to_string(),
+        None => panic!(
+            "no line for {check}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        ),
+    }
 }
 
 #[test]
@@ -105,24 +129,17 @@ fn an_untuned_host_is_told_what_to_change_and_exits_1() {
 
 #[test]
 fn the_config_file_sets_what_is_checked() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    lay_out(dir.path(), &TUNED);
-    let cfg = dir.path().join("reel.toml");
-    std::fs::write(
-        &cfg,
+    let (dir, cfg) = host_with_config(
+        &TUNED,
         "[media]\nrcvbuf = 67108864 # 64 MiB\nrtp_ports = \"40000-40999\"\ncpus = [0, 4096]\n",
-    )
-    .expect("write config");
+    );
     let out = run(dir.path(), &["--config", cfg.to_str().expect("utf-8 path")]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(verdict(&out, "rmem_max"), "change", "{text}");
     assert!(text.contains("net.core.rmem_max = 67108864"), "{text}");
     assert_eq!(verdict(&out, "rtp_ports"), "change", "{text}");
     assert_eq!(verdict(&out, "media_cpus"), "change", "{text}");
-    let cpus_line = text
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("media_cpus"))
-        .unwrap_or_default();
+    let cpus_line = line_of(&out, "media_cpus");
     assert!(cpus_line.contains("4096"), "names the missing CPU: {text}");
 }
 
@@ -147,31 +164,12 @@ fn run_with_nft(root: &Path, args: &[&str], output: &str, listed: bool) -> Outpu
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    Command::new("sh")
-        .arg(SCRIPT)
-        .args(args)
-        .env("REEL_CHECK_ROOT", root)
-        .env("PATH", path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run tuning/check.sh")
-}
-
-/// The text of the line for one check.
-fn line_of(out: &Output, check: &str) -> String {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(check))
-        .unwrap_or_default()
-        .to_string()
+    run_with_env(root, args, &[("PATH", path)])
 }
 
 #[test]
 fn tproxy_mode_wants_one_rule_per_media_thread() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    lay_out(dir.path(), &TUNED);
-    let cfg = dir.path().join("reel.toml");
-    std::fs::write(&cfg, "[media]\nthreads = 2\ntproxy_port = 40000\n").expect("write config");
+    let (dir, cfg) = host_with_config(&TUNED, "[media]\nthreads = 2\ntproxy_port = 40000\n");
     let args = ["--config", cfg.to_str().expect("utf-8 path")];
     let chain = |rules: &str| {
         format!(
@@ -202,23 +200,23 @@ fn tproxy_mode_wants_one_rule_per_media_thread() {
     );
     assert_eq!(out.status.code(), Some(1));
 
-    let out = run_with_nft(
-        dir.path(),
-        &args,
-        "Error: No such file or directory\n",
-        false,
-    );
-    assert_eq!(verdict(&out, "tproxy_rules"), "change");
-    assert!(line_of(&out, "tproxy_rules").contains("no chain inet reel prerouting"));
-
-    // Not allowed to list: said, not counted as a change.
-    let out = run_with_nft(
-        dir.path(),
-        &args,
-        "Operation not permitted (you must be root)\n",
-        false,
-    );
-    assert_eq!(verdict(&out, "tproxy_rules"), "info");
+    // Not listed: a missing chain is a change; not being allowed to list is only said.
+    for (error, want, says) in [
+        (
+            "Error: No such file or directory\n",
+            "change",
+            "no chain inet reel prerouting",
+        ),
+        (
+            "Operation not permitted (you must be root)\n",
+            "info",
+            "run as root",
+        ),
+    ] {
+        let out = run_with_nft(dir.path(), &args, error, false);
+        assert_eq!(verdict(&out, "tproxy_rules"), want, "{error}");
+        assert!(line_of(&out, "tproxy_rules").contains(says), "{error}");
+    }
 
     // Default mode: no such check at all.
     std::fs::write(&cfg, "[media]\nthreads = 2\n").expect("write config");
@@ -262,10 +260,7 @@ fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>, std::time::SystemTi
 fn the_script_only_reads() {
     // Run on an untuned host with a config, it changes nothing: every file it reads keeps
     // its bytes and time, and it creates none.
-    let dir = tempfile::tempdir().expect("tempdir");
-    lay_out(dir.path(), &UNTUNED);
-    let cfg = dir.path().join("reel.toml");
-    std::fs::write(&cfg, "[media]\nrcvbuf = 67108864\n").expect("write config");
+    let (dir, cfg) = host_with_config(&UNTUNED, "[media]\nrcvbuf = 67108864\n");
     let before = snapshot(dir.path());
     let out = run(dir.path(), &["--config", cfg.to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(1), "it did find things to change");
