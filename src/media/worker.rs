@@ -207,8 +207,6 @@ pub struct Worker {
     scratch: Box<[u8; 4096]>,
     /// TPROXY mode only.
     tproxy: Option<PortTable>,
-    /// TPROXY mode: whether the first datagram past the shared socket was logged.
-    bypass_logged: bool,
     /// Sleep between polls so each wake takes many completions (a recorder needs no
     /// per-packet latency; the socket buffers hold what arrives meanwhile).
     batch: Duration,
@@ -233,7 +231,6 @@ impl Worker {
             free: Vec::new(),
             scratch: Box::new([0u8; 4096]),
             tproxy: None,
-            bypass_logged: false,
             batch,
         }
     }
@@ -338,16 +335,20 @@ impl Worker {
         self.publish(&tally);
     }
 
-    fn publish(&mut self, t: &Tally) {
-        if t.tproxy_bypass > 0 && !self.bypass_logged {
-            self.bypass_logged = true;
+    fn publish(&self, t: &Tally) {
+        let c = &self.counters;
+        // The first datagram past the shared socket is logged, once per thread.
+        if t.tproxy_bypass > 0
+            && c.tproxy_bypass
+                .fetch_add(t.tproxy_bypass, Ordering::Relaxed)
+                == 0
+        {
             tracing::warn!(
                 "TPROXY mode: RTP reached a stream's own socket, not the shared one (is the \
                  nftables rule printed at start installed? IPv6 media always comes this way); \
                  it is recorded all the same, counted in reel_media_tproxy_bypass_total"
             );
         }
-        let c = &self.counters;
         c.packets.fetch_add(t.packets, Ordering::Relaxed);
         c.bytes.fetch_add(t.bytes, Ordering::Relaxed);
         c.foreign.fetch_add(t.foreign, Ordering::Relaxed);
@@ -359,8 +360,6 @@ impl Worker {
         c.rtcp.fetch_add(t.rtcp, Ordering::Relaxed);
         c.ring_drops.fetch_add(t.ring_drops, Ordering::Relaxed);
         c.unrouted.fetch_add(t.unrouted, Ordering::Relaxed);
-        c.tproxy_bypass
-            .fetch_add(t.tproxy_bypass, Ordering::Relaxed);
         c.ring_used_bytes
             .store(self.ring.used() as u64, Ordering::Relaxed);
         let s = self.backend.stats();
