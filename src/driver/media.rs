@@ -16,7 +16,7 @@ use crate::media::ring::{RingReader, packet_ring};
 use crate::media::worker::{MediaCommand, MediaCounters, MediaReport, Worker};
 
 /// Bytes of each media thread's packet ring: at 100,000 packets/s of ~200 bytes this holds
-/// more than a second, far beyond the writer's 2 ms drain tick.
+/// more than a second, far beyond the writer's 10 ms drain tick.
 const RING_BYTES: usize = 32 * 1024 * 1024;
 
 /// TPROXY mode (`media.tproxy_port`): media thread `i` receives on `port + i`.
