@@ -248,6 +248,14 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => match args.load() {
             Ok(config) => {
                 print!("{}", config.to_toml());
+                // As TOML comments, so the output stays a valid configuration file;
+                // tuning/check.sh compares these with `nft list`.
+                if let Some(split) = reel::driver::tproxy_split(&config) {
+                    println!("\n# TPROXY mode expects these nftables rules (tuning/README.md):");
+                    for rule in split.nft_rules(config.media.tproxy_port) {
+                        println!("# nft {rule}");
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -41,6 +41,42 @@ fn check_config_prints_the_example_configuration() {
 }
 
 #[test]
+fn check_config_gives_the_tproxy_rules_and_stays_a_valid_configuration() {
+    let (dir, path) =
+        write_config("[media]\nthreads = 2\ntproxy_port = 40000\nrtp_ports = \"20000-20999\"\n");
+    let out = reel(&["check-config", "--config", &path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rules: Vec<&str> = text.lines().filter(|l| l.starts_with("# nft ")).collect();
+    assert_eq!(
+        rules,
+        [
+            "# nft add rule inet reel prerouting udp dport 20000-20499 tproxy ip to :40000",
+            "# nft add rule inet reel prerouting udp dport 20500-20999 tproxy ip to :40001",
+        ],
+        "{text}"
+    );
+    // The printout read back as a configuration gives the same printout.
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &text).expect("write");
+    let out = reel(&["check-config", "--config", &again.display().to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    // Default mode: no rules.
+    let (_d, plain) = write_config("[media]\nthreads = 2\n");
+    let out = reel(&["check-config", "--config", &plain]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("# nft"));
+}
+
+#[test]
 fn unknown_key_exits_2_naming_it() {
     let (_d, path) = write_config("[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\nmax_sesions = 4\n");
     let out = reel(&["check-config", "--config", &path]);

@@ -145,7 +145,8 @@ fn the_config_file_sets_what_is_checked() {
 
 /// Runs the check with a stand-in `nft` first on PATH: it prints `output` and exits 0 when
 /// `listed`, else prints it on stderr and exits 1 (as nft does for a missing chain).
-fn run_with_nft(root: &Path, args: &[&str], output: &str, listed: bool) -> Output {
+/// With `reel_bin` empty the script has no reel binary and checks only each thread's port.
+fn run_with_nft(root: &Path, args: &[&str], output: &str, listed: bool, reel_bin: &str) -> Output {
     let bin = root.join("bin");
     std::fs::create_dir_all(&bin).expect("mkdir bin");
     let listing = root.join("nft-output");
@@ -164,7 +165,7 @@ fn run_with_nft(root: &Path, args: &[&str], output: &str, listed: bool) -> Outpu
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    run_with_env(root, args, &[("PATH", path)])
+    run_with_env(root, args, &[("PATH", path), ("REEL_BIN", reel_bin.into())])
 }
 
 #[test]
@@ -179,7 +180,7 @@ fn tproxy_mode_wants_one_rule_per_media_thread() {
     let both = chain(
         "\t\tudp dport 16384-24575 tproxy ip to :40000\n\t\tudp dport 24576-32767 tproxy ip to :40001\n",
     );
-    let out = run_with_nft(dir.path(), &args, &both, true);
+    let out = run_with_nft(dir.path(), &args, &both, true, "");
     assert_eq!(
         verdict(&out, "tproxy_rules"),
         "ok",
@@ -191,7 +192,7 @@ fn tproxy_mode_wants_one_rule_per_media_thread() {
     let one = chain(
         "\t\tudp dport 16384-24575 tproxy ip to :40000\n\t\tudp dport 24576-32767 tproxy ip to :400010\n",
     );
-    let out = run_with_nft(dir.path(), &args, &one, true);
+    let out = run_with_nft(dir.path(), &args, &one, true, "");
     assert_eq!(verdict(&out, "tproxy_rules"), "change");
     let line = line_of(&out, "tproxy_rules");
     assert!(
@@ -213,14 +214,45 @@ fn tproxy_mode_wants_one_rule_per_media_thread() {
             "run as root",
         ),
     ] {
-        let out = run_with_nft(dir.path(), &args, error, false);
+        let out = run_with_nft(dir.path(), &args, error, false, "");
         assert_eq!(verdict(&out, "tproxy_rules"), want, "{error}");
         assert!(line_of(&out, "tproxy_rules").contains(says), "{error}");
     }
 
+    // With a reel binary the ranges are compared too: `reel check-config` gives the rules.
+    let reel = env!("CARGO_BIN_EXE_reel");
+    let out = run_with_nft(dir.path(), &args, &both, true, reel);
+    assert_eq!(
+        verdict(&out, "tproxy_rules"),
+        "ok",
+        "{}",
+        line_of(&out, "tproxy_rules")
+    );
+    assert!(line_of(&out, "tproxy_rules").contains("reel check-config"));
+    // Right ports, wrong split: thread 0's rule stops short of where thread 1's begins.
+    let short = chain(
+        "\t\tudp dport 16384-20000 tproxy ip to :40000\n\t\tudp dport 24576-32767 tproxy ip to :40001\n",
+    );
+    let out = run_with_nft(dir.path(), &args, &short, true, "");
+    assert_eq!(
+        verdict(&out, "tproxy_rules"),
+        "ok",
+        "ports only without a binary"
+    );
+    let out = run_with_nft(dir.path(), &args, &short, true, reel);
+    assert_eq!(verdict(&out, "tproxy_rules"), "change");
+    let line = line_of(&out, "tproxy_rules");
+    assert!(
+        line.contains(
+            "nft add rule inet reel prerouting udp dport 16384-24575 tproxy ip to :40000"
+        ) && !line.contains(":40001"),
+        "names the one rule to add: {line}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+
     // Default mode: no such check at all.
     std::fs::write(&cfg, "[media]\nthreads = 2\n").expect("write config");
-    let out = run_with_nft(dir.path(), &args, &both, true);
+    let out = run_with_nft(dir.path(), &args, &both, true, reel);
     assert!(line_of(&out, "tproxy_rules").is_empty());
 }
 

@@ -10,6 +10,8 @@
 #           (plain key = value lines; the embedded defaults otherwise).
 # --calls:  the concurrent calls to plan for (default 1000): sizes the descriptor limit.
 #
+# REEL_BIN: the reel binary whose `check-config` gives the exact nftables rules of TPROXY mode
+#           (default: reel on PATH; set it empty to check only each media thread's port).
 # REEL_CHECK_ROOT (tests only) prefixes every /proc and /sys path, so a test can point the
 # script at a fake tree.
 set -u
@@ -23,7 +25,7 @@ while [ $# -gt 0 ]; do
               CONFIG="$2"; shift 2 ;;
     --calls)  [ $# -ge 2 ] || { echo "check.sh: --calls needs a number" >&2; exit 2; }
               CALLS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -134,17 +136,38 @@ if [ "$TPROXY_PORT" != 0 ]; then
   if ! command -v nft >/dev/null 2>&1; then
     change tproxy_rules "media.tproxy_port = $TPROXY_PORT but nft (nftables) is not installed: install it and the rules Reel prints at start; without them RTP goes to each stream's own socket (reel_media_tproxy_bypass_total)"
   elif listing="$(nft list chain inet reel prerouting 2>&1)"; then
+    # The exact rules, from the recorder's own split of the port range, when a reel binary
+    # can say them; else only that each media thread's port has a rule.
+    REEL_BIN="${REEL_BIN-$(command -v reel 2>/dev/null)}"
+    expected=""
+    if [ -n "$CONFIG" ] && [ -n "$REEL_BIN" ]; then
+      expected="$("$REEL_BIN" check-config --config "$CONFIG" 2>/dev/null | sed -n 's/^# nft add rule inet reel prerouting //p')"
+    fi
+    rules="$(echo "$listing" | sed 's/^[[:space:]]*//')"
     missing=""
-    i=0
-    while [ "$i" -lt "$THREADS" ]; do
-      port=$((TPROXY_PORT + i))
-      echo "$listing" | grep -q "udp dport .*tproxy ip to :$port\$" || missing="$missing :$port"
-      i=$((i + 1))
-    done
-    if [ -z "$missing" ]; then
-      ok tproxy_rules "a TPROXY rule for each of the $THREADS media thread(s) (from :$TPROXY_PORT)"
+    if [ -n "$expected" ]; then
+      while IFS= read -r rule; do
+        echo "$rules" | grep -qxF "$rule" || missing="$missing; nft add rule inet reel prerouting $rule"
+      done <<EOF_RULES
+$expected
+EOF_RULES
+      if [ -z "$missing" ]; then
+        ok tproxy_rules "the $THREADS TPROXY rule(s) reel check-config gives are installed (from :$TPROXY_PORT)"
+      else
+        change tproxy_rules "chain inet reel prerouting lacks (or has other ranges than) what reel check-config gives:${missing#;} (tuning/README.md)"
+      fi
     else
-      change tproxy_rules "no 'tproxy ip to' rule for$missing in chain inet reel prerouting: install the rules Reel prints at start (tuning/README.md)"
+      i=0
+      while [ "$i" -lt "$THREADS" ]; do
+        port=$((TPROXY_PORT + i))
+        echo "$rules" | grep -q "udp dport .*tproxy ip to :$port\$" || missing="$missing :$port"
+        i=$((i + 1))
+      done
+      if [ -z "$missing" ]; then
+        ok tproxy_rules "a TPROXY rule for each of the $THREADS media thread(s) (from :$TPROXY_PORT; port ranges not compared: no reel binary, see REEL_BIN)"
+      else
+        change tproxy_rules "no 'tproxy ip to' rule for$missing in chain inet reel prerouting: install the rules Reel prints at start (tuning/README.md)"
+      fi
     fi
   else
     case "$listing" in

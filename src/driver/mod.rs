@@ -52,6 +52,18 @@ enum Input {
 }
 
 /// Runs the recorder until SIGTERM/SIGINT has drained it.
+/// TPROXY mode (`media.tproxy_port` set): how the RTP range splits over the media threads,
+/// which decides the nftables rules (printed at start and by `reel check-config`).
+pub fn tproxy_split(config: &Config) -> Option<host::PortSplit> {
+    (config.media.tproxy_port != 0).then(|| {
+        host::PortSplit::new(
+            config.media.rtp_port_lo,
+            config.media.rtp_port_hi,
+            config.media.threads,
+        )
+    })
+}
+
 pub fn run(config: Config, backend: BackendChoice) -> Result<(), RunError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -201,16 +213,10 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         pairs = pool.capacity(),
         "RTP port range"
     );
-    let tproxy = (config.media.tproxy_port != 0).then(|| {
-        let split = host::PortSplit::new(
-            config.media.rtp_port_lo,
-            config.media.rtp_port_hi,
-            config.media.threads,
-        );
+    let tproxy = tproxy_split(&config).inspect(|split| {
         for (i, rule) in split.nft_rules(config.media.tproxy_port).iter().enumerate() {
             tracing::info!("media thread {i}: TPROXY mode expects: nft {rule}");
         }
-        split
     });
     let host = host::Host::new(
         pool,
