@@ -187,12 +187,13 @@ fn direct(dir: &std::path::Path, records: u64, per_commit: u64) -> Option<Figure
 }
 
 /// One second of 1,000 two-stream calls (1,000 x 19.2 KB) per round, then one `syncfs`, as
-/// the writer's group commit does: `files` = 1,000 spreads it over one file per call (Reel's
-/// layout, buffered), `files` = 1 writes it to one file in `write_size` writes (a shared
-/// segment), buffered or `O_DIRECT`. Answers what a shared journal segment would save.
+/// the writer's group commit does, in `write_size` writes spread round-robin over `files`
+/// files: 1,000 files of one 19.2 KB write each is Reel's layout (one journal per call); one
+/// file is a shared segment, buffered or `O_DIRECT`. Answers what a shared journal segment
+/// would save. CPU per record counts the bytes actually written (a round of 1 MiB writes
+/// rounds up to 19 MiB).
 fn layout(dir: &std::path::Path, files: usize, write_size: usize, direct: bool) -> Option<Figures> {
-    const CALLS: usize = 1000;
-    const PER_CALL: usize = 100 * RECORD;
+    const ROUND_BYTES: usize = 1000 * 100 * RECORD;
     const ROUNDS: u64 = 8;
     let sub = dir.join(format!("layout-{files}-{write_size}-{direct}"));
     std::fs::create_dir_all(&sub).unwrap();
@@ -211,24 +212,19 @@ fn layout(dir: &std::path::Path, files: usize, write_size: usize, direct: bool) 
             }
         }
     }
-    let mut buf = Aligned::new(write_size.max(PER_CALL).next_multiple_of(4096));
+    let mut buf = Aligned::new(write_size.next_multiple_of(4096));
     buf.as_mut().fill(0x55);
-    let writes_per_round = if files == 1 {
-        (CALLS * PER_CALL).div_ceil(write_size)
-    } else {
-        CALLS
-    };
+    let writes = ROUND_BYTES.div_ceil(write_size);
     let mut offsets = vec![0u64; files];
     let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..ROUNDS {
         let (t, c) = (Instant::now(), cpu_time());
-        for w in 0..writes_per_round {
-            let f = if files == 1 { 0 } else { w };
-            let len = if files == 1 { write_size } else { PER_CALL };
+        for w in 0..writes {
+            let f = w % files;
             handles[f]
-                .write_all_at(&buf.as_mut()[..len], offsets[f])
+                .write_all_at(&buf.as_mut()[..write_size], offsets[f])
                 .unwrap();
-            offsets[f] += len as u64;
+            offsets[f] += write_size as u64;
         }
         // SAFETY: syncfs on a file descriptor we own; it touches no memory of ours.
         unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&handles[0])) };
@@ -238,11 +234,12 @@ fn layout(dir: &std::path::Path, files: usize, write_size: usize, direct: bool) 
         std::thread::sleep(Duration::from_millis(500));
     }
     let _ = std::fs::remove_dir_all(&sub);
+    let bytes = ROUNDS * (writes * write_size) as u64;
     Some(Figures {
         wall,
         cpu,
-        bytes: ROUNDS * (CALLS * PER_CALL) as u64,
-        records: ROUNDS * (CALLS * 100) as u64,
+        bytes,
+        records: bytes / RECORD as u64,
         commits: ROUNDS,
     })
 }
@@ -267,7 +264,7 @@ fn io_figures() {
         "one second of 1,000 calls per round (19.2 MB) + syncfs; ns/record = CPU per 192-B record:"
     );
     let layouts: [(&str, usize, usize, bool); 4] = [
-        ("1,000 files x 19.2 KB, buffered", 1000, 0, false),
+        ("1,000 files x 19.2 KB, buffered", 1000, 100 * RECORD, false),
         ("one file, 19.2 KB writes, buffered", 1, 100 * RECORD, false),
         ("one file, 1 MiB writes, buffered", 1, 1 << 20, false),
         ("one file, 1 MiB writes, O_DIRECT", 1, 1 << 20, true),

@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
               CONFIG="$2"; shift 2 ;;
     --calls)  [ $# -ge 2 ] || { echo "check.sh: --calls needs a number" >&2; exit 2; }
               CALLS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -164,7 +164,7 @@ EOF_RULES
         i=$((i + 1))
       done
       if [ -z "$missing" ]; then
-        ok tproxy_rules "a TPROXY rule for each of the $THREADS media thread(s) (from :$TPROXY_PORT; port ranges not compared: no reel binary, see REEL_BIN)"
+        ok tproxy_rules "a TPROXY rule for each of the $THREADS media thread(s) (from :$TPROXY_PORT; port ranges not compared: REEL_BIN names no reel binary that reads this config)"
       else
         change tproxy_rules "no 'tproxy ip to' rule for$missing in chain inet reel prerouting: install the rules Reel prints at start (tuning/README.md)"
       fi

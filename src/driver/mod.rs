@@ -51,7 +51,6 @@ enum Input {
     },
 }
 
-/// Runs the recorder until SIGTERM/SIGINT has drained it.
 /// TPROXY mode (`media.tproxy_port` set): how the RTP range splits over the media threads,
 /// which decides the nftables rules (printed at start and by `reel check-config`).
 pub fn tproxy_split(config: &Config) -> Option<host::PortSplit> {
@@ -64,6 +63,7 @@ pub fn tproxy_split(config: &Config) -> Option<host::PortSplit> {
     })
 }
 
+/// Runs the recorder until SIGTERM/SIGINT has drained it.
 pub fn run(config: Config, backend: BackendChoice) -> Result<(), RunError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
