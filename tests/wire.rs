@@ -222,3 +222,45 @@ fn metrics_and_sessions_api_reflect_a_live_call() {
     assert!(metrics.contains("reel_rtp_ports_in_use 2"), "{metrics}");
     assert_eq!(client.in_dialog("BYE", "api", &to_tag(&ok), 2), Some(200));
 }
+
+#[test]
+fn an_api_connection_flood_is_capped_and_disturbs_no_call() {
+    use std::io::Read;
+    let server = Server::start(&[]);
+    // Idle API connections up to the cap are held open by the server (each until its 10 s
+    // deadline); one more is closed at once, so a flood cannot take the descriptors SIP and
+    // RTP need.
+    let held: Vec<TcpStream> = (0..reel::driver::http::MAX_CONNECTIONS)
+        .map(|_| TcpStream::connect(("127.0.0.1", server.http_port)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = TcpStream::connect(("127.0.0.1", server.http_port)).expect("connect");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        extra.read(&mut byte).map_err(|e| e.kind()),
+        Ok(0),
+        "a connection over the cap is closed, not served or left hanging"
+    );
+    // SIP is untouched meanwhile.
+    let client = UdpClient::new(server.sip_port);
+    client.send(siprec_invite("flood", "z9hG4bK-flood-1").as_bytes());
+    let ok = client.response(200, Duration::from_secs(5)).expect("200");
+    assert_eq!(ok.status, 200);
+    assert_eq!(client.in_dialog("BYE", "flood", &to_tag(&ok), 2), Some(200));
+    // Once the flood goes away the API answers again.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut status = 0;
+    while std::time::Instant::now() < deadline {
+        status = server.http_get("/health").map(|r| r.0).unwrap_or(0);
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status, 200);
+    assert_eq!(server.wait_recordings(1).len(), 1);
+}

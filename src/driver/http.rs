@@ -27,14 +27,28 @@ pub struct Query {
     pub reply: oneshot::Sender<Published>,
 }
 
+/// Most API connections served at once. Scrapers and operators need a handful; a flood of
+/// connections beyond this is closed on accept, so it cannot take the file descriptors that
+/// SIP connections and RTP sockets need.
+pub const MAX_CONNECTIONS: usize = 64;
+
 pub async fn serve(listener: TcpListener, queries: mpsc::UnboundedSender<Query>) {
+    let open = std::rc::Rc::new(std::cell::Cell::new(0usize));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, remote)) = listener.accept().await else {
+            // EMFILE and the like: retrying at once would spin the control thread.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let queries = queries.clone();
+        if open.get() >= MAX_CONNECTIONS {
+            tracing::debug!(%remote, "too many HTTP API connections; closing one");
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (queries, open) = (queries.clone(), open.clone());
         tokio::task::spawn_local(async move {
             let _ = tokio::time::timeout(Duration::from_secs(10), handle(stream, queries)).await;
+            open.set(open.get().saturating_sub(1));
         });
     }
 }
