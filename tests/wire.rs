@@ -264,3 +264,54 @@ fn an_api_connection_flood_is_capped_and_disturbs_no_call() {
     assert_eq!(status, 200);
     assert_eq!(server.wait_recordings(1).len(), 1);
 }
+
+#[test]
+fn a_stream_peer_that_never_finishes_a_message_is_closed_and_an_idle_src_is_kept() {
+    use std::io::Read;
+    let server = Server::start(&[]);
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", server.sip_port)).expect("connect");
+        s.set_read_timeout(Some(
+            reel::driver::MESSAGE_DEADLINE + Duration::from_secs(10),
+        ))
+        .expect("timeout");
+        s
+    };
+    let options = |branch: &str| {
+        request("OPTIONS", "keep", branch, 1, "", "", None, "")
+            .replace("SIP/2.0/UDP", "SIP/2.0/TCP")
+    };
+    let mut silent = connect();
+    let mut trickle = connect();
+    stream_send(
+        &mut trickle,
+        "INVITE sip:rec@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9",
+    );
+    let mut src = connect();
+    let mut framer = StreamFramer::new(65536);
+    stream_send(&mut src, &options("z9hG4bK-keep-1"));
+    assert_eq!(
+        stream_response(&mut src, &mut framer, 200).map(|r| r.status),
+        Some(200)
+    );
+    let start = std::time::Instant::now();
+    let mut byte = [0u8; 1];
+    for (name, s) in [("silent", &mut silent), ("trickle", &mut trickle)] {
+        assert_eq!(
+            s.read(&mut byte).map_err(|e| e.kind()),
+            Ok(0),
+            "the {name} connection is closed by the server"
+        );
+    }
+    assert!(
+        start.elapsed() + Duration::from_secs(1) >= reel::driver::MESSAGE_DEADLINE,
+        "not before the deadline: {:?}",
+        start.elapsed()
+    );
+    // The SRC's connection, idle between messages for as long, still works.
+    stream_send(&mut src, &options("z9hG4bK-keep-2"));
+    assert_eq!(
+        stream_response(&mut src, &mut framer, 200).map(|r| r.status),
+        Some(200)
+    );
+}

@@ -36,6 +36,16 @@ pub enum RunError {
 const MIN_FREE_BYTES: u64 = 64 * 1024 * 1024;
 /// Most simultaneous TCP/TLS connections.
 const MAX_CONNECTIONS: usize = 4096;
+/// How long a stream peer may take to send its first message, and to finish any message it
+/// has started: 64 x T1, the RFC 3261 transaction timeout.
+pub const MESSAGE_DEADLINE: Duration = Duration::from_secs(32);
+
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
 
 enum Input {
     Message {
@@ -541,7 +551,13 @@ where
     }
     let mut framer = StreamFramer::new(max_message);
     let mut buf = vec![0u8; 16384];
+    // Slow-loris guard: a peer must send its first message (or keep-alive ping), and then
+    // finish each message it starts, within MESSAGE_DEADLINE. An idle connection between messages is kept as long as the peer
+    // likes (SRCs hold theirs for the calls' lifetime); one that trickles a header forever
+    // would otherwise hold one of the MAX_CONNECTIONS slots for good.
+    let mut unfinished_since = Some(tokio::time::Instant::now());
     'outer: loop {
+        let deadline = unfinished_since.map(|t| t + MESSAGE_DEADLINE);
         tokio::select! {
             read = rd.read(&mut buf) => {
                 let n = match read { Ok(0) | Err(_) => break, Ok(n) => n };
@@ -549,9 +565,13 @@ where
                 loop {
                     match framer.next_frame() {
                         Ok(Some(Frame::Message(data))) => {
+                            unfinished_since = None;
                             if inputs.send(Input::Message { flow, data }).await.is_err() { break 'outer; }
                         }
-                        Ok(Some(Frame::Ping)) => { let _ = wtx.send(b"\r\n".to_vec()); }
+                        Ok(Some(Frame::Ping)) => {
+                            unfinished_since = None;
+                            let _ = wtx.send(b"\r\n".to_vec());
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             tracing::info!(remote = %flow.remote, error = %e.reason, "closing a SIP connection: bad framing");
@@ -559,9 +579,17 @@ where
                         }
                     }
                 }
+                if framer.buffered() > 0 && unfinished_since.is_none() {
+                    unfinished_since = Some(tokio::time::Instant::now());
+                }
             }
             Some(data) = wrx.recv() => {
                 if wr.write_all(&data).await.is_err() { break; }
+            }
+            () = sleep_until_or_never(deadline) => {
+                tracing::info!(remote = %flow.remote, buffered = framer.buffered(),
+                    "closing a SIP connection: no whole message within {} s", MESSAGE_DEADLINE.as_secs());
+                break;
             }
         }
     }
