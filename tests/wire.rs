@@ -315,3 +315,47 @@ fn a_stream_peer_that_never_finishes_a_message_is_closed_and_an_idle_src_is_kept
         Some(200)
     );
 }
+
+/// What home-made SRC test scripts send (a here-document piped to `nc -u`): LF line ends, a
+/// hard-coded Content-Length larger than the body, no `Require: siprec`, no `+sip.src`, no
+/// `a=label`. The datagram is whole, so Reel records it rather than answering 400.
+#[test]
+fn a_scripted_invite_with_a_miscounted_content_length_is_recorded() {
+    let server = Server::start(&[]);
+    let client = UdpClient::new(server.sip_port);
+    let port = client.local_port();
+    let body = "--b0\nContent-Type: application/sdp\n\nv=0\no=- 7 7 IN IP4 127.0.0.1\ns=-\n\
+        c=IN IP4 127.0.0.1\nt=0 0\nm=audio 40000 RTP/AVP 0 8\na=rtpmap:0 PCMU/8000\na=sendonly\n\n\
+        --b0\nContent-Type: application/rs-metadata+xml\n\n<?xml version=\"1.0\"?>\n\
+        <recording xmlns=\"urn:ietf:params:xml:ns:recording:1\"><datamode>complete</datamode>\
+        <session session_id=\"c2NyaXB0ZWQ=\"/><participant participant_id=\"cDE=\"><nameID aor=\"sip:ann@example.com\"/>\
+        </participant></recording>\n--b0--\n";
+    let invite = format!(
+        "INVITE sip:rec@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-scripted\n\
+         From: <sip:pbx@example.com>;tag=scr1\nTo: <sip:rec@127.0.0.1>\nCall-ID: scripted-1\n\
+         CSeq: 1 INVITE\nContact: <sip:pbx@127.0.0.1:{port}>\nMax-Forwards: 70\n\
+         Content-Type: multipart/mixed;boundary=b0\nContent-Length: {}\n\n{body}",
+        body.len() + 400
+    );
+    client.send(invite.as_bytes());
+    let ok = client
+        .response(200, Duration::from_secs(5))
+        .expect("answer");
+    assert_eq!(
+        ok.status,
+        200,
+        "{} {:?}",
+        ok.reason,
+        ok.headers.get("Warning")
+    );
+    client.send(bye_for(&invite, &to_tag(&ok), port).as_bytes());
+    assert_eq!(
+        client
+            .response(200, Duration::from_secs(5))
+            .map(|r| r.status),
+        Some(200)
+    );
+    let recs = server.wait_recordings(1);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].1["call_id"], "scripted-1", "{}", recs[0].1);
+}

@@ -1587,7 +1587,7 @@ mod tests {
     #[test]
     fn bad_content_length_gets_400() {
         let mut ep = endpoint();
-        let text = invite().replace("Content-Length: 0", "Content-Length: 50");
+        let text = invite().replace("Content-Length: 0", "Content-Length: fifty");
         ep.handle_message(Instant::now(), udp(), text.as_bytes());
         let r = response(&transmits(&mut ep)[0]);
         assert_eq!(r.status, 400);
