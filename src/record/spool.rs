@@ -220,27 +220,18 @@ fn list_files(dir: &Path, skip: &[&str]) -> io::Result<Vec<FileEntry>> {
     Ok(out)
 }
 
-/// Newest modification time of the folder's files other than `session.json` (e.g. a journal
-/// written after the last state save).
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    fn walk(dir: &Path, top: bool, newest: &mut Option<SystemTime>) {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                walk(&entry.path(), false, newest);
-            } else if !(top && entry.file_name() == SESSION_FILE)
-                && let Ok(t) = meta.modified()
-            {
-                *newest = Some(newest.map_or(t, |n| n.max(t)));
-            }
-        }
-    }
-    let mut newest = None;
-    walk(dir, true, &mut newest);
-    newest
+/// When the live session last wrote to its folder: the newest modification time of the journal
+/// and of the metadata versions, the only files it writes after `session.json`. Everything
+/// else in the folder (`audio.wav`, `metadata.xml`, stored codec files, temporaries) is
+/// finalize's output: a crash scan killed half-way leaves those behind with the scan's own
+/// time, and counting them would stretch the recording by the whole downtime.
+fn last_written(dir: &Path) -> Option<SystemTime> {
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let versions = metadata_versions(dir).unwrap_or_default();
+    std::iter::once(mtime(&dir.join(JOURNAL_FILE)))
+        .chain(versions.iter().map(|(_, p)| mtime(p)))
+        .flatten()
+        .max()
 }
 
 /// Our own temp files are half-written copies of files that exist (or never mattered).
@@ -442,15 +433,14 @@ impl Spool {
             if meta.state == RecordingState::Complete && !meta.has_media() {
                 meta.state = RecordingState::NoMedia;
             }
-            if !audio.exists() {
-                if meta.has_media() {
-                    meta.warnings.push(
-                        "packets were counted but no audio was journaled: audio.wav is silence"
-                            .into(),
-                    );
-                }
-                write_silent_audio(&audio, &meta, self.audio)?;
+            // Written every time, even over an `audio.wav` an interrupted finalize left: the
+            // silence must span this `meta`'s timeline, which may not be the one it had then.
+            if meta.has_media() {
+                meta.warnings.push(
+                    "packets were counted but no audio was journaled: audio.wav is silence".into(),
+                );
             }
+            write_silent_audio(&audio, &meta, self.audio)?;
         }
 
         let versions = metadata_versions(dir)?;
@@ -648,7 +638,7 @@ impl Spool {
             .map_err(|e| format!("session.json is not valid: {e}"))?;
         meta.state = RecordingState::Partial;
         meta.end_reason = "recovered".into();
-        if let Some(t) = newest_mtime(dir) {
+        if let Some(t) = last_written(dir) {
             meta.ended_at = meta.ended_at.max(t);
         }
         meta.ended_at = meta.ended_at.max(meta.started_at);
@@ -886,17 +876,6 @@ mod tests {
     }
 
     #[test]
-    fn existing_audio_is_kept() {
-        let (_tmp, s) = spool();
-        let m = no_media("r7", 10);
-        s.save_state(&m).unwrap();
-        let audio = s.session_dir("r7").unwrap().join(AUDIO_FILE);
-        fs::write(&audio, b"journaled audio").unwrap();
-        let out = s.finalize(&m).unwrap();
-        assert_eq!(fs::read(out.join(AUDIO_FILE)).unwrap(), b"journaled audio");
-    }
-
-    #[test]
     fn packets_without_audio_give_silence_and_a_warning() {
         let (_tmp, s) = spool();
         let m = sample_meta(); // complete, stream 1 has packets
@@ -1031,6 +1010,51 @@ mod tests {
             "{}",
             v["duration_ms"]
         );
+    }
+
+    #[test]
+    fn a_scan_killed_half_way_does_not_stretch_the_recording_by_the_downtime() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("cut", 0);
+        let start = SystemTime::now() - Duration::from_secs(600);
+        m.started_at = start;
+        m.ended_at = start + Duration::from_secs(1);
+        s.save_state(&m).unwrap();
+        let dir = s.session_dir("cut").unwrap();
+        let at = |name: &str, t: SystemTime| {
+            let f = fs::File::options()
+                .write(true)
+                .open(dir.join(name))
+                .unwrap();
+            f.set_modified(t).unwrap();
+        };
+        // The call's last journal write, 20 s in; the metadata version, 5 s in.
+        s.add_metadata_version("cut", b"<recording/>").unwrap();
+        at("metadata/001.xml", start + Duration::from_secs(5));
+        fs::write(dir.join(JOURNAL_FILE), b"x").unwrap();
+        at(JOURNAL_FILE, start + Duration::from_secs(20));
+        // What a scan killed after its first outputs leaves, ten minutes after the crash.
+        fs::write(dir.join(AUDIO_FILE), b"RIFF from the killed scan").unwrap();
+        fs::write(dir.join(METADATA_FILE), b"<recording/>").unwrap();
+        fs::write(dir.join(".audio.wav.tmp"), b"half").unwrap();
+        let v = read_json(&s.recover()[0]);
+        assert_eq!(v["duration_ms"], 20_000, "ends at the journal's last write");
+    }
+
+    #[test]
+    fn a_silent_audio_left_by_an_interrupted_finalize_is_rewritten_to_the_timeline() {
+        let (_tmp, s) = spool();
+        let mut m = no_media("sil", 0);
+        m.ended_at = m.started_at + Duration::from_secs(2);
+        s.save_state(&m).unwrap();
+        let dir = s.session_dir("sil").unwrap();
+        fs::write(dir.join(AUDIO_FILE), b"RIFF, but not for this timeline").unwrap();
+        let out = s.recover();
+        let wav = fs::read(out[0].join(AUDIO_FILE)).unwrap();
+        // 2 s of 8 kHz mono G.711 silence after a 44-byte-or-longer header.
+        assert!(wav.starts_with(b"RIFF"), "a WAV file");
+        assert!(wav.len() >= 16_000, "{} bytes", wav.len());
+        assert!(wav.len() < 16_200, "{} bytes", wav.len());
     }
 
     #[test]
