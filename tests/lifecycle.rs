@@ -109,3 +109,52 @@ fn kill_9_then_restart_finalizes_the_call_as_partial_and_answers_481() {
     assert_eq!(json["participants"].as_array().map(Vec::len), Some(2));
     assert_eq!(client.in_dialog("BYE", "crashed", &tag, 2), Some(481));
 }
+
+#[test]
+fn a_new_call_is_answered_while_the_crash_scan_is_still_running() {
+    let mut server = Server::start(&[]);
+    let client = UdpClient::new(server.sip_port);
+    established(&client, "left-behind");
+    std::thread::sleep(Duration::from_millis(500));
+    server.kill9();
+    // Hold the crash scan inside this recording: its journal becomes a FIFO, and the scan's
+    // read of it blocks until the test writes the journal's bytes into it.
+    let spool = server.data().join("spool");
+    let entry = std::fs::read_dir(&spool)
+        .expect("spool")
+        .flatten()
+        .next()
+        .expect("the crashed call's folder")
+        .path();
+    let journal = entry.join("journal.bin");
+    let bytes = std::fs::read(&journal).expect("journal");
+    std::fs::remove_file(&journal).expect("remove journal");
+    let c_path = std::ffi::CString::new(journal.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: mkfifo reads a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    server.restart();
+
+    let tag = established(&client, "while-scanning");
+    assert!(
+        server.recordings().is_empty(),
+        "the scan is still held, so the 200 came while it ran"
+    );
+    assert!(entry.exists(), "the crashed call is still in the spool");
+    // Let the scan go on: it reads the journal and finalizes the crashed call.
+    std::fs::write(&journal, &bytes).expect("write the journal into the FIFO");
+    let recs = server.wait_recordings(1);
+    assert_eq!(recs.len(), 1, "{}", server.log_text());
+    assert_eq!(recs[0].1["call_id"], "left-behind");
+    assert_eq!(recs[0].1["state"], "partial");
+    assert_eq!(
+        client.in_dialog("BYE", "while-scanning", &tag, 2),
+        Some(200)
+    );
+    let recs = server.wait_recordings(2);
+    assert_eq!(recs.len(), 2);
+    let new = recs
+        .iter()
+        .find(|r| r.1["call_id"] == "while-scanning")
+        .expect("the new call's recording");
+    assert_eq!(new.1["end_reason"], "bye");
+}

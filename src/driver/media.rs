@@ -202,3 +202,14 @@ fn pin_to(cpu: usize) {
         }
     }
 }
+
+/// Lowers the calling thread's CPU priority to nice `nice` (background work such as the crash
+/// scan); a failure leaves it as it was.
+pub fn lower_this_thread(nice: i32) {
+    // SAFETY: gettid has no preconditions; setpriority with PRIO_PROCESS and our own thread id
+    // changes only this thread's nice value.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+    }
+}

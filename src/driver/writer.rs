@@ -243,8 +243,10 @@ fn slot_of(session: SessionKey) -> u32 {
     session.0 as u32
 }
 
-/// Starts the writer: it first finalizes what a crash left in the spool, then takes ops and
-/// drains `rings`.
+/// Starts the writer, which takes ops and drains `rings` at once, and beside it the crash
+/// scan, which finalizes what the last process left in the spool on a thread of its own: a
+/// scan of hundreds of recordings takes seconds, and new calls must not wait for it (their
+/// 200 OK waits for the writer's `Begin`).
 pub fn start(
     spool: Spool,
     reports: UnboundedSender<WriterReport>,
@@ -254,16 +256,22 @@ pub fn start(
 ) -> std::io::Result<Writer> {
     let (tx, rx) = mpsc::channel::<StorageOp>();
     let syncer = Syncer::start(spool.fs_sync(), counters.clone())?;
+    // Listed before the writer takes its first op, so no new session's folder is in it.
+    let left = spool.spooled();
+    let scan = if left.is_empty() {
+        None
+    } else {
+        let spool = spool.clone();
+        let reports = reports.clone();
+        Some(
+            thread::Builder::new()
+                .name("reel-recovery".into())
+                .spawn(move || recover(&spool, left, &reports))?,
+        )
+    };
     let handle = thread::Builder::new()
         .name("reel-writer".into())
         .spawn(move || {
-            let recovered = spool.recover();
-            for path in &recovered {
-                tracing::info!(path = %path.display(), "recovered a spooled session as partial");
-            }
-            let _ = reports.send(WriterReport::Recovered {
-                count: recovered.len(),
-            });
             let mut state = State {
                 spool,
                 config,
@@ -305,8 +313,37 @@ pub fn start(
                 }
             }
             state.syncer.stop();
+            // A drain that ends during the scan lets it finish: what it is part-way through
+            // would be redone by the next start, but why leave that work.
+            if let Some(scan) = scan {
+                let _ = scan.join();
+            }
         })?;
     Ok(Writer { ops: tx, handle })
+}
+
+/// The crash scan's thread: finalizes `dirs` at a lower CPU priority than the media, writer
+/// and control threads, so recording goes on at full speed meanwhile.
+fn recover(spool: &Spool, dirs: Vec<std::path::PathBuf>, reports: &UnboundedSender<WriterReport>) {
+    super::media::lower_this_thread(10);
+    let start = Instant::now();
+    tracing::info!(
+        count = dirs.len(),
+        "crash scan: finalizing what the last run left in the spool, beside new calls"
+    );
+    let report = spool.recover_dirs(dirs);
+    for path in &report.finalized {
+        tracing::info!(path = %path.display(), "recovered a spooled session as partial");
+    }
+    tracing::info!(
+        finalized = report.finalized.len(),
+        quarantined = report.quarantined.len(),
+        seconds = format!("{:.1}", start.elapsed().as_secs_f64()),
+        "crash scan: done"
+    );
+    let _ = reports.send(WriterReport::Recovered {
+        count: report.finalized.len(),
+    });
 }
 
 impl State {

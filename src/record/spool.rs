@@ -36,6 +36,7 @@ pub const REASON_FILE: &str = "reason.txt";
 /// The packet journal the media writer appends to (`record::journal`).
 pub const JOURNAL_FILE: &str = "journal.bin";
 
+#[derive(Clone)]
 pub struct Spool {
     data_dir: PathBuf,
     /// `record.audio`: G.711 kept as G.711 in `audio.wav`, or decoded to PCM16.
@@ -569,13 +570,18 @@ impl Spool {
 
     /// [`Spool::recover`], also telling what went to quarantine.
     pub fn recover_report(&self) -> Recovery {
-        let mut report = Recovery::default();
+        self.recover_dirs(self.spooled())
+    }
+
+    /// The folders in `spool/` now, in name order: at start-up, before any session begins,
+    /// what the last process left.
+    pub fn spooled(&self) -> Vec<PathBuf> {
         let spool = self.spool_dir();
         let entries = match fs::read_dir(&spool) {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::error!("crash scan: cannot list {}: {e}", spool.display());
-                return report;
+                return Vec::new();
             }
         };
         let mut dirs: Vec<PathBuf> = entries
@@ -584,6 +590,13 @@ impl Spool {
             .map(|e| e.path())
             .collect();
         dirs.sort();
+        dirs
+    }
+
+    /// The crash scan over `dirs` (from [`Spool::spooled`]): each is finalized as partial or
+    /// moved to quarantine with its reason.
+    pub fn recover_dirs(&self, dirs: Vec<PathBuf>) -> Recovery {
+        let mut report = Recovery::default();
         for dir in dirs {
             match self.recover_one(&dir) {
                 Ok(done) => {
