@@ -403,6 +403,36 @@ fn unknown_dialog_gets_481() {
 }
 
 #[test]
+fn in_dialog_options_is_200_for_a_live_recording_even_draining_and_481_for_a_gone_one() {
+    let mut sim = Sim::new();
+    let tag = established(&mut sim, "ping");
+    let ping = |sim: &mut Sim, tag: &str, cseq: u32| {
+        sim.send(&request(
+            "OPTIONS",
+            "ping",
+            &format!("z9hG4bK-ping-{cseq}"),
+            cseq,
+            tag,
+            "",
+            None,
+            "",
+        ));
+        sim.finals().pop().expect("answer").status
+    };
+    assert_eq!(ping(&mut sim, &tag, 2), 200);
+    sim.rec.start_drain(sim.now);
+    assert_eq!(
+        ping(&mut sim, &tag, 3),
+        200,
+        "a live recording runs to its BYE"
+    );
+    assert_eq!(ping(&mut sim, "a-dialog-of-the-last-process", 4), 481);
+    bye(&mut sim, "ping", &tag, 5);
+    assert_eq!(sim.finals()[0].status, 200);
+    assert_eq!(ping(&mut sim, &tag, 6), 481, "ended: gone");
+}
+
+#[test]
 fn options_gets_200_with_siprec_then_503_while_draining() {
     let mut sim = Sim::new();
     sim.send(&request(

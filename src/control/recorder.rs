@@ -757,7 +757,19 @@ impl Recorder {
         _to_tag: String,
     ) {
         if req.method == Method::Options {
-            return self.on_options(now, tx, &req);
+            // An in-dialog OPTIONS is the SRC asking whether the recording still lives (Acme's
+            // in-dialog ping, RFC 3261 §12.2.2): 200 for a live one, draining or not (it runs
+            // to its BYE), and 481 for one that is gone (e.g. died with the last process), so
+            // the SRC tears it down and stops sending its RTP.
+            let live = self
+                .dialog_key(&req)
+                .is_some_and(|k| self.sessions.contains_key(&k));
+            if !live {
+                return self.reply(now, tx, &req, 481, "Call/Transaction Does Not Exist", None);
+            }
+            let mut resp = Response::for_request(&req, 200, "OK");
+            self.decorate(&mut resp);
+            return self.endpoint.respond(now, tx, resp);
         }
         let Some(key) = self.dialog_key(&req) else {
             return self.reply(now, tx, &req, 481, "Call/Transaction Does Not Exist", None);
