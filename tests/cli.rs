@@ -157,6 +157,38 @@ fn port_in_use_is_a_runtime_failure_exit_1() {
 }
 
 #[test]
+fn a_second_reel_on_the_same_data_dir_exits_1_and_takes_nothing_over() {
+    let mut first = Server::start(&[]);
+    let client = common::client::UdpClient::new(first.sip_port);
+    client.send(common::sim::siprec_invite("live", "z9hG4bK-live-1").as_bytes());
+    let ok = client.response(200, Duration::from_secs(5)).expect("200");
+    assert_eq!(ok.status, 200);
+    let (lo, hi) = common::server::free_rtp_block(20);
+    let out = Command::new(reel_bin())
+        .args(["serve", "--sip", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--rtp-ports", &format!("{lo}-{hi}")])
+        .arg("--data-dir")
+        .arg(first.data())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("in use by another reel"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", first.child.as_ref().expect("up").id())),
+        "{err}"
+    );
+    // The live session was not "recovered" under the first one.
+    assert!(first.recordings().is_empty());
+    assert_eq!(first.sessions_active(), 1);
+    // kill -9 drops the lock with the process: a restart on the same directory works.
+    first.kill9();
+    first.restart();
+    assert_eq!(first.wait_recordings(1).len(), 1, "{}", first.log_text());
+}
+
+#[test]
 fn start_line_names_the_backend_and_why() {
     for (flag, expect) in [("auto", None), ("epoll", Some("epoll"))] {
         let server = Server::start(&["--io-backend", flag]);

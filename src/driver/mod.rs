@@ -117,9 +117,47 @@ fn tls_acceptor(config: &Config) -> Result<tokio_rustls::TlsAcceptor, RunError> 
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
 }
 
+/// The data directory's lock file. A second Reel on the same data directory would take the
+/// first one's live sessions for a crash's leftovers and finalize them under it (one
+/// recording cut short, a second one of silence): it must not start.
+pub const LOCK_FILE: &str = "reel.lock";
+
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, RunError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(LOCK_FILE);
+    let fail =
+        |e: std::io::Error| RunError::Runtime(format!("data_dir lock {}: {e}", path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(fail)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(RunError::Runtime(format!(
+                "data_dir {} is in use by another reel (pid {}); each instance needs its own --data-dir",
+                dir.display(),
+                holder.trim()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+    }
+    file.set_len(0).map_err(fail)?;
+    file.rewind().map_err(fail)?;
+    writeln!(file, "{}", std::process::id()).map_err(fail)?;
+    Ok(file)
+}
+
 async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
     let mut spool = Spool::open(&config.data_dir)
         .map_err(|e| RunError::Runtime(format!("data_dir {}: {e}", config.data_dir.display())))?;
+    // Held until serve returns: the kernel drops the lock when the process dies, kill -9 too.
+    let _lock = lock_data_dir(&config.data_dir)?;
     let audio =
         crate::record::finalize::AudioFormat::parse(&config.record.audio).ok_or_else(|| {
             RunError::Config(format!(
