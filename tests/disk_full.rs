@@ -8,8 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::client::UdpClient;
+use common::media::{dest, end_call, offer, send, start_call};
 use common::server::Server;
 use common::sim::{request, siprec_invite, to_tag};
+use reel::load::rtp_send::StreamSpec;
 
 struct Tmpfs(std::path::PathBuf);
 
@@ -19,8 +21,9 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn low_disk_refuses_new_sessions_and_recovers() {
+/// An 80 MiB tmpfs in a temporary folder, unmounted on drop; `None` (the caller skips, saying
+/// why) where mounting is not allowed.
+fn small_disk() -> Option<(tempfile::TempDir, Tmpfs)> {
     let base = tempfile::tempdir().expect("tempdir");
     let mnt = base.path().join("small");
     std::fs::create_dir(&mnt).expect("mkdir");
@@ -29,13 +32,20 @@ fn low_disk_refuses_new_sessions_and_recovers() {
         .arg(&mnt)
         .output();
     match mounted {
-        Ok(o) if o.status.success() => {}
+        Ok(o) if o.status.success() => Some((base, Tmpfs(mnt))),
         _ => {
             eprintln!("skipped: cannot mount a tmpfs here (needs root and mount rights)");
-            return;
+            None
         }
     }
-    let _guard = Tmpfs(mnt.clone());
+}
+
+#[test]
+fn low_disk_refuses_new_sessions_and_recovers() {
+    let Some((_base, disk)) = small_disk() else {
+        return;
+    };
+    let mnt = disk.0.clone();
     let data = mnt.join("data");
     let mut server = Server::start(&["--data-dir", data.to_str().expect("utf-8 path")]);
     let client = UdpClient::new(server.sip_port);
@@ -115,4 +125,72 @@ fn low_disk_refuses_new_sessions_and_recovers() {
         vec!["after", "before"],
         "the call active during the shortage is kept"
     );
+}
+
+/// Writes into `path` until the file system refuses: not a byte left.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("filler");
+    for chunk in [1 << 20, 4096, 1] {
+        let block = vec![0u8; chunk];
+        while f.write_all(&block).is_ok() {}
+    }
+}
+
+#[test]
+fn a_call_that_ends_while_the_disk_is_full_is_finalized_whole_once_there_is_room() {
+    let Some((_base, disk)) = small_disk() else {
+        return;
+    };
+    let data = disk.0.join("data");
+    let server = Server::start(&["--data-dir", data.to_str().expect("utf-8 path")]);
+    let call = start_call(&server, "full-at-bye", &offer(0, None));
+    let specs = vec![
+        StreamSpec::new(dest(call.ports[0]), 0x1111_0001, 400.0),
+        StreamSpec::new(dest(call.ports[1]), 0x2222_0002, 1000.0),
+    ];
+    // Three seconds of RTP; the disk fills a second in, so two seconds of it can only be
+    // held in memory, and the BYE comes while nothing can be written.
+    let sender = std::thread::spawn(move || send(specs, Duration::from_secs(3)));
+    std::thread::sleep(Duration::from_millis(1000));
+    let filler = disk.0.join("filler");
+    fill(&filler);
+    let sent = sender.join().expect("sender");
+    end_call(&call);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        server.recordings().is_empty(),
+        "nothing can be finalized yet"
+    );
+    assert!(
+        server.log_text().contains("retrying in 5 s"),
+        "{}",
+        server.log_text()
+    );
+
+    std::fs::remove_file(&filler).expect("free");
+    let recs = server.wait_recordings(1);
+    assert_eq!(
+        recs.len(),
+        1,
+        "finalized once there is room: {}",
+        server.log_text()
+    );
+    let json = &recs[0].1;
+    assert_eq!(json["call_id"], "full-at-bye");
+    assert_eq!(json["state"], "complete", "{json}");
+    let recorded: u64 = json["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .map(|s| s["packets"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        recorded, sent.packets_sent,
+        "the packets buffered while the disk was full are in the recording"
+    );
+    let spool = std::fs::read_dir(data.join("spool"))
+        .expect("spool")
+        .count();
+    assert_eq!(spool, 0, "nothing left in the spool");
 }

@@ -21,6 +21,9 @@ use crate::record::{RecordingMeta, Spool};
 
 /// How long a finalize waits for end records that do not come (a media thread stuck or gone).
 pub const END_WAIT: Duration = Duration::from_secs(5);
+/// How often a recording whose last commit or finalize failed (disk full, I/O error) is
+/// tried again; its packets stay buffered meanwhile.
+pub const RETRY_EVERY: Duration = Duration::from_secs(5);
 /// The writer's tick: how often rings are drained when no storage work arrives. The media
 /// threads push about four packets per stream per 80 ms wake, and the 32 MiB rings hold over a
 /// second of 1,000 calls, so a 10 ms tick keeps the rings nearly empty at a fifth of the wakes
@@ -68,6 +71,13 @@ struct OpenRecording {
     id: String,
     journal: Option<JournalWriter>,
     ended: HashMap<u16, StreamTotals>,
+}
+
+/// A recording whose finalize failed, kept with its unwritten packets for the next try.
+struct Stalled {
+    meta: RecordingMeta,
+    rec: Option<OpenRecording>,
+    next_try: Instant,
 }
 
 struct PendingFinalize {
@@ -173,6 +183,7 @@ struct State {
     counters: std::sync::Arc<WriterCounters>,
     open: OpenSet,
     pending: Vec<PendingFinalize>,
+    stalled: Vec<Stalled>,
     /// Group commit across recordings: when the file system was last synced, and whether
     /// anything was written since.
     last_sync: Instant,
@@ -279,6 +290,7 @@ pub fn start(
                 counters,
                 open: OpenSet::default(),
                 pending: Vec::new(),
+                stalled: Vec::new(),
                 last_sync: Instant::now(),
                 dirty: false,
                 full: Vec::new(),
@@ -301,6 +313,7 @@ pub fn start(
                 state.drain(&mut rings);
                 state.commit_due(Instant::now());
                 state.finalize_ready(Instant::now(), disconnected);
+                state.retry_stalled(Instant::now(), disconnected);
                 if disconnected && state.pending.is_empty() {
                     break;
                 }
@@ -546,31 +559,96 @@ impl State {
         }
     }
 
-    fn finalize(&mut self, mut meta: RecordingMeta, rec: Option<OpenRecording>) {
-        if let Some(mut rec) = rec {
-            if let Some(mut j) = rec.journal.take()
+    fn finalize(&mut self, meta: RecordingMeta, rec: Option<OpenRecording>) {
+        if let Err(stalled) = self.try_finalize(meta, rec, true) {
+            self.stalled.push(stalled);
+        }
+    }
+
+    /// The last journal commit, then the folder. Either failing (disk full, I/O error) keeps
+    /// the recording, with the packets it still holds, for another try in [`RETRY_EVERY`]:
+    /// a call that ends while the disk is full is finalized, whole, once there is room.
+    fn try_finalize(
+        &mut self,
+        mut meta: RecordingMeta,
+        mut rec: Option<OpenRecording>,
+        first: bool,
+    ) -> Result<(), Stalled> {
+        let stalled = |meta, rec| Stalled {
+            meta,
+            rec,
+            next_try: Instant::now() + RETRY_EVERY,
+        };
+        if let Some(r) = rec.as_mut() {
+            if let Some(j) = r.journal.as_mut()
                 && let Err(e) = j.commit()
             {
-                tracing::error!(id = %meta.id, error = %e, "last journal commit failed");
+                tracing::error!(id = %meta.id, error = %e, buffered = j.pending_bytes(),
+                    "last journal commit failed; the packets stay buffered, retrying in 5 s");
+                if first {
+                    let _ = self.reports.send(WriterReport::Error);
+                }
+                return Err(stalled(meta, rec));
             }
+            r.journal = None;
             for s in &mut meta.streams {
-                if let Some(t) = u16::try_from(s.mline).ok().and_then(|m| rec.ended.get(&m)) {
+                if let Some(t) = u16::try_from(s.mline).ok().and_then(|m| r.ended.get(&m)) {
                     s.duplicates = t.duplicates;
                     s.foreign = t.foreign;
                     s.srtp_failures = t.srtp_failures;
                 }
             }
         }
-        let result = self.spool.finalize(&meta).map(|p| p.display().to_string());
-        match &result {
-            Ok(path) => tracing::info!(id = %meta.id, call_id = %meta.call_id,
-                reason = %meta.end_reason, path = %path, "recording finalized"),
-            Err(e) => tracing::error!(id = %meta.id, error = %e, "finalize failed"),
+        if !first && !self.spool.session_dir(&meta.id).is_ok_and(|d| d.exists()) {
+            // The failed try got as far as moving the folder (a directory sync failed after
+            // it): the recording is there, and finalizing again would write a second one.
+            tracing::warn!(id = %meta.id, "the last try had moved the folder already");
+            return Ok(());
         }
-        let _ = self.reports.send(WriterReport::Finalized {
-            id: meta.id.clone(),
-            result: result.map_err(|e| e.to_string()),
-        });
+        match self.spool.finalize(&meta) {
+            Ok(path) => {
+                tracing::info!(id = %meta.id, call_id = %meta.call_id,
+                    reason = %meta.end_reason, path = %path.display(), "recording finalized");
+                let _ = self.reports.send(WriterReport::Finalized {
+                    id: meta.id.clone(),
+                    result: Ok(path.display().to_string()),
+                });
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(id = %meta.id, error = %e,
+                    "finalize failed; the spool folder is kept, retrying in 5 s");
+                if first {
+                    let _ = self.reports.send(WriterReport::Finalized {
+                        id: meta.id.clone(),
+                        result: Err(e.to_string()),
+                    });
+                }
+                Err(stalled(meta, rec))
+            }
+        }
+    }
+
+    /// Tries the stalled recordings whose time has come; at shutdown each gets one last try,
+    /// and what still fails stays in the spool for the next start's crash scan.
+    fn retry_stalled(&mut self, now: Instant, shutting_down: bool) {
+        if self.stalled.is_empty() {
+            return;
+        }
+        let mut keep = Vec::new();
+        for s in std::mem::take(&mut self.stalled) {
+            if !shutting_down && now < s.next_try {
+                keep.push(s);
+                continue;
+            }
+            match self.try_finalize(s.meta, s.rec, false) {
+                Ok(()) => {}
+                Err(s) if shutting_down => tracing::error!(id = %s.meta.id,
+                    "shutting down with a recording that could not be finalized: it stays in the spool for the next start"),
+                Err(s) => keep.push(s),
+            }
+        }
+        self.stalled = keep;
     }
 }
 

@@ -520,7 +520,8 @@ impl Spool {
         let root = self.recordings_dir();
         let parent = root.join(y).join(m).join(d);
         fs::create_dir_all(&parent).map_err(ctx("create directory", &parent))?;
-        // The writer thread is the only one moving folders here, so check-then-rename is safe.
+        // The writer and the crash scan move folders of different ids, and one thread moves
+        // each id, so check-then-rename is safe.
         let dest = unique_dest(&parent, &meta.id);
         fs::rename(dir, &dest).map_err(ctx("move recording to", &dest))?;
         // New directory entries are durable only once their parents are synced.
