@@ -561,7 +561,7 @@ impl State {
 
     fn finalize(&mut self, meta: RecordingMeta, rec: Option<OpenRecording>) {
         if let Err(stalled) = self.try_finalize(meta, rec, true) {
-            self.stalled.push(stalled);
+            self.stalled.push(*stalled);
         }
     }
 
@@ -573,11 +573,13 @@ impl State {
         mut meta: RecordingMeta,
         mut rec: Option<OpenRecording>,
         first: bool,
-    ) -> Result<(), Stalled> {
-        let stalled = |meta, rec| Stalled {
-            meta,
-            rec,
-            next_try: Instant::now() + RETRY_EVERY,
+    ) -> Result<(), Box<Stalled>> {
+        let stalled = |meta, rec| {
+            Box::new(Stalled {
+                meta,
+                rec,
+                next_try: Instant::now() + RETRY_EVERY,
+            })
         };
         if let Some(r) = rec.as_mut() {
             if let Some(j) = r.journal.as_mut()
@@ -645,7 +647,7 @@ impl State {
                 Ok(()) => {}
                 Err(s) if shutting_down => tracing::error!(id = %s.meta.id,
                     "shutting down with a recording that could not be finalized: it stays in the spool for the next start"),
-                Err(s) => keep.push(s),
+                Err(s) => keep.push(*s),
             }
         }
         self.stalled = keep;
