@@ -587,6 +587,67 @@ fn session_interval_below_min_se_gets_422() {
 }
 
 #[test]
+fn a_huge_session_interval_is_answered_with_a_day_in_invite_and_refresh() {
+    let mut sim = Sim::new();
+    let huge = "Supported: timer\r\nSession-Expires: 9223372036854775807;refresher=uac\r\n";
+    sim.send(&request(
+        "INVITE",
+        "long",
+        "z9hG4bK-long-1",
+        1,
+        "",
+        huge,
+        Some("application/sdp"),
+        SDP_TWO_STREAMS,
+    ));
+    let ok = sim.finals().pop().expect("answer");
+    assert_eq!(ok.status, 200, "{}", ok.reason);
+    assert_eq!(
+        ok.headers.get("Session-Expires"),
+        Some("86400;refresher=uac")
+    );
+    let tag = to_tag(&ok);
+    sim.send(&request(
+        "ACK",
+        "long",
+        "z9hG4bK-long-ack",
+        1,
+        &tag,
+        "",
+        None,
+        "",
+    ));
+    sim.send(&request(
+        "INVITE",
+        "long",
+        "z9hG4bK-long-2",
+        2,
+        &tag,
+        huge,
+        Some("application/sdp"),
+        SDP_TWO_STREAMS,
+    ));
+    let ok = sim.finals().pop().expect("answer");
+    assert_eq!(ok.status, 200, "{}", ok.reason);
+    assert_eq!(
+        ok.headers.get("Session-Expires"),
+        Some("86400;refresher=uac")
+    );
+    sim.send(&request(
+        "ACK",
+        "long",
+        "z9hG4bK-long-ack2",
+        2,
+        &tag,
+        "",
+        None,
+        "",
+    ));
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(sim.rec.active_sessions().len(), 1, "still up");
+}
+
+#[test]
 fn drain_refuses_new_calls_lets_active_finish_then_is_drained() {
     let mut sim = Sim::new();
     let tag = established(&mut sim, "active");

@@ -110,6 +110,8 @@ pub enum StorageOp {
 /// How long a drained recorder keeps answering retransmissions before it exits.
 pub const DRAIN_LINGER: Duration = Duration::from_secs(2);
 
+/// The longest session interval Reel runs (RFC 4028): larger asks are answered with this.
+pub const MAX_SESSION_EXPIRES_S: u64 = 86_400;
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
 const ACCEPT: &str = "application/sdp, application/rs-metadata+xml, multipart/mixed";
 const SUPPORTED: &str = "siprec, timer";
@@ -1167,8 +1169,10 @@ impl Recorder {
             return Ok(None);
         }
         // We give up waiting at expiry minus min(32 s, interval/3) (RFC 4028 §10) plus the
-        // grace a BYE from the SRC needs to arrive: we simply wait the whole interval.
-        Ok(Some(Duration::from_secs(secs)))
+        // grace a BYE from the SRC needs to arrive: we simply wait the whole interval. A UAS
+        // may shorten the interval in its answer (§9), which carries the one we run: a day at
+        // most, so no value from the wire can overflow a timer.
+        Ok(Some(Duration::from_secs(secs.min(MAX_SESSION_EXPIRES_S))))
     }
 
     fn accept_stream(&self, m: &sdp::MediaDescription) -> Result<Accepted, String> {
