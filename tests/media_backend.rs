@@ -89,6 +89,8 @@ both!(
     oversized_datagrams_are_flagged_truncated,
     removed_port_can_be_bound_again,
     drop_with_live_sockets_returns,
+    empty_datagrams_neither_stop_nor_hide_the_stream,
+    a_queue_of_empty_datagrams_is_read_through_in_one_wake,
 );
 
 fn tokens_data_and_sources(kind: Backend) {
@@ -395,4 +397,72 @@ fn open_backend_rejects_bad_sizes() {
         )
         .is_err()
     );
+}
+
+/// A zero-length datagram ends the kernel's multishot `recvmsg` (its length 0 reads as "no
+/// more"): the receive must be re-armed, and the packets after it delivered like any other.
+fn empty_datagrams_neither_stop_nor_hide_the_stream(kind: Backend) {
+    let Some(mut b) = open(kind, &BackendConfig::default()) else {
+        return;
+    };
+    let rx = bind();
+    let to = rx.local_addr().expect("addr");
+    b.add_socket(rx, 7).expect("add");
+    let tx = bind();
+    let mut got = Vec::new();
+    for round in 0..300u16 {
+        tx.send_to(&round.to_be_bytes(), to).expect("send");
+        tx.send_to(&[], to).expect("send empty");
+        if round % 10 == 9 {
+            got.extend(collect(&mut *b, 20, Duration::from_secs(2)));
+        }
+    }
+    got.extend(quiet(&mut *b));
+    let real: Vec<u16> = got
+        .iter()
+        .filter(|g| g.data.len() == 2)
+        .map(|g| u16::from_be_bytes([g.data[0], g.data[1]]))
+        .collect();
+    assert_eq!(
+        real,
+        (0..300).collect::<Vec<_>>(),
+        "{}: every real packet, in order",
+        b.name()
+    );
+    let empty = got.iter().filter(|g| g.data.is_empty()).count();
+    assert_eq!(
+        empty,
+        300,
+        "{}: the empty ones are delivered too (the worker counts them malformed)",
+        b.name()
+    );
+}
+
+/// Fifty packets, each followed by an empty datagram, queued before the wake: a media thread
+/// wakes every 80 ms, so a backend that takes one empty datagram per wake (io_uring's
+/// multishot ends at each) falls ever further behind and the stream goes deaf. Three wakes
+/// must deliver everything.
+fn a_queue_of_empty_datagrams_is_read_through_in_one_wake(kind: Backend) {
+    let Some(mut b) = open(kind, &BackendConfig::default()) else {
+        return;
+    };
+    let rx = bind();
+    let to = rx.local_addr().expect("addr");
+    b.add_socket(rx, 7).expect("add");
+    let tx = bind();
+    for n in 0..50u16 {
+        tx.send_to(&n.to_be_bytes(), to).expect("send");
+        tx.send_to(&[], to).expect("send empty");
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let mut real = Vec::new();
+    for _ in 0..3 {
+        b.poll(Duration::from_millis(80), &mut |p| {
+            if p.data.len() == 2 {
+                real.push(u16::from_be_bytes([p.data[0], p.data[1]]));
+            }
+        })
+        .expect("poll");
+    }
+    assert_eq!(real, (0..50).collect::<Vec<_>>(), "{}", b.name());
 }

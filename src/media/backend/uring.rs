@@ -81,6 +81,8 @@ fn split_user_data(ud: u64) -> (u64, u32, u32) {
 /// Consecutive failed receives on one socket after which it is no longer re-armed (a
 /// permanent error such as EINVAL must not spin).
 const MAX_ERRORS_IN_ROW: u32 = 8;
+/// Most extra re-arm-and-read rounds in one `poll` (see `ended_early`).
+const MAX_EXTRA_ROUNDS: usize = 64;
 
 /// A completion copied out of the completion queue.
 #[derive(Clone, Copy, Debug)]
@@ -261,6 +263,9 @@ struct State {
     min_timeout: bool,
     cq_entries: u32,
     stats: BackendStats,
+    /// A live slot's multishot receive ended on a datagram or on an empty buffer ring, so
+    /// its socket may hold more: `poll` re-arms and reads again before it returns.
+    ended_early: bool,
 }
 
 /// See the module docs.
@@ -414,6 +419,7 @@ impl UringBackend {
                 min_timeout,
                 cq_entries,
                 stats: BackendStats::default(),
+                ended_early: false,
             },
             setup_mode,
         };
@@ -570,6 +576,9 @@ impl UringBackend {
             s.inflight = false;
             if live && s.errors_in_row < MAX_ERRORS_IN_ROW {
                 st.rearm.push(slot);
+                // A zero-length datagram ends the kernel's multishot recvmsg (its length 0
+                // reads as "finished"), and so does an empty buffer ring.
+                st.ended_early |= c.result >= 0 || c.result == -libc::ENOBUFS;
             }
         }
         delivered
@@ -805,6 +814,19 @@ impl RecvBackend for UringBackend {
         }
         delivered += self.drain(Some(on_packet));
         self.finish_batch()?;
+        // A receive that ended early leaves the rest of its socket's queue unread until it is
+        // re-armed: re-arm and read on now, not one datagram per wake (a stream with an empty
+        // datagram after each packet went deaf, one packet read per 80 ms wake). Submitting
+        // the re-arms runs them at once on what is queued. Bounded, so a flood of empty
+        // datagrams costs a few rounds per wake, not the thread.
+        for _ in 0..MAX_EXTRA_ROUNDS {
+            if !std::mem::take(&mut self.st.ended_early) {
+                break;
+            }
+            self.ring.submit()?;
+            delivered += self.drain(Some(&mut *on_packet));
+            self.finish_batch()?;
+        }
         Ok(delivered)
     }
 
