@@ -888,3 +888,68 @@ fn srtp_offer_with_an_unusable_key_gets_488() {
         "never a plain RTP answer"
     );
 }
+
+#[test]
+fn unsafe_metadata_is_refused_with_400_and_broken_metadata_only_warns() {
+    let invite = |sim: &mut Sim, call_id: &str, xml: &str| {
+        sim.send(&request(
+            "INVITE",
+            call_id,
+            &format!("z9hG4bK-{call_id}-1"),
+            1,
+            "",
+            "Require: siprec\r\n",
+            Some("multipart/mixed;boundary=BND"),
+            &multipart(SDP_TWO_STREAMS, xml),
+        ));
+        sim.finals().pop().expect("answer")
+    };
+    let mut sim = Sim::new();
+    let deep = format!(
+        "<recording xmlns=\"urn:ietf:params:xml:ns:recording:1\">{}{}</recording>",
+        "<a>".repeat(40),
+        "</a>".repeat(40)
+    );
+    let r = invite(&mut sim, "deep", &deep);
+    assert_eq!(r.status, 400, "{}", r.reason);
+    let warning = |r: &reel::sip::Response| r.headers.get("Warning").unwrap_or("").to_string();
+    assert!(warning(&r).contains("nesting deeper"), "{}", warning(&r));
+    let laughs =
+        "<?xml version=\"1.0\"?><!DOCTYPE r [<!ENTITY a \"aaaa\">]><recording>&a;</recording>";
+    let r = invite(&mut sim, "dtd", laughs);
+    assert_eq!(r.status, 400, "{}", r.reason);
+    assert!(warning(&r).contains("DTD"), "{}", warning(&r));
+    // Merely broken XML costs the labels, not the recording.
+    let r = invite(&mut sim, "broken", "<recording><participant></recording>");
+    assert_eq!(r.status, 200, "{}", r.reason);
+}
+
+#[test]
+fn a_metadata_only_invite_is_offerless_488_and_a_body_with_neither_is_415() {
+    let mut sim = Sim::new();
+    sim.send(&request(
+        "INVITE",
+        "meta-only",
+        "z9hG4bK-meta-only-1",
+        1,
+        "",
+        "Require: siprec\r\n",
+        Some("application/rs-metadata+xml"),
+        &metadata("complete", ""),
+    ));
+    let r = sim.finals().pop().expect("answer");
+    assert_eq!(r.status, 488, "{}", r.reason);
+    sim.send(&request(
+        "INVITE",
+        "text",
+        "z9hG4bK-text-1",
+        1,
+        "",
+        "",
+        Some("text/plain"),
+        "hello",
+    ));
+    let r = sim.finals().pop().expect("answer");
+    assert_eq!(r.status, 415, "{}", r.reason);
+    assert!(r.headers.get("Accept").is_some());
+}

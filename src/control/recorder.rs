@@ -1240,14 +1240,17 @@ impl Recorder {
         let mut offer = self.read_parts(parts)?;
         offer.siprec = siprec;
         let Some(sdp) = offer.sdp.take() else {
-            if req.body.is_empty() {
-                return Err(BodyError::NotAcceptable(
-                    "an INVITE without an SDP offer is not supported by this recorder".into(),
-                ));
-            }
-            return Err(BodyError::UnsupportedType(
-                "the body has no application/sdp part".into(),
-            ));
+            // Offerless (RFC 3261 lets the UAS offer in its 200; Reel, recvonly, does not):
+            // 488 whether the body is empty or metadata alone. A body with neither SDP nor
+            // metadata was answered 415 by `read_parts`.
+            let what = if req.body.is_empty() {
+                "an INVITE without an SDP offer"
+            } else {
+                "an INVITE with metadata but no SDP offer"
+            };
+            return Err(BodyError::NotAcceptable(format!(
+                "{what} is not supported by this recorder"
+            )));
         };
         Ok(Offer {
             sdp,
@@ -1308,10 +1311,7 @@ impl Recorder {
                     Ok(doc) => out.metadata_docs.push((doc, part.body)),
                     // Unsafe or oversized XML is refused outright; merely broken XML does not
                     // cost the recording: the audio matters more than its labels.
-                    Err(e @ BodyError::TooLarge(_)) => return Err(e),
-                    Err(e) if e.reason().contains("DTD") || e.reason().contains("depth") => {
-                        return Err(e);
-                    }
+                    Err(e @ (BodyError::TooLarge(_) | BodyError::Refused(_))) => return Err(e),
                     Err(e) => out
                         .warnings
                         .push(format!("metadata ignored: {}", e.reason())),

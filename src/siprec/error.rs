@@ -12,6 +12,9 @@ pub enum BodyError {
     NotAcceptable(String),
     /// Over a configured limit (XML size/depth, streams per session): 413 for size, 400 else.
     TooLarge(String),
+    /// Metadata Reel will not read, for safety (a DTD or entities, nesting too deep): 400,
+    /// and the whole request is refused (broken but harmless metadata only costs a warning).
+    Refused(String),
 }
 
 impl BodyError {
@@ -22,6 +25,7 @@ impl BodyError {
             BodyError::UnsupportedType(_) => 415,
             BodyError::NotAcceptable(_) => 488,
             BodyError::TooLarge(_) => 413,
+            BodyError::Refused(_) => 400,
         }
     }
     pub fn reason(&self) -> &str {
@@ -29,7 +33,8 @@ impl BodyError {
             BodyError::Malformed(r)
             | BodyError::UnsupportedType(r)
             | BodyError::NotAcceptable(r)
-            | BodyError::TooLarge(r) => r,
+            | BodyError::TooLarge(r)
+            | BodyError::Refused(r) => r,
         }
     }
 }

@@ -97,7 +97,7 @@ pub fn parse_metadata(xml: &[u8], limits: &Limits) -> Result<MetadataDoc, BodyEr
     // Checked on the raw bytes, before any parsing, so no entity expansion trick (billion
     // laughs, external entities) can reach the XML reader at all.
     if contains_ignore_case(xml, b"<!DOCTYPE") || contains_ignore_case(xml, b"<!ENTITY") {
-        return Err(BodyError::Malformed("metadata: DTD not allowed".into()));
+        return Err(BodyError::Refused("metadata: DTD not allowed".into()));
     }
     let text = String::from_utf8_lossy(xml);
     let mut reader = NsReader::from_str(&text);
@@ -143,7 +143,7 @@ pub fn parse_metadata(xml: &[u8], limits: &Limits) -> Result<MetadataDoc, BodyEr
                 }
             }
             Event::DocType(_) => {
-                return Err(BodyError::Malformed("metadata: DTD not allowed".into()));
+                return Err(BodyError::Refused("metadata: DTD not allowed".into()));
             }
             Event::Eof => {
                 return Err(BodyError::Malformed(match parser.stack.last() {
@@ -302,7 +302,7 @@ impl Parser<'_> {
     ) -> Result<(), BodyError> {
         let name = e.local_name().as_ref().to_string();
         if self.stack.len() >= self.max_depth {
-            return Err(BodyError::Malformed(format!(
+            return Err(BodyError::Refused(format!(
                 "metadata: nesting deeper than {} at byte {before}",
                 self.max_depth
             )));
@@ -902,10 +902,7 @@ mod tests {
         let err = parse_err(
             "<?xml version='1.0'?><!DOCTYPE recording SYSTEM 'http://x/r.dtd'><recording/>",
         );
-        assert_eq!(
-            err,
-            BodyError::Malformed("metadata: DTD not allowed".into())
-        );
+        assert_eq!(err, BodyError::Refused("metadata: DTD not allowed".into()));
     }
 
     #[test]
@@ -968,7 +965,7 @@ mod tests {
         );
         let err = parse_metadata(deep.as_bytes(), &limits).unwrap_err();
         assert!(
-            matches!(err, BodyError::Malformed(ref r) if r.contains("deeper")),
+            matches!(err, BodyError::Refused(ref r) if r.contains("deeper")),
             "{err:?}"
         );
     }
