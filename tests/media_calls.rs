@@ -293,3 +293,41 @@ fn sipp_call_with_rtp_stream_is_recorded_on_channel_0() {
         "channel 1 is silence"
     );
 }
+
+#[test]
+fn stray_packets_of_a_payload_type_not_negotiated_cannot_latch_a_stream() {
+    let server = Server::start(&[]);
+    let call = start_call(&server, "stray-first", &offer(0, None));
+    // Before the SRC's first packet, another host sends to both ports: seven packets of a
+    // payload type nobody offered (a scanner, a stale stream), not enough to latch.
+    let stray = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let mut junk = vec![0x80u8, 127, 0, 1, 0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef];
+    junk.extend_from_slice(&[0x55; 160]);
+    for port in &call.ports {
+        for _ in 0..7 {
+            stray.send_to(&junk, dest(*port)).expect("send stray");
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // Stream 2's SRC sends PCMA although PCMU was negotiated: its eighth packet latches it.
+    let specs = vec![
+        StreamSpec::new(dest(call.ports[0]), 0x1111_0001, TONES[0]),
+        StreamSpec::new(dest(call.ports[1]), 0x2222_0002, TONES[1]).with_codec(Codec::Pcma),
+    ];
+    let report = send(specs, Duration::from_secs(1));
+    end_call(&call);
+    let recs = server.wait_recordings(1);
+    let json = &recs[0].1;
+    let streams = json["streams"].as_array().expect("streams");
+    let sent = |i: usize| report.per_stream[i].packets;
+    assert_eq!(streams[0]["packets"].as_u64(), Some(sent(0)), "{json}");
+    assert_eq!(streams[0]["foreign"], 7, "the stray packets: {json}");
+    assert_eq!(streams[0]["ssrcs"][0], 0x1111_0001u32, "{json}");
+    assert_eq!(
+        streams[1]["packets"].as_u64(),
+        Some(sent(1) - 7),
+        "all but the seven before the latch: {json}"
+    );
+    assert_eq!(streams[1]["foreign"], 14, "{json}");
+    assert_eq!(streams[1]["ssrcs"][0], 0x2222_0002u32, "{json}");
+}

@@ -37,7 +37,14 @@ impl PortPool {
     /// IPv6, else `0.0.0.0`.
     pub fn new(lo: u16, hi: u16, rcvbuf: usize) -> PortPool {
         let first = first_rtp_port(lo);
-        let free = (first..hi).step_by(2).collect();
+        let mut free: VecDeque<u16> = (first..hi).step_by(2).collect();
+        // Start at a random place in the range: after a restart, SRCs may still be sending
+        // the last process's streams to the ports it handed out first (from the bottom), and
+        // a new call given one of them would record another call's audio.
+        if !free.is_empty() {
+            let at = rand::random_range(0..free.len());
+            free.rotate_left(at);
+        }
         let v6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         let bind_ip = match UdpSocket::bind(SocketAddr::new(v6, 0)) {
             Ok(_) => v6,
@@ -197,6 +204,20 @@ mod tests {
         assert!(pool.allocate().is_some());
         assert!(pool.allocate().is_some());
         assert_eq!(pool.allocate(), None);
+    }
+
+    #[test]
+    fn a_new_pool_starts_at_a_random_place_and_still_covers_the_range() {
+        let (lo, hi) = free_range(64);
+        let firsts: std::collections::HashSet<u16> = (0..8)
+            .map(|_| PortPool::new(lo, hi, 65536).free[0])
+            .collect();
+        // Eight pools all starting at the same one of 32 pairs: odds of 1 in 32^7.
+        assert!(firsts.len() > 1, "{firsts:?}");
+        let pool = PortPool::new(lo, hi, 65536);
+        let mut all: Vec<u16> = pool.free.iter().copied().collect();
+        all.sort();
+        assert_eq!(all, (lo..hi).step_by(2).collect::<Vec<_>>());
     }
 
     #[test]

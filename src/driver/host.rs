@@ -168,6 +168,7 @@ impl MediaHost for Host {
             mline: spec.mline,
             rtp: sockets.rtp,
             rtcp: Some(sockets.rtcp),
+            payload_type: spec.payload_type,
             event_pt: spec.event_pt,
             srtp: spec.srtp,
             latch: h.latch,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use super::backend::{Received, RecvBackend};
 use super::ring::{KIND_AUDIO, KIND_END, KIND_EVENT, PacketMeta, RingWriter, StreamTotals};
-use super::rtp::{is_rtcp, parse_rtp, payload};
+use super::rtp::{RtpHeader, is_rtcp, parse_rtp, payload};
 use super::srtp::{SrtpContext, SrtpError, SrtpKey};
 use super::stream::{PacketVerdict, StreamState};
 
@@ -31,12 +31,18 @@ pub struct StreamConfig {
     pub mline: u16,
     pub rtp: UdpSocket,
     pub rtcp: Option<UdpSocket>,
+    /// The negotiated codec's payload type.
+    pub payload_type: u8,
     pub event_pt: Option<u8>,
     /// The SRC's offered SDES key: what it encrypts with.
     pub srtp: Option<SrtpKey>,
     /// Drop packets from any source but the first one heard.
     pub latch: bool,
 }
+
+/// Packets of payload types the stream did not negotiate that one source must send, in a
+/// row, before it may latch the stream anyway (an SRC whose RTP does not match its SDP).
+const LATCH_ON_UNNEGOTIATED: u8 = 8;
 
 pub enum MediaCommand {
     Add(Box<StreamConfig>),
@@ -84,10 +90,14 @@ struct Stream {
     key: u64,
     recording: u32,
     mline: u16,
+    payload_type: u8,
     event_pt: Option<u8>,
     srtp: Option<SrtpContext>,
     latch: bool,
     latched: Option<SocketAddr>,
+    /// Before the latch: the source sending payload types not negotiated, and how many in
+    /// a row (see [`LATCH_ON_UNNEGOTIATED`]).
+    stray: Option<(SocketAddr, u8)>,
     state: StreamState,
     totals: StreamTotals,
     /// TPROXY mode: the stream's RTP port (its route in the [`PortTable`]).
@@ -428,10 +438,12 @@ impl Worker {
             key,
             recording: cfg.recording,
             mline: cfg.mline,
+            payload_type: cfg.payload_type,
             event_pt: cfg.event_pt,
             srtp: cfg.srtp.as_ref().map(SrtpContext::new),
             latch: cfg.latch,
             latched: None,
+            stray: None,
             state: StreamState::new(),
             totals: StreamTotals::default(),
             port,
@@ -474,6 +486,26 @@ impl Worker {
         self.free.push(index);
         (self.reports)(MediaReport::Closed { key });
     }
+}
+
+/// Whether the first packet a stream would take may latch it: one of a payload type the
+/// stream negotiated (codec, telephone-event, comfort noise), so that one stray packet from
+/// elsewhere (a scanner, the stale stream of another call) cannot capture the stream for the
+/// whole call; or the [`LATCH_ON_UNNEGOTIATED`]th in a row from one source, for an SRC whose
+/// RTP does not match its SDP.
+#[cold]
+fn may_latch(stream: &mut Stream, h: &RtpHeader, source: SocketAddr) -> bool {
+    const COMFORT_NOISE: u8 = 13;
+    let pt = h.payload_type;
+    if pt == stream.payload_type || Some(pt) == stream.event_pt || pt == COMFORT_NOISE {
+        return true;
+    }
+    let run = match stream.stray {
+        Some((from, n)) if from == source => n.saturating_add(1),
+        _ => 1,
+    };
+    stream.stray = Some((source, run));
+    run >= LATCH_ON_UNNEGOTIATED
 }
 
 #[inline]
@@ -525,6 +557,11 @@ fn on_packet(
         tally.malformed += 1;
         return;
     };
+    if stream.latch && stream.latched.is_none() && !may_latch(stream, &h, rx.source) {
+        stream.totals.foreign += 1;
+        tally.foreign += 1;
+        return;
+    }
     match stream.state.on_packet(&h, rx.arrival_ns) {
         PacketVerdict::Accept { .. } => {}
         PacketVerdict::Duplicate | PacketVerdict::TooOld => {
