@@ -31,6 +31,10 @@ pub struct Query {
 /// connections beyond this is closed on accept, so it cannot take the file descriptors that
 /// SIP connections and RTP sockets need.
 pub const MAX_CONNECTIONS: usize = 64;
+/// A client must send its whole request within this of connecting (scrapers and health checks
+/// send it at once): idle connections then cannot hold the [`MAX_CONNECTIONS`] slots, and with
+/// them `/health`, for more than a moment.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
 pub async fn serve(listener: TcpListener, queries: mpsc::UnboundedSender<Query>) {
     let open = std::rc::Rc::new(std::cell::Cell::new(0usize));
@@ -59,12 +63,20 @@ async fn handle(
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || buf.len() > 8192 {
-            return Ok(());
+    let read_request = async {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 || buf.len() > 8192 {
+                return Ok(false);
+            }
+            buf.extend_from_slice(&chunk[..n]);
         }
-        buf.extend_from_slice(&chunk[..n]);
+        Ok::<bool, std::io::Error>(true)
+    };
+    match tokio::time::timeout(REQUEST_DEADLINE, read_request).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) | Err(_) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
     }
     let line = String::from_utf8_lossy(&buf);
     let mut words = line.split_whitespace();
