@@ -117,6 +117,23 @@ fn invite_retransmission_creates_one_session() {
 }
 
 #[test]
+fn the_same_invite_by_a_second_path_is_a_merged_request_482() {
+    let mut sim = Sim::new();
+    established(&mut sim, "forked");
+    // Same Call-ID, From tag and CSeq, another branch: a forking proxy's second copy.
+    sim.send(&siprec_invite("forked", "z9hG4bK-forked-other-path"));
+    let r = sim.finals().pop().expect("answer");
+    assert_eq!(r.status, 482, "{}", r.reason);
+    assert_eq!(sim.rec.session_count(), 1, "recorded once");
+    // A new CSeq from the same SRC is a new request, not a merge.
+    let next =
+        siprec_invite("forked", "z9hG4bK-forked-2").replace("CSeq: 1 INVITE", "CSeq: 2 INVITE");
+    assert!(next.contains("CSeq: 2 INVITE"));
+    sim.send(&next);
+    assert_ne!(sim.finals().pop().expect("answer").status, 482);
+}
+
+#[test]
 fn unacknowledged_200_is_retransmitted_then_session_ends_with_bye() {
     let mut sim = Sim::new();
     sim.send(&siprec_invite("noack", "z9hG4bK-noack-1"));

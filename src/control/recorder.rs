@@ -523,6 +523,9 @@ impl Recorder {
         let Some(call_id) = req.call_id().map(str::to_string) else {
             return self.reply(now, tx, &req, 400, "Missing Call-ID", None);
         };
+        if self.is_merged(&req, &call_id) {
+            return self.reply(now, tx, &req, 482, "Loop Detected (merged request)", None);
+        }
         let timer = match self.session_timer_request(&req) {
             Ok(t) => t,
             Err(()) => return self.reply_422(now, tx, &req),
@@ -1121,6 +1124,32 @@ impl Recorder {
     }
 
     // ---- helpers -------------------------------------------------------------------------
+
+    /// RFC 3261 §8.2.2.2: an initial INVITE with the Call-ID, From tag and CSeq of a session
+    /// already here but another branch is the same request arriving by a second path (a
+    /// forking proxy): answered 482, not recorded twice.
+    fn is_merged(&self, req: &Request, call_id: &str) -> bool {
+        let from_tag = |r: &Request| {
+            r.headers
+                .get("From")
+                .and_then(|f| crate::sip::NameAddr::parse(f).ok())
+                .and_then(|n| n.tag().map(str::to_string))
+        };
+        let cseq = |r: &Request| {
+            r.headers
+                .get("CSeq")
+                .and_then(|c| c.split_whitespace().next())
+                .and_then(|n| n.parse::<u32>().ok())
+        };
+        let (Some(tag), Some(seq)) = (from_tag(req), cseq(req)) else {
+            return false;
+        };
+        self.sessions.values().any(|s| {
+            s.call_id == call_id
+                && cseq(&s.invite) == Some(seq)
+                && from_tag(&s.invite).as_deref() == Some(tag.as_str())
+        })
+    }
 
     fn dialog_key(&self, req: &Request) -> Option<SessionKey> {
         let call_id = req.call_id()?.to_string();
