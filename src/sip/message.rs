@@ -593,30 +593,53 @@ pub(crate) fn parse_raw(buf: &[u8]) -> Result<RawMessage, ParseError> {
     } else {
         // Request-Line: Method SP Request-URI SP SIP-Version. Tolerate runs of white space.
         let parts: Vec<&str> = start.split_whitespace().collect();
-        let [method, uri, version] = parts.as_slice() else {
-            return Err(ParseError::new("Malformed request line"));
-        };
-        if !method.chars().all(is_token_char) {
-            return Err(ParseError::new(format!(
-                "Invalid method '{}'",
-                sanitize(method)
-            )));
-        }
-        if strip_prefix_ci(version, "SIP/").is_none() {
-            return Err(ParseError::new(format!(
+        let line_problem = match parts.as_slice() {
+            [method, _, _] if !method.chars().all(is_token_char) => {
+                Some(format!("Invalid method '{}'", sanitize(method)))
+            }
+            [_, _, version] if strip_prefix_ci(version, "SIP/").is_none() => Some(format!(
                 "Not a SIP request line (version '{}')",
                 sanitize(version)
-            )));
+            )),
+            [_, _, _] => None,
+            _ => Some("Malformed request line".to_string()),
+        };
+        match (line_problem, parts.as_slice()) {
+            (None, [method, uri, version]) => (
+                Message::Request(Request {
+                    method: Method::parse(method),
+                    uri: uri.to_string(),
+                    headers,
+                    body,
+                }),
+                version.to_string(),
+            ),
+            // A broken request line on what is otherwise a SIP request (its Via and CSeq say
+            // where the answer goes and which request it is): a request to answer 400,
+            // named after its CSeq method (so a broken ACK still gets no answer). Without
+            // those it is not worth an answer.
+            (Some(reason), _) => {
+                let cseq_method = headers
+                    .get("CSeq")
+                    .and_then(|c| c.split_whitespace().nth(1))
+                    .filter(|m| m.chars().all(is_token_char))
+                    .map(str::to_string);
+                let (Some(cseq_method), true) = (cseq_method, headers.get("Via").is_some()) else {
+                    return Err(ParseError::new(reason));
+                };
+                problem = Some(reason);
+                (
+                    Message::Request(Request {
+                        method: Method::parse(&cseq_method),
+                        uri: "sip:invalid".to_string(),
+                        headers,
+                        body,
+                    }),
+                    "SIP/2.0".to_string(),
+                )
+            }
+            (None, _) => return Err(ParseError::new("Malformed request line")),
         }
-        (
-            Message::Request(Request {
-                method: Method::parse(method),
-                uri: uri.to_string(),
-                headers,
-                body,
-            }),
-            version.to_string(),
-        )
     };
     Ok(RawMessage {
         message,

@@ -1595,6 +1595,36 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_request_line_on_a_sip_request_gets_400_naming_it() {
+        for (line, why) in [
+            ("INV\0ITE sip:srs@10.0.0.1 SIP/2.0", "Invalid method"),
+            (
+                "INVITE sip:srs@10.0.0.1 extra SIP/2.0",
+                "Malformed request line",
+            ),
+            ("INVITE sip:srs@10.0.0.1", "Malformed request line"),
+            ("INVITE sip:srs@10.0.0.1 HTTP/1.1", "Not a SIP request line"),
+        ] {
+            let mut ep = endpoint();
+            let text = invite().replacen("INVITE sip:srs@10.0.0.1 SIP/2.0", line, 1);
+            assert!(text.starts_with(line.split(' ').next().unwrap_or("")));
+            ep.handle_message(Instant::now(), udp(), text.as_bytes());
+            let sent = transmits(&mut ep);
+            assert_eq!(sent.len(), 1, "{line:?}");
+            let r = response(&sent[0]);
+            assert_eq!(r.status, 400, "{line:?}");
+            assert!(r.reason.contains(why), "{line:?}: {}", r.reason);
+            assert_eq!(r.headers.get("CSeq"), Some("1 INVITE"));
+        }
+        // A broken ACK is never answered; garbage without Via/CSeq neither.
+        let mut ep = endpoint();
+        let ack = request_text("ACK", "z9hG4bK-a", 1, "").replacen("ACK sip:", "A\0CK sip:", 1);
+        ep.handle_message(Instant::now(), udp(), ack.as_bytes());
+        ep.handle_message(Instant::now(), udp(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(transmits(&mut ep).is_empty());
+    }
+
+    #[test]
     fn request_missing_call_id_gets_400_naming_it() {
         let mut ep = endpoint();
         let text = invite().replace("Call-ID: call-1\r\n", "");
