@@ -134,6 +134,23 @@ fn the_same_invite_by_a_second_path_is_a_merged_request_482() {
 }
 
 #[test]
+fn the_metadata_is_stored_before_the_begin_the_200_waits_for() {
+    let mut sim = Sim::new();
+    sim.auto_store = false;
+    sim.send(&siprec_invite("meta-first", "z9hG4bK-meta-first-1"));
+    let kinds: Vec<&str> = sim
+        .storage
+        .iter()
+        .map(|op| match op {
+            StorageOp::Metadata { .. } => "metadata",
+            StorageOp::Begin { .. } => "begin",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["metadata", "begin"]);
+}
+
+#[test]
 fn unacknowledged_200_is_retransmitted_then_session_ends_with_bye() {
     let mut sim = Sim::new();
     sim.send(&siprec_invite("noack", "z9hG4bK-noack-1"));

@@ -621,16 +621,19 @@ impl Recorder {
         self.arm_session_timer(key);
         self.by_invite_tx.insert(tx, key);
         self.by_dialog.insert((call_id, local_tag), key);
-        let meta = self.snapshot(key, wall, RecordingState::NoMedia, "");
-        if let Some(meta) = meta {
-            self.storage
-                .push_back(StorageOp::Begin { session: key, meta });
-        }
+        // The metadata goes to the writer before Begin: the 200 goes out once Begin is done,
+        // and a crash just after it then finds the metadata written (it was once still a
+        // temporary file the crash scan threw away, the recording left without labels).
         for xml in versions {
             self.storage.push_back(StorageOp::Metadata {
                 id: id.clone(),
                 xml,
             });
+        }
+        let meta = self.snapshot(key, wall, RecordingState::NoMedia, "");
+        if let Some(meta) = meta {
+            self.storage
+                .push_back(StorageOp::Begin { session: key, meta });
         }
     }
 
