@@ -36,6 +36,16 @@ fn bind() -> UdpSocket {
     s
 }
 
+/// A backend of `kind` (default config) receiving on one fresh socket under `token`: the
+/// backend, the socket's address and a socket to send from.
+fn one_socket(kind: Backend, token: u64) -> Option<(Box<dyn RecvBackend>, SocketAddr, UdpSocket)> {
+    let mut b = open(kind, &BackendConfig::default())?;
+    let rx = bind();
+    let to = rx.local_addr().expect("addr");
+    b.add_socket(rx, token).expect("add");
+    Some((b, to, bind()))
+}
+
 /// Polls until `want` packets arrived or `limit` passed.
 fn collect(b: &mut dyn RecvBackend, want: usize, limit: Duration) -> Vec<Got> {
     let mut got = Vec::new();
@@ -129,13 +139,9 @@ fn tokens_data_and_sources(kind: Backend) {
 }
 
 fn arrival_time_is_wall_clock(kind: Backend) {
-    let Some(mut b) = open(kind, &BackendConfig::default()) else {
+    let Some((mut b, to, tx)) = one_socket(kind, 1) else {
         return;
     };
-    let rx = bind();
-    let to = rx.local_addr().expect("addr");
-    b.add_socket(rx, 1).expect("add");
-    let tx = bind();
     let before = realtime_now_ns();
     for _ in 0..10 {
         tx.send_to(&[0u8; 172], to).expect("send");
@@ -402,13 +408,9 @@ fn open_backend_rejects_bad_sizes() {
 /// A zero-length datagram ends the kernel's multishot `recvmsg` (its length 0 reads as "no
 /// more"): the receive must be re-armed, and the packets after it delivered like any other.
 fn empty_datagrams_neither_stop_nor_hide_the_stream(kind: Backend) {
-    let Some(mut b) = open(kind, &BackendConfig::default()) else {
+    let Some((mut b, to, tx)) = one_socket(kind, 7) else {
         return;
     };
-    let rx = bind();
-    let to = rx.local_addr().expect("addr");
-    b.add_socket(rx, 7).expect("add");
-    let tx = bind();
     let mut got = Vec::new();
     for round in 0..300u16 {
         tx.send_to(&round.to_be_bytes(), to).expect("send");
@@ -443,13 +445,9 @@ fn empty_datagrams_neither_stop_nor_hide_the_stream(kind: Backend) {
 /// multishot ends at each) falls ever further behind and the stream goes deaf. Three wakes
 /// must deliver everything.
 fn a_queue_of_empty_datagrams_is_read_through_in_one_wake(kind: Backend) {
-    let Some(mut b) = open(kind, &BackendConfig::default()) else {
+    let Some((mut b, to, tx)) = one_socket(kind, 7) else {
         return;
     };
-    let rx = bind();
-    let to = rx.local_addr().expect("addr");
-    b.add_socket(rx, 7).expect("add");
-    let tx = bind();
     for n in 0..50u16 {
         tx.send_to(&n.to_be_bytes(), to).expect("send");
         tx.send_to(&[], to).expect("send empty");

@@ -624,59 +624,29 @@ fn session_interval_below_min_se_gets_422() {
 fn a_huge_session_interval_is_answered_with_a_day_in_invite_and_refresh() {
     let mut sim = Sim::new();
     let huge = "Supported: timer\r\nSession-Expires: 9223372036854775807;refresher=uac\r\n";
-    sim.send(&request(
-        "INVITE",
-        "long",
-        "z9hG4bK-long-1",
-        1,
-        "",
-        huge,
-        Some("application/sdp"),
-        SDP_TWO_STREAMS,
-    ));
-    let ok = sim.finals().pop().expect("answer");
-    assert_eq!(ok.status, 200, "{}", ok.reason);
-    assert_eq!(
-        ok.headers.get("Session-Expires"),
-        Some("86400;refresher=uac")
-    );
-    let tag = to_tag(&ok);
-    sim.send(&request(
-        "ACK",
-        "long",
-        "z9hG4bK-long-ack",
-        1,
-        &tag,
-        "",
-        None,
-        "",
-    ));
-    sim.send(&request(
-        "INVITE",
-        "long",
-        "z9hG4bK-long-2",
-        2,
-        &tag,
-        huge,
-        Some("application/sdp"),
-        SDP_TWO_STREAMS,
-    ));
-    let ok = sim.finals().pop().expect("answer");
-    assert_eq!(ok.status, 200, "{}", ok.reason);
-    assert_eq!(
-        ok.headers.get("Session-Expires"),
-        Some("86400;refresher=uac")
-    );
-    sim.send(&request(
-        "ACK",
-        "long",
-        "z9hG4bK-long-ack2",
-        2,
-        &tag,
-        "",
-        None,
-        "",
-    ));
+    let mut tag = String::new();
+    // The initial INVITE, then a re-INVITE in its dialog, each acknowledged.
+    for cseq in [1, 2] {
+        sim.send(&request(
+            "INVITE",
+            "long",
+            &format!("z9hG4bK-long-{cseq}"),
+            cseq,
+            &tag,
+            huge,
+            Some("application/sdp"),
+            SDP_TWO_STREAMS,
+        ));
+        let ok = sim.finals().pop().expect("answer");
+        assert_eq!(ok.status, 200, "{}", ok.reason);
+        assert_eq!(
+            ok.headers.get("Session-Expires"),
+            Some("86400;refresher=uac")
+        );
+        tag = to_tag(&ok);
+        let ack = format!("z9hG4bK-long-ack{cseq}");
+        sim.send(&request("ACK", "long", &ack, cseq, &tag, "", None, ""));
+    }
     sim.run_for(Duration::from_secs(60));
     assert_eq!(sim.rec.active_sessions().len(), 1, "still up");
 }
