@@ -28,6 +28,7 @@ pub struct Snapshot {
     pub journal_commits: u64,
     pub journal_write_latency_us: u64,
     pub journal_errors: u64,
+    pub journal_dropped: u64,
 }
 
 /// One media thread's counters.
@@ -264,6 +265,12 @@ const DEFS: &[Def] = &[
         Kind::Counter,
         "Failed journal commits.",
         |s| one(s.journal_errors),
+    ),
+    (
+        "reel_journal_dropped_total",
+        Kind::Counter,
+        "Packets not journaled: their journal already held its most of unwritten bytes (writes failing, e.g. disk full).",
+        |s| one(s.journal_dropped),
     ),
     (
         "reel_draining",

@@ -446,6 +446,7 @@ fn publish(
     snapshot.journal_commits = writer.journal_commits.load(Relaxed);
     snapshot.journal_write_latency_us = writer.journal_write_latency_us.load(Relaxed);
     snapshot.journal_errors = writer.journal_errors.load(Relaxed);
+    snapshot.journal_dropped = writer.journal_dropped.load(Relaxed);
     snapshot.draining = recorder.is_draining();
     http::Published {
         snapshot: snapshot.clone(),

@@ -54,6 +54,8 @@ pub struct WriterCounters {
     pub journal_commits: std::sync::atomic::AtomicU64,
     pub journal_write_latency_us: std::sync::atomic::AtomicU64,
     pub journal_errors: std::sync::atomic::AtomicU64,
+    /// Packets not journaled because their journal's buffer was full (writes failing).
+    pub journal_dropped: std::sync::atomic::AtomicU64,
     pub orphan_packets: std::sync::atomic::AtomicU64,
 }
 
@@ -464,7 +466,12 @@ impl State {
                     return;
                 };
                 let before = journal.pending_bytes();
-                journal.append_encoded(a, b);
+                if !journal.append_encoded(a, b) {
+                    counters
+                        .journal_dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
                 if before < commit_bytes && journal.pending_bytes() >= commit_bytes {
                     full.push(slot);
                 }

@@ -261,6 +261,12 @@ pub fn frame(records: &[u8]) -> Vec<u8> {
 /// [`JournalWriter::write_buffered`] under a group commit). The buffer is one frame: it starts
 /// small and grows to one commit's worth (about 19 KB per second for a two-stream G.711 call),
 /// so a thousand open journals do not each hold the 256 KiB threshold.
+/// Most bytes one journal holds unwritten (while writes fail: disk full, I/O errors): about
+/// seven minutes of a two-stream G.711 call, 8 GiB for 1,000 calls at the worst. Records
+/// beyond it are dropped and counted ([`JournalWriter::dropped`]) rather than growing memory
+/// until the process dies with every recording in it.
+pub const MAX_BUFFERED: usize = 8 << 20;
+
 #[derive(Debug)]
 pub struct JournalWriter {
     file: File,
@@ -275,6 +281,8 @@ pub struct JournalWriter {
     last_commit: Instant,
     bytes_written: u64,
     records: u64,
+    /// Records refused because the buffer held [`MAX_BUFFERED`].
+    dropped: u64,
     commits: u64,
     last_write_latency: Duration,
 }
@@ -324,6 +332,7 @@ impl JournalWriter {
             last_commit: Instant::now(),
             bytes_written: 0,
             records: 0,
+            dropped: 0,
             commits: 0,
             last_write_latency: Duration::ZERO,
         })
@@ -346,8 +355,13 @@ impl JournalWriter {
     /// Buffers one record already in the version-2 layout ([`record_header`] with its CRC
     /// field 0, then the payload), given as up to two pieces (a ring chunk that wraps): the
     /// media ring carries records in this layout, so this is one or two `memcpy`s.
+    /// Returns false, counting it, when the buffer is full ([`MAX_BUFFERED`]).
     #[inline]
-    pub fn append_encoded(&mut self, a: &[u8], b: &[u8]) {
+    pub fn append_encoded(&mut self, a: &[u8], b: &[u8]) -> bool {
+        if self.buf.len() >= MAX_BUFFERED {
+            self.dropped += 1;
+            return false;
+        }
         if self.version == VERSION_1 {
             let start = self.buf.len();
             self.buf.extend_from_slice(a);
@@ -367,6 +381,7 @@ impl JournalWriter {
             self.buf.extend_from_slice(b);
         }
         self.records += 1;
+        true
     }
 
     /// Seals the frame and writes the buffer. On error the file is cut back to its last whole
@@ -436,6 +451,11 @@ impl JournalWriter {
     /// Records appended (committed or not).
     pub fn records(&self) -> u64 {
         self.records
+    }
+
+    /// Records refused because [`MAX_BUFFERED`] bytes were waiting to be written.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 
     /// Successful commits.
@@ -855,6 +875,32 @@ pub(crate) mod tests {
         std::mem::forget(w); // a crash: the buffer never reaches the file
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(JournalReader::new(&bytes).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_full_buffer_drops_and_counts_records_until_a_write_makes_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut w = JournalWriter::create(&path).unwrap();
+        let payload = [0x55u8; 160];
+        let header = record_header(&rec(0, 0, 0, &payload));
+        let fits = MAX_BUFFERED.div_ceil(header.len() + payload.len());
+        for _ in 0..fits {
+            assert!(w.append_encoded(&header, &payload));
+        }
+        assert!(w.pending_bytes() >= MAX_BUFFERED);
+        assert!(!w.append_encoded(&header, &payload), "full: refused");
+        assert!(!w.append_encoded(&header, &payload));
+        assert_eq!(w.dropped(), 2);
+        assert_eq!(w.records(), fits as u64, "the refused ones are not records");
+        w.write_buffered().unwrap();
+        assert!(
+            w.append_encoded(&header, &payload),
+            "room again once written"
+        );
+        w.commit().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(JournalReader::new(&bytes).unwrap().count(), fits + 1);
     }
 
     #[test]
