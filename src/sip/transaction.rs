@@ -519,6 +519,16 @@ impl Endpoint {
             return;
         };
         if let Some(id) = self.server_index.get(&key).copied() {
+            // A retransmission over a new connection (the first one closed, §18.2.2): the
+            // transaction's responses follow it. The old one cannot carry them any more, and
+            // opening one back to an SRC's ephemeral TCP port rarely works.
+            if flow.transport.is_reliable()
+                && flow.conn.is_some()
+                && let Some(tx) = self.servers.get_mut(&id)
+                && tx.dest.conn != flow.conn
+            {
+                tx.dest = flow;
+            }
             self.retransmit_last(id);
             return;
         }
@@ -1144,6 +1154,32 @@ mod tests {
             [Event::Request { tx, request, .. }] => (*tx, request.clone()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_invite_retransmitted_on_a_new_connection_is_answered_there() {
+        let mut ep = endpoint();
+        let now = Instant::now();
+        let first = flow(Transport::Tcp);
+        let (tx, req) = start_invite(&mut ep, now, first);
+        // The first connection closes; the SRC sends the same INVITE on a new one.
+        let second = Flow {
+            conn: Some(ConnId(2)),
+            remote: "192.0.2.5:40001".parse().unwrap(),
+            ..first
+        };
+        ep.handle_message(now, second, invite().as_bytes());
+        let sent = transmits(&mut ep);
+        assert_eq!(statuses(&sent), [100]);
+        assert_eq!(sent[0].flow, second, "the 100 again, on the new connection");
+        assert!(
+            events(&mut ep).is_empty(),
+            "a retransmission, not a new request"
+        );
+        ep.respond(now, tx, answer(&req, 200));
+        let sent = transmits(&mut ep);
+        assert_eq!(statuses(&sent), [200]);
+        assert_eq!(sent[0].flow, second, "and the final answer too");
     }
 
     fn answer(req: &Request, status: u16) -> Response {
