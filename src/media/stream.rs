@@ -110,7 +110,9 @@ impl SsrcState {
 
     /// RFC 3550 A.1 `update_seq`, extended with a duplicate window and late packets.
     #[inline]
-    fn track(&mut self, seq: u16) -> Track {
+    /// `confirmed`: a big jump is taken as a restart at once (a replay of packets the media
+    /// thread already accepted, where the packet that confirmed the jump is not there).
+    fn track(&mut self, seq: u16, confirmed: bool) -> Track {
         // Truncation is the point: the low 16 bits of max_ext are the highest seq seen.
         let delta = seq.wrapping_sub(self.max_ext as u16);
         if delta == 0 {
@@ -150,7 +152,7 @@ impl SsrcState {
         }
         // A big jump either way. Like RFC 3550 A.1, restart only when the next packet
         // continues from the jump; a lone stray (a very late packet, a corrupt one) is dropped.
-        if self.bad_seq == Some(seq) {
+        if confirmed || self.bad_seq == Some(seq) {
             self.retired_lost += self.span_lost();
             // Two cycles up: ext stays monotonic, and late packets of the new space (up to
             // MAX_MISORDER behind) cannot fall into the old one's numbers.
@@ -191,6 +193,8 @@ pub struct StreamState {
     last_payload_type: Option<u8>,
     first_arrival_ns: Option<u64>,
     last_arrival_ns: Option<u64>,
+    /// See [`StreamState::replaying`].
+    replay: bool,
 }
 
 impl Default for StreamState {
@@ -229,7 +233,18 @@ impl StreamState {
             last_payload_type: None,
             first_arrival_ns: None,
             last_arrival_ns: None,
+            replay: false,
         }
+    }
+
+    /// The state finalize replays a journal through: the journal holds only packets the media
+    /// thread accepted, so a sequence jump in it was confirmed there (by a packet the media
+    /// thread dropped and the journal does not hold) and is a restart at once; replaying it
+    /// with the confirmation rule dropped the first packet after every jump, uncounted.
+    pub const fn replaying() -> Self {
+        let mut s = Self::new();
+        s.replay = true;
+        s
     }
 
     /// Takes one packet's header and its arrival time (monotonic ns) and says whether it goes
@@ -239,7 +254,7 @@ impl StreamState {
         let (ext_seq, new_ssrc) = match self.find(h.ssrc) {
             Some(i) => {
                 let sub = &mut self.subs[i];
-                match sub.track(h.sequence) {
+                match sub.track(h.sequence, self.replay) {
                     Track::Forward(ext) => (ext, false),
                     Track::Late(ext) => {
                         self.reordered += 1;

@@ -143,7 +143,7 @@ impl<'a> StreamPlan<'a> {
             payload_type,
             clock: rtp_clock(codec, sdp_clock),
             entries: Vec::new(),
-            state: StreamState::new(),
+            state: StreamState::replaying(),
             anchors: Vec::new(),
             epochs: 0,
             tracker: DtmfTracker::new(),
@@ -1046,6 +1046,47 @@ mod tests {
             );
         }
         assert_eq!(counters(&pcmu(100), &ps).streams[0].lost, 0);
+    }
+
+    #[test]
+    fn a_sequence_jump_the_media_thread_confirmed_keeps_every_journaled_packet() {
+        // What the media thread saw: 1-5, three packets 30,000 ahead, then the old numbering.
+        let seqs = [1u16, 2, 3, 4, 5, 30_006, 30_007, 30_008, 9, 10, 11];
+        let sent: Vec<_> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| p(q, 160 * i as u32, 20 * i as i64, 0x11))
+            .collect();
+        // It journals what its own bookkeeping accepts: each jump costs the one packet that
+        // announced it (RFC 3550 A.1 confirmation), here 30,006 and 9.
+        let mut media = crate::media::stream::StreamState::new();
+        let journaled: Vec<_> = sent
+            .iter()
+            .filter(|r| {
+                let h = crate::media::rtp::RtpHeader {
+                    version: 2,
+                    padding: false,
+                    extension: false,
+                    csrc_count: 0,
+                    marker: false,
+                    payload_type: r.pt,
+                    sequence: r.seq,
+                    timestamp: r.ts,
+                    ssrc: r.ssrc,
+                    header_len: 12,
+                    payload_len: r.payload.len(),
+                };
+                let at_ns = u64::try_from(r.at_ms).unwrap_or(0) * 1_000_000;
+                matches!(media.on_packet(&h, at_ns), PacketVerdict::Accept { .. })
+            })
+            .cloned()
+            .collect();
+        assert_eq!(journaled.len(), 9);
+        let m = counters(&pcmu(1000), &journaled);
+        assert_eq!(
+            m.streams[0].packets, 9,
+            "every journaled packet is in the recording"
+        );
     }
 
     #[test]
