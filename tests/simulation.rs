@@ -896,16 +896,8 @@ fn srtp_offer_with_an_unusable_key_gets_488() {
 #[test]
 fn unsafe_metadata_is_refused_with_400_and_broken_metadata_only_warns() {
     let invite = |sim: &mut Sim, call_id: &str, xml: &str| {
-        sim.send(&request(
-            "INVITE",
-            call_id,
-            &format!("z9hG4bK-{call_id}-1"),
-            1,
-            "",
-            "Require: siprec\r\n",
-            Some("multipart/mixed;boundary=BND"),
-            &multipart(SDP_TWO_STREAMS, xml),
-        ));
+        let branch = format!("z9hG4bK-{call_id}-1");
+        sim.send(&siprec_invite_with_metadata(call_id, &branch, xml));
         sim.finals().pop().expect("answer")
     };
     let mut sim = Sim::new();

@@ -494,6 +494,11 @@ impl Recorder {
         if self.draining {
             return self.reply_503(now, tx, req, "Draining");
         }
+        self.answer_options(now, tx, req);
+    }
+
+    /// 200 to an OPTIONS, with what Reel supports.
+    fn answer_options(&mut self, now: Instant, tx: TxId, req: &Request) {
         let mut resp = Response::for_request(req, 200, "OK");
         self.decorate(&mut resp);
         ensure_to_tag(&mut resp, &mut self.rng);
@@ -523,7 +528,7 @@ impl Recorder {
         let Some(call_id) = req.call_id().map(str::to_string) else {
             return self.reply(now, tx, &req, 400, "Missing Call-ID", None);
         };
-        if self.is_merged(&req, &call_id) {
+        if self.endpoint.is_merged(tx) {
             return self.reply(now, tx, &req, 482, "Loop Detected (merged request)", None);
         }
         let timer = match self.session_timer_request(&req) {
@@ -769,15 +774,11 @@ impl Recorder {
             // in-dialog ping, RFC 3261 §12.2.2): 200 for a live one, draining or not (it runs
             // to its BYE), and 481 for one that is gone (e.g. died with the last process), so
             // the SRC tears it down and stops sending its RTP.
-            let live = self
-                .dialog_key(&req)
-                .is_some_and(|k| self.sessions.contains_key(&k));
-            if !live {
+            // `by_dialog` holds exactly the live sessions (`remove_session` clears both).
+            if self.dialog_key(&req).is_none() {
                 return self.reply(now, tx, &req, 481, "Call/Transaction Does Not Exist", None);
             }
-            let mut resp = Response::for_request(&req, 200, "OK");
-            self.decorate(&mut resp);
-            return self.endpoint.respond(now, tx, resp);
+            return self.answer_options(now, tx, &req);
         }
         let Some(key) = self.dialog_key(&req) else {
             return self.reply(now, tx, &req, 481, "Call/Transaction Does Not Exist", None);
@@ -1127,32 +1128,6 @@ impl Recorder {
     }
 
     // ---- helpers -------------------------------------------------------------------------
-
-    /// RFC 3261 §8.2.2.2: an initial INVITE with the Call-ID, From tag and CSeq of a session
-    /// already here but another branch is the same request arriving by a second path (a
-    /// forking proxy): answered 482, not recorded twice.
-    fn is_merged(&self, req: &Request, call_id: &str) -> bool {
-        let from_tag = |r: &Request| {
-            r.headers
-                .get("From")
-                .and_then(|f| crate::sip::NameAddr::parse(f).ok())
-                .and_then(|n| n.tag().map(str::to_string))
-        };
-        let cseq = |r: &Request| {
-            r.headers
-                .get("CSeq")
-                .and_then(|c| c.split_whitespace().next())
-                .and_then(|n| n.parse::<u32>().ok())
-        };
-        let (Some(tag), Some(seq)) = (from_tag(req), cseq(req)) else {
-            return false;
-        };
-        self.sessions.values().any(|s| {
-            s.call_id == call_id
-                && cseq(&s.invite) == Some(seq)
-                && from_tag(&s.invite).as_deref() == Some(tag.as_str())
-        })
-    }
 
     fn dialog_key(&self, req: &Request) -> Option<SessionKey> {
         let call_id = req.call_id()?.to_string();

@@ -109,9 +109,9 @@ impl SsrcState {
     }
 
     /// RFC 3550 A.1 `update_seq`, extended with a duplicate window and late packets.
-    #[inline]
     /// `confirmed`: a big jump is taken as a restart at once (a replay of packets the media
     /// thread already accepted, where the packet that confirmed the jump is not there).
+    #[inline]
     fn track(&mut self, seq: u16, confirmed: bool) -> Track {
         // Truncation is the point: the low 16 bits of max_ext are the highest seq seen.
         let delta = seq.wrapping_sub(self.max_ext as u16);

@@ -39,7 +39,7 @@ use crate::media::dtmf::DtmfTracker;
 use crate::media::rtp::{FIXED_HEADER_LEN, RtpHeader};
 use crate::media::stream::{PacketVerdict, StreamState};
 
-use super::journal::{HeaderError, JournalReader, RecordKind, Tail};
+use super::journal::{HeaderError, JournalReader, JournalRecord, RecordKind, Tail};
 use super::model::{DtmfRecord, RecordingMeta};
 use super::wav::{self, WavFormat};
 
@@ -287,19 +287,7 @@ impl<'a> Plan<'a> {
                 unknown += 1;
                 continue;
             };
-            let h = RtpHeader {
-                version: 2,
-                padding: false,
-                extension: false,
-                csrc_count: 0,
-                marker: rec.marker,
-                payload_type: rec.payload_type,
-                sequence: rec.seq,
-                timestamp: rec.timestamp,
-                ssrc: rec.ssrc,
-                header_len: FIXED_HEADER_LEN,
-                payload_len: rec.payload.len(),
-            };
+            let h = replayed_header(&rec);
             // The same bookkeeping the media thread ran: a record it would have dropped
             // (a duplicate journaled twice) is dropped here too, so nothing counts double.
             let restarts = sp.state.restarts();
@@ -827,12 +815,30 @@ fn write_opus<W: Write>(
     Ok(w.finish()?.1)
 }
 
+/// The RTP header a journal record stands for, as the media thread saw it (what the stream
+/// bookkeeping reads).
+fn replayed_header(rec: &JournalRecord<'_>) -> RtpHeader {
+    RtpHeader {
+        version: 2,
+        padding: false,
+        extension: false,
+        csrc_count: 0,
+        marker: rec.marker,
+        payload_type: rec.payload_type,
+        sequence: rec.seq,
+        timestamp: rec.timestamp,
+        ssrc: rec.ssrc,
+        header_len: FIXED_HEADER_LEN,
+        payload_len: rec.payload.len(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::record::journal::{JournalRecord, encode_into, file_header};
+    use crate::record::journal::{encode_into, file_header};
     use crate::record::model::StreamRecord;
     use crate::record::model::tests::t0;
 
@@ -866,23 +872,24 @@ mod tests {
         t0().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
     }
 
+    fn record(x: &P) -> JournalRecord<'_> {
+        JournalRecord {
+            stream: x.stream,
+            kind: x.kind,
+            marker: false,
+            payload_type: x.pt,
+            seq: x.seq,
+            timestamp: x.ts,
+            ssrc: x.ssrc,
+            arrival_ns: (t0_ns() + x.at_ms * 1_000_000) as u64,
+            payload: &x.payload,
+        }
+    }
+
     fn journal(ps: &[P]) -> Vec<u8> {
         let mut out = file_header().to_vec();
         for x in ps {
-            encode_into(
-                &JournalRecord {
-                    stream: x.stream,
-                    kind: x.kind,
-                    marker: false,
-                    payload_type: x.pt,
-                    seq: x.seq,
-                    timestamp: x.ts,
-                    ssrc: x.ssrc,
-                    arrival_ns: (t0_ns() + x.at_ms * 1_000_000) as u64,
-                    payload: &x.payload,
-                },
-                &mut out,
-            );
+            encode_into(&record(x), &mut out);
         }
         out
     }
@@ -1063,21 +1070,9 @@ mod tests {
         let journaled: Vec<_> = sent
             .iter()
             .filter(|r| {
-                let h = crate::media::rtp::RtpHeader {
-                    version: 2,
-                    padding: false,
-                    extension: false,
-                    csrc_count: 0,
-                    marker: false,
-                    payload_type: r.pt,
-                    sequence: r.seq,
-                    timestamp: r.ts,
-                    ssrc: r.ssrc,
-                    header_len: 12,
-                    payload_len: r.payload.len(),
-                };
-                let at_ns = u64::try_from(r.at_ms).unwrap_or(0) * 1_000_000;
-                matches!(media.on_packet(&h, at_ns), PacketVerdict::Accept { .. })
+                let rec = record(r);
+                let verdict = media.on_packet(&replayed_header(&rec), rec.arrival_ns);
+                matches!(verdict, PacketVerdict::Accept { .. })
             })
             .cloned()
             .collect();

@@ -254,6 +254,12 @@ pub fn frame(records: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Most bytes one journal holds unwritten (while writes fail: disk full, I/O errors): about
+/// seven minutes of a two-stream G.711 call, 8 GiB for 1,000 calls at the worst. Records
+/// beyond it are refused ([`JournalWriter::append_encoded`] returns false, the writer counts
+/// them) rather than growing memory until the process dies with every recording in it.
+pub const MAX_BUFFERED: usize = 8 << 20;
+
 /// Appends records to one journal file, buffering between group commits.
 ///
 /// The writer thread calls [`JournalWriter::append_encoded`] (or [`JournalWriter::append`]) per
@@ -261,12 +267,6 @@ pub fn frame(records: &[u8]) -> Vec<u8> {
 /// [`JournalWriter::write_buffered`] under a group commit). The buffer is one frame: it starts
 /// small and grows to one commit's worth (about 19 KB per second for a two-stream G.711 call),
 /// so a thousand open journals do not each hold the 256 KiB threshold.
-/// Most bytes one journal holds unwritten (while writes fail: disk full, I/O errors): about
-/// seven minutes of a two-stream G.711 call, 8 GiB for 1,000 calls at the worst. Records
-/// beyond it are dropped and counted ([`JournalWriter::dropped`]) rather than growing memory
-/// until the process dies with every recording in it.
-pub const MAX_BUFFERED: usize = 8 << 20;
-
 #[derive(Debug)]
 pub struct JournalWriter {
     file: File,
@@ -281,8 +281,6 @@ pub struct JournalWriter {
     last_commit: Instant,
     bytes_written: u64,
     records: u64,
-    /// Records refused because the buffer held [`MAX_BUFFERED`].
-    dropped: u64,
     commits: u64,
     last_write_latency: Duration,
 }
@@ -332,7 +330,6 @@ impl JournalWriter {
             last_commit: Instant::now(),
             bytes_written: 0,
             records: 0,
-            dropped: 0,
             commits: 0,
             last_write_latency: Duration::ZERO,
         })
@@ -344,22 +341,22 @@ impl JournalWriter {
         self.max_bytes = max_bytes.max(1);
     }
 
-    /// Buffers one record (no I/O).
+    /// Buffers one record (no I/O); false when the buffer is full, as
+    /// [`JournalWriter::append_encoded`].
     #[inline]
-    pub fn append(&mut self, rec: &JournalRecord) {
+    pub fn append(&mut self, rec: &JournalRecord) -> bool {
         let payload = &rec.payload[..rec.payload.len().min(usize::from(u16::MAX))];
         let header = record_header(rec);
-        self.append_encoded(&header, payload);
+        self.append_encoded(&header, payload)
     }
 
     /// Buffers one record already in the version-2 layout ([`record_header`] with its CRC
     /// field 0, then the payload), given as up to two pieces (a ring chunk that wraps): the
     /// media ring carries records in this layout, so this is one or two `memcpy`s.
-    /// Returns false, counting it, when the buffer is full ([`MAX_BUFFERED`]).
+    /// Returns false, buffering nothing, when the buffer is full ([`MAX_BUFFERED`]).
     #[inline]
     pub fn append_encoded(&mut self, a: &[u8], b: &[u8]) -> bool {
         if self.buf.len() >= MAX_BUFFERED {
-            self.dropped += 1;
             return false;
         }
         if self.version == VERSION_1 {
@@ -451,11 +448,6 @@ impl JournalWriter {
     /// Records appended (committed or not).
     pub fn records(&self) -> u64 {
         self.records
-    }
-
-    /// Records refused because [`MAX_BUFFERED`] bytes were waiting to be written.
-    pub fn dropped(&self) -> u64 {
-        self.dropped
     }
 
     /// Successful commits.
@@ -891,7 +883,6 @@ pub(crate) mod tests {
         assert!(w.pending_bytes() >= MAX_BUFFERED);
         assert!(!w.append_encoded(&header, &payload), "full: refused");
         assert!(!w.append_encoded(&header, &payload));
-        assert_eq!(w.dropped(), 2);
         assert_eq!(w.records(), fits as u64, "the refused ones are not records");
         w.write_buffered().unwrap();
         assert!(

@@ -593,53 +593,52 @@ pub(crate) fn parse_raw(buf: &[u8]) -> Result<RawMessage, ParseError> {
     } else {
         // Request-Line: Method SP Request-URI SP SIP-Version. Tolerate runs of white space.
         let parts: Vec<&str> = start.split_whitespace().collect();
-        let line_problem = match parts.as_slice() {
-            [method, _, _] if !method.chars().all(is_token_char) => {
-                Some(format!("Invalid method '{}'", sanitize(method)))
+        let line = match parts.as_slice() {
+            [method, uri, version]
+                if method.chars().all(is_token_char)
+                    && strip_prefix_ci(version, "SIP/").is_some() =>
+            {
+                Ok((Method::parse(method), uri.to_string(), version.to_string()))
             }
-            [_, _, version] if strip_prefix_ci(version, "SIP/").is_none() => Some(format!(
+            [method, _, _] if !method.chars().all(is_token_char) => {
+                Err(format!("Invalid method '{}'", sanitize(method)))
+            }
+            [_, _, version] => Err(format!(
                 "Not a SIP request line (version '{}')",
                 sanitize(version)
             )),
-            [_, _, _] => None,
-            _ => Some("Malformed request line".to_string()),
+            _ => Err("Malformed request line".to_string()),
         };
-        match (line_problem, parts.as_slice()) {
-            (None, [method, uri, version]) => (
-                Message::Request(Request {
-                    method: Method::parse(method),
-                    uri: uri.to_string(),
-                    headers,
-                    body,
-                }),
-                version.to_string(),
-            ),
-            // A broken request line on what is otherwise a SIP request (its Via and CSeq say
-            // where the answer goes and which request it is): a request to answer 400,
-            // named after its CSeq method (so a broken ACK still gets no answer). Without
-            // those it is not worth an answer.
-            (Some(reason), _) => {
-                let cseq_method = headers
+        // A broken request line on what is otherwise a SIP request (its Via and CSeq say where
+        // the answer goes and which request it is) makes a request to answer 400, named after
+        // its CSeq method (so a broken ACK still gets no answer). Without those it is not
+        // worth an answer.
+        let (method, uri, version) = match line {
+            Ok(line) => line,
+            Err(reason) => {
+                let cseq = headers
                     .get("CSeq")
-                    .and_then(|c| c.split_whitespace().nth(1))
-                    .filter(|m| m.chars().all(is_token_char))
-                    .map(str::to_string);
-                let (Some(cseq_method), true) = (cseq_method, headers.get("Via").is_some()) else {
+                    .and_then(|c| super::header::CSeq::parse(c).ok());
+                let (Some(cseq), true) = (cseq, headers.get("Via").is_some()) else {
                     return Err(ParseError::new(reason));
                 };
                 problem = Some(reason);
                 (
-                    Message::Request(Request {
-                        method: Method::parse(&cseq_method),
-                        uri: "sip:invalid".to_string(),
-                        headers,
-                        body,
-                    }),
+                    cseq.method,
+                    "sip:invalid".to_string(),
                     "SIP/2.0".to_string(),
                 )
             }
-            (None, _) => return Err(ParseError::new("Malformed request line")),
-        }
+        };
+        (
+            Message::Request(Request {
+                method,
+                uri,
+                headers,
+                body,
+            }),
+            version,
+        )
     };
     Ok(RawMessage {
         message,

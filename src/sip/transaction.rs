@@ -271,6 +271,9 @@ pub struct Endpoint {
     server_index: HashMap<ServerKey, TxId>,
     /// (Call-ID, CSeq number) of INVITEs answered 2xx, to match their ACK (any branch).
     ack_index: HashMap<(String, u32), TxId>,
+    /// (Call-ID, From tag, CSeq number) of initial INVITEs (no To tag), to tell a merged
+    /// request: the same INVITE arriving again by another path, with another branch.
+    merge_index: HashMap<(String, String, u32), TxId>,
     clients: BTreeMap<TxId, ClientTx>,
     client_index: HashMap<(String, Method), TxId>,
     /// Deadlines, earliest first: an entry per deadline a transaction was given, so the next
@@ -341,6 +344,7 @@ impl Endpoint {
             next_id: 1,
             servers: BTreeMap::new(),
             server_index: HashMap::new(),
+            merge_index: HashMap::new(),
             ack_index: HashMap::new(),
             clients: BTreeMap::new(),
             client_index: HashMap::new(),
@@ -562,6 +566,19 @@ impl Endpoint {
             // client gives up after 64*T1 (Timer F), so may we.
             end_at: (!invite).then(|| now + self.timer_64t1()),
         };
+        let initial = invite
+            && !tx.remote_tag.is_empty()
+            && request
+                .headers
+                .get("To")
+                .and_then(|t| NameAddr::parse(t).ok())
+                .is_some_and(|t| t.tag().is_none());
+        if initial {
+            // The first transaction of its (Call-ID, From tag, CSeq) stays the one listed.
+            self.merge_index
+                .entry((tx.call_id.clone(), tx.remote_tag.clone(), tx.cseq))
+                .or_insert(id);
+        }
         if invite {
             // §17.2.1: answer at once so that the client stops retransmitting over UDP.
             let mut trying = Response::for_request(&request, 100, "");
@@ -585,6 +602,17 @@ impl Endpoint {
             request,
             flow,
         });
+    }
+
+    /// RFC 3261 §8.2.2.2: whether initial INVITE `tx` is a merged request, the same
+    /// request (Call-ID, From tag, CSeq) as an earlier transaction still here but arriving
+    /// by another path with another branch (a forking proxy's second copy). The user answers
+    /// it 482.
+    pub fn is_merged(&self, tx: TxId) -> bool {
+        self.servers.get(&tx).is_some_and(|s| {
+            let key = (s.call_id.clone(), s.remote_tag.clone(), s.cseq);
+            self.merge_index.get(&key).is_some_and(|&first| first != tx)
+        })
     }
 
     fn retransmit_last(&mut self, id: TxId) {
@@ -1015,6 +1043,10 @@ impl Endpoint {
     fn remove_server(&mut self, id: TxId) {
         if let Some(tx) = self.servers.remove(&id) {
             self.server_index.remove(&tx.key);
+            let merge_key = (tx.call_id.clone(), tx.remote_tag, tx.cseq);
+            if self.merge_index.get(&merge_key) == Some(&id) {
+                self.merge_index.remove(&merge_key);
+            }
             let ack_key = (tx.call_id, tx.cseq);
             if self.ack_index.get(&ack_key) == Some(&id) {
                 self.ack_index.remove(&ack_key);
@@ -1643,7 +1675,7 @@ mod tests {
         ] {
             let mut ep = endpoint();
             let text = invite().replacen("INVITE sip:srs@10.0.0.1 SIP/2.0", line, 1);
-            assert!(text.starts_with(line.split(' ').next().unwrap_or("")));
+            assert!(text.starts_with(line), "the request line was replaced");
             ep.handle_message(Instant::now(), udp(), text.as_bytes());
             let sent = transmits(&mut ep);
             assert_eq!(sent.len(), 1, "{line:?}");

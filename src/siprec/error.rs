@@ -10,7 +10,7 @@ pub enum BodyError {
     UnsupportedType(String),
     /// Nothing in the offer can be recorded (no codec, only unsupported crypto ...): 488.
     NotAcceptable(String),
-    /// Over a configured limit (XML size/depth, streams per session): 413 for size, 400 else.
+    /// Over a configured size limit (metadata bytes, streams per session): 413.
     TooLarge(String),
     /// Metadata Reel will not read, for safety (a DTD or entities, nesting too deep): 400,
     /// and the whole request is refused (broken but harmless metadata only costs a warning).

@@ -296,6 +296,11 @@ Contact: <sip:src@198.51.100.7:5070>;+sip.src\r
 }
 
 pub fn siprec_invite(call_id: &str, branch: &str) -> String {
+    siprec_invite_with_metadata(call_id, branch, &metadata("complete", ""))
+}
+
+/// [`siprec_invite`] with this metadata document.
+pub fn siprec_invite_with_metadata(call_id: &str, branch: &str, xml: &str) -> String {
     request(
         "INVITE",
         call_id,
@@ -304,7 +309,7 @@ pub fn siprec_invite(call_id: &str, branch: &str) -> String {
         "",
         "Require: siprec\r\nSupported: timer\r\n",
         Some("multipart/mixed;boundary=BND"),
-        &multipart(SDP_TWO_STREAMS, &metadata("complete", "")),
+        &multipart(SDP_TWO_STREAMS, xml),
     )
 }
 
