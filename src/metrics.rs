@@ -18,6 +18,7 @@ pub struct Snapshot {
     pub sip_rejected: BTreeMap<u16, u64>,
     pub rtp_ports_in_use: u64,
     pub rtp_ports_capacity: u64,
+    pub rtp_ports_held_back: u64,
     pub recordings_finalized: u64,
     pub recordings_recovered: u64,
     pub storage_errors: u64,
@@ -139,6 +140,12 @@ const DEFS: &[Def] = &[
         Kind::Gauge,
         "RTP port pairs in the range.",
         |s| one(s.rtp_ports_capacity),
+    ),
+    (
+        "reel_rtp_ports_held_back",
+        Kind::Gauge,
+        "RTP port pairs of the last run's unfinished calls, held out of the pool until their RTP stops.",
+        |s| one(s.rtp_ports_held_back),
     ),
     (
         "reel_recordings_finalized_total",

@@ -158,3 +158,88 @@ fn a_new_call_is_answered_while_the_crash_scan_is_still_running() {
         .expect("the new call's recording");
     assert_eq!(new.1["end_reason"], "bye");
 }
+
+#[test]
+fn after_kill_9_the_crashed_calls_ports_are_held_back_while_their_rtp_still_arrives() {
+    use common::media::{dest, offer, start_call};
+    use reel::load::rtp_send::{SendConfig, Sender, StreamSpec};
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let metric = |server: &Server, name: &str| -> Option<u64> {
+        let (_, text) = server.http_get("/metrics").ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    let mut server = Server::start(&[]);
+    let pairs = metric(&server, "reel_rtp_ports_capacity").expect("capacity") as usize;
+    let crashed: Vec<_> = (0..10)
+        .map(|i| start_call(&server, &format!("stale-{i}"), &offer(0, None)))
+        .collect();
+    let stale: HashSet<u16> = crashed.iter().flat_map(|c| c.ports.clone()).collect();
+    assert_eq!(stale.len(), 20);
+    server.kill9();
+
+    // The dead calls' SRC knows nothing: it goes on sending to the old ports through the
+    // restart and the new calls.
+    let stop = AtomicBool::new(false);
+    let specs: Vec<StreamSpec> = stale
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| StreamSpec::new(dest(p), 0x5000 + i as u32, 300.0))
+        .collect();
+    let sender = Sender::new(specs, SendConfig::default()).expect("sender");
+    // Stops the sender when the scope ends, a failed assertion too.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|scope| {
+        let sent = scope.spawn(|| sender.run(Duration::from_secs(30), &stop));
+        let _stop = StopOnDrop(&stop);
+        server.restart();
+        assert_eq!(
+            metric(&server, "reel_rtp_ports_held_back"),
+            Some(20),
+            "{}",
+            server.log_text()
+        );
+        // Every pair that is not held back, and then some: none of the first calls may get
+        // a port the dead calls' RTP still reaches.
+        let free_calls = (pairs - 20) / 2;
+        let mut new_calls = Vec::new();
+        for i in 0..free_calls {
+            let call = start_call(&server, &format!("fresh-{i}"), &offer(0, None));
+            for p in &call.ports {
+                assert!(!stale.contains(p), "call {i} got held-back port {p}");
+            }
+            new_calls.push(call);
+        }
+        // With nothing else left, a held-back pair goes out rather than a 503.
+        let last = start_call(&server, "fresh-last", &offer(0, None));
+        assert!(
+            last.ports.iter().all(|p| stale.contains(p)),
+            "{:?}",
+            last.ports
+        );
+        assert_eq!(metric(&server, "reel_rtp_ports_held_back"), Some(18));
+        stop.store(true, Ordering::Relaxed);
+        let report = sent.join().expect("sender");
+        assert!(report.packets_sent > 0);
+    });
+    let recs = server.wait_recordings(10);
+    assert_eq!(recs.len(), 10, "{}", server.log_text());
+    assert!(recs.iter().all(|r| r.1["state"] == "partial"));
+    assert!(
+        recs.iter().all(
+            |r| r.1["streams"]
+                .as_array()
+                .is_some_and(|s| s.iter().all(|s| s["rtp_port"]
+                    .as_u64()
+                    .is_some_and(|p| stale.contains(&(p as u16)))))
+        ),
+        "recording.json names each stream's port"
+    );
+}

@@ -2,10 +2,25 @@
 //! finds open ports as soon as it has the answer. A port returns to the pool only after its
 //! sockets are closed, and the pool hands ports out oldest-freed first so late packets of an
 //! ended call do not land in a new one.
+//!
+//! After a crash the SRCs of the calls that were up do not know it: they go on sending RTP
+//! to the ports the dead process answered with, until a session refresh, an in-dialog OPTIONS
+//! (now 481) or the call's end tells them. A new call given such a port would record another
+//! call's audio. So a restart holds those ports (from the spooled `session.json`s) out of the
+//! pool, bound, and gives each back only once no datagram reached it for [`COOL_QUIET`]
+//! ([`PortPool::cool`], [`PortPool::check_cooling`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use crate::media::worker::PortActivity;
+
+/// How long a held-back port pair must stay quiet before it returns to the pool: longer than
+/// the pauses of a live stream (comfort-noise gaps, short holds), short enough that the ports
+/// come back soon after the last run's SRCs noticed.
+pub const COOL_QUIET: Duration = Duration::from_secs(60);
 
 /// The sockets of one allocated stream.
 #[derive(Debug)]
@@ -19,8 +34,21 @@ pub struct PortPool {
     bound: HashMap<u16, StreamSockets>,
     /// Ports whose sockets were handed to a media thread: in use until released.
     lent: std::collections::HashSet<u16>,
+    /// Held back: the last run's ports that may still receive its calls' RTP.
+    cooling: HashMap<u16, Cooling>,
+    quiet: Duration,
     bind_ip: IpAddr,
     rcvbuf: usize,
+}
+
+/// A held-back port pair, bound with the smallest receive buffer so that what arrives costs
+/// little and one drain tells whether anything came since the last.
+struct Cooling {
+    sockets: StreamSockets,
+    /// When a datagram was last seen (or the hold began).
+    busy_at: Instant,
+    /// TPROXY mode: the media threads' unrouted count for the pair when last checked.
+    seen: u32,
 }
 
 /// The first RTP port of a range starting at `lo`: RTP ports are even.
@@ -54,13 +82,72 @@ impl PortPool {
             free,
             bound: HashMap::new(),
             lent: std::collections::HashSet::new(),
+            cooling: HashMap::new(),
+            quiet: COOL_QUIET,
             bind_ip,
             rcvbuf,
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.free.len() + self.bound.len() + self.lent.len()
+        self.free.len() + self.bound.len() + self.lent.len() + self.cooling.len()
+    }
+
+    /// Port pairs held back while the last run's RTP may still arrive on them.
+    pub fn cooling(&self) -> usize {
+        self.cooling.len()
+    }
+
+    /// Holds `ports` (the RTP ports of the last run's unfinished calls) out of the pool until
+    /// no datagram reached them for `quiet` (see [`PortPool::check_cooling`]). Ports outside
+    /// the range or not bindable are left alone. Returns how many pairs are held.
+    pub fn cool(&mut self, ports: &[u16], now: Instant, quiet: Duration) -> usize {
+        self.quiet = quiet;
+        for &port in ports {
+            let Some(at) = self.free.iter().position(|&p| p == port) else {
+                continue;
+            };
+            // 0 asks for the kernel's smallest buffer (a few datagrams).
+            if let Ok(sockets) = bind_pair(self.bind_ip, port, 0) {
+                self.free.remove(at);
+                self.cooling.insert(
+                    port,
+                    Cooling {
+                        sockets,
+                        busy_at: now,
+                        seen: 0,
+                    },
+                );
+            }
+        }
+        self.cooling.len()
+    }
+
+    /// Drains the held-back pairs and gives back (to the end of the queue) each that nothing
+    /// reached for the quiet time: nothing on its own sockets (per-stream sockets) and no
+    /// change in `activity`, the media threads' count of datagrams with nowhere to go (TPROXY
+    /// mode, where its own sockets see nothing). Returns the ports given back.
+    pub fn check_cooling(&mut self, now: Instant, activity: Option<&PortActivity>) -> Vec<u16> {
+        let mut back = Vec::new();
+        for (&port, c) in self.cooling.iter_mut() {
+            let mut busy = drain(&c.sockets.rtp) | drain(&c.sockets.rtcp);
+            if let Some(a) = activity {
+                let seen = a.get(port).wrapping_add(a.get(port.wrapping_add(1)));
+                busy |= seen != c.seen;
+                c.seen = seen;
+            }
+            if busy {
+                c.busy_at = now;
+            } else if now.saturating_duration_since(c.busy_at) >= self.quiet {
+                back.push(port);
+            }
+        }
+        back.sort_unstable();
+        for &port in &back {
+            self.cooling.remove(&port);
+            self.free.push_back(port);
+        }
+        back
     }
 
     pub fn in_use(&self) -> usize {
@@ -77,10 +164,12 @@ impl PortPool {
 
     /// Binds the next free pair. Ports held by another process are skipped (and go to the back
     /// of the queue); `None` when no pair in the range can be bound.
+    /// Only when every other pair is in use does a held-back pair go out, the one quiet the
+    /// longest: a call recorded with a risk of stray RTP beats a call refused.
     pub fn allocate(&mut self) -> Option<u16> {
         for _ in 0..self.free.len() {
             let port = self.free.pop_front()?;
-            match self.bind_pair(port) {
+            match bind_pair(self.bind_ip, port, self.rcvbuf) {
                 Ok(sockets) => {
                     self.bound.insert(port, sockets);
                     return Some(port);
@@ -88,17 +177,28 @@ impl PortPool {
                 Err(_) => self.free.push_back(port),
             }
         }
-        None
-    }
-
-    fn bind_pair(&self, port: u16) -> io::Result<StreamSockets> {
-        let rtp = UdpSocket::bind(SocketAddr::new(self.bind_ip, port))?;
-        let rtcp = UdpSocket::bind(SocketAddr::new(self.bind_ip, port + 1))?;
-        for s in [&rtp, &rtcp] {
-            s.set_nonblocking(true)?;
-            set_rcvbuf(s, self.rcvbuf);
+        let port = self
+            .cooling
+            .iter()
+            .min_by_key(|(port, c)| (c.busy_at, **port))
+            .map(|(port, _)| *port)?;
+        // Closed first: the new pair binds the same ports.
+        self.cooling.remove(&port);
+        tracing::warn!(
+            port,
+            "RTP ports exhausted: handing out a port held back since the restart; RTP of the \
+             last run's call may still reach it (latching keeps the first source)"
+        );
+        match bind_pair(self.bind_ip, port, self.rcvbuf) {
+            Ok(sockets) => {
+                self.bound.insert(port, sockets);
+                Some(port)
+            }
+            Err(_) => {
+                self.free.push_back(port);
+                None
+            }
         }
-        Ok(StreamSockets { rtp, rtcp })
     }
 
     /// Closes the pair's sockets, then returns the port to the pool.
@@ -115,6 +215,30 @@ impl PortPool {
     pub fn sockets(&self, port: u16) -> Option<&StreamSockets> {
         self.bound.get(&port)
     }
+}
+
+fn bind_pair(ip: IpAddr, port: u16, rcvbuf: usize) -> io::Result<StreamSockets> {
+    let rtp = UdpSocket::bind(SocketAddr::new(ip, port))?;
+    let rtcp = UdpSocket::bind(SocketAddr::new(ip, port + 1))?;
+    for s in [&rtp, &rtcp] {
+        s.set_nonblocking(true)?;
+        set_rcvbuf(s, rcvbuf);
+    }
+    Ok(StreamSockets { rtp, rtcp })
+}
+
+/// Reads what waits on `socket`; whether anything did. Bounded: a flood cannot hold the
+/// control thread here (its smallest receive buffer holds a few datagrams anyway).
+fn drain(socket: &UdpSocket) -> bool {
+    let mut buf = [0u8; 2048];
+    let mut any = false;
+    for _ in 0..64 {
+        match socket.recv(&mut buf) {
+            Ok(_) => any = true,
+            Err(_) => break,
+        }
+    }
+    any
 }
 
 fn set_rcvbuf(socket: &UdpSocket, bytes: usize) {
@@ -218,6 +342,99 @@ mod tests {
         let mut all: Vec<u16> = pool.free.iter().copied().collect();
         all.sort();
         assert_eq!(all, (lo..hi).step_by(2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn held_back_ports_stay_out_while_rtp_reaches_them_and_come_back_once_quiet() {
+        let (lo, hi) = free_range(8);
+        let mut pool = PortPool::new(lo, hi, 65536);
+        let t0 = Instant::now();
+        let quiet = Duration::from_secs(60);
+        // lo + 100: outside the range, left alone.
+        assert_eq!(pool.cool(&[lo, lo + 2, lo + 100], t0, quiet), 2);
+        assert_eq!(pool.capacity(), 4);
+        assert!(
+            UdpSocket::bind(("0.0.0.0", lo)).is_err(),
+            "a held pair stays bound"
+        );
+        let mut given = [pool.allocate(), pool.allocate()];
+        given.sort();
+        assert_eq!(
+            given,
+            [Some(lo + 4), Some(lo + 6)],
+            "held pairs are not handed out"
+        );
+
+        let src = UdpSocket::bind(("127.0.0.1", 0)).expect("bind");
+        let to = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        src.send_to(&[0x80; 172], to(lo)).expect("send");
+        src.send_to(&[0x80; 80], to(lo + 3)).expect("send"); // RTCP of lo + 2
+        std::thread::sleep(Duration::from_millis(50));
+        // Traffic on both: each stays held, its quiet time restarted.
+        assert!(pool.check_cooling(t0 + quiet, None).is_empty());
+        src.send_to(&[0x80; 172], to(lo)).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+        let later = t0 + quiet + Duration::from_secs(1);
+        assert!(
+            pool.check_cooling(later, None).is_empty(),
+            "lo got RTP again"
+        );
+        // lo + 2 quiet for a whole quiet time since the RTCP: back; lo not yet.
+        let back = pool.check_cooling(t0 + 2 * quiet, None);
+        assert_eq!(back, vec![lo + 2]);
+        assert_eq!(pool.cooling(), 1);
+        assert_eq!(pool.allocate(), Some(lo + 2));
+        assert!(pool.check_cooling(later + quiet, None) == vec![lo]);
+        assert_eq!(pool.cooling(), 0);
+        assert_eq!(pool.capacity(), 4);
+        assert_eq!(pool.allocate(), Some(lo));
+    }
+
+    #[test]
+    fn in_tproxy_mode_the_media_threads_count_tells_a_held_port_is_busy() {
+        let (lo, hi) = free_range(4);
+        let mut pool = PortPool::new(lo, hi, 65536);
+        let t0 = Instant::now();
+        let quiet = Duration::from_secs(60);
+        pool.cool(&[lo, lo + 2], t0, quiet);
+        let activity = PortActivity::new();
+        // Datagrams to lo's RTCP port reached a shared socket; its own sockets saw nothing.
+        activity.bump(lo + 1);
+        assert!(
+            pool.check_cooling(t0 + quiet / 2, Some(&activity))
+                .is_empty()
+        );
+        let back = pool.check_cooling(t0 + quiet, Some(&activity));
+        assert_eq!(back, vec![lo + 2], "lo was busy at the half");
+        activity.bump(lo);
+        assert!(
+            pool.check_cooling(t0 + quiet + quiet / 2, Some(&activity))
+                .is_empty(),
+            "busy again"
+        );
+        // No change since: quiet for a whole quiet time.
+        assert_eq!(
+            pool.check_cooling(t0 + 2 * quiet + quiet / 2, Some(&activity)),
+            vec![lo]
+        );
+    }
+
+    #[test]
+    fn with_every_other_pair_in_use_a_held_back_pair_goes_out_quietest_first() {
+        let (lo, hi) = free_range(4);
+        let mut pool = PortPool::new(lo, hi, 65536);
+        let t0 = Instant::now();
+        let quiet = Duration::from_secs(60);
+        pool.cool(&[lo, lo + 2], t0, quiet);
+        let src = UdpSocket::bind(("127.0.0.1", 0)).expect("bind");
+        src.send_to(&[0x80; 172], ("127.0.0.1", lo)).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+        pool.check_cooling(t0 + Duration::from_secs(5), None);
+        assert_eq!(pool.allocate(), Some(lo + 2), "quiet since the hold began");
+        assert_eq!(pool.allocate(), Some(lo));
+        assert_eq!(pool.allocate(), None);
+        assert_eq!(pool.in_use(), 2);
+        assert_eq!(pool.cooling(), 0);
     }
 
     #[test]

@@ -1097,6 +1097,7 @@ impl Recorder {
                         payload_type: codec.payload_type,
                         clock_rate: codec.clock_rate,
                         mline: st.index,
+                        rtp_port: st.port,
                         ..StreamRecord::default()
                     },
                 )

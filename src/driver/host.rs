@@ -118,6 +118,25 @@ impl Host {
         self
     }
 
+    /// Holds `ports` (the last run's) out of the pool while RTP reaches them; how many pairs.
+    pub fn cool(&self, ports: &[u16], now: std::time::Instant) -> usize {
+        self.0
+            .borrow_mut()
+            .pool
+            .cool(ports, now, crate::control::ports::COOL_QUIET)
+    }
+
+    /// Gives back the held-back ports that went quiet (per-stream sockets drained here; in
+    /// TPROXY mode the media threads count what reached their shared sockets).
+    pub fn check_cooling(&self, now: std::time::Instant) -> Vec<u16> {
+        let mut h = self.0.borrow_mut();
+        if h.pool.cooling() == 0 {
+            return Vec::new();
+        }
+        let activity = h.media.first().and_then(|t| t.activity.clone());
+        h.pool.check_cooling(now, activity.as_deref())
+    }
+
     /// A media thread closed a stream's sockets: its port may be reused.
     pub fn stream_closed(&self, key: u64) {
         let mut h = self.0.borrow_mut();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::media::backend::{self, BackendConfig, Batch, Waker};
 use crate::media::probe::Backend;
 use crate::media::ring::{RingReader, packet_ring};
-use crate::media::worker::{MediaCommand, MediaCounters, MediaReport, Worker};
+use crate::media::worker::{MediaCommand, MediaCounters, MediaReport, PortActivity, Worker};
 
 /// Bytes of each media thread's packet ring: at 100,000 packets/s of ~200 bytes this holds
 /// more than a second, far beyond the writer's 10 ms drain tick.
@@ -31,6 +31,8 @@ pub struct MediaThread {
     pub commands: mpsc::Sender<MediaCommand>,
     pub waker: Waker,
     pub counters: Arc<MediaCounters>,
+    /// TPROXY mode: unrouted datagrams per port, shared by every media thread.
+    pub activity: Option<Arc<PortActivity>>,
     pub backend: &'static str,
     handle: Option<thread::JoinHandle<()>>,
 }
@@ -76,6 +78,7 @@ pub fn start(
     let max_sockets = fd_limit().clamp(1024, 65536) as u32;
     let mut threads = Vec::new();
     let mut rings = Vec::new();
+    let activity = tproxy.map(|_| Arc::new(PortActivity::new()));
     for i in 0..count.max(1) {
         let (ring_w, ring_r) = packet_ring(RING_BYTES);
         let (cmd_tx, cmd_rx) = mpsc::channel();
@@ -84,6 +87,7 @@ pub fn start(
         let thread_counters = counters.clone();
         let cpu = cpus.get(i).copied();
         let reports = reports.clone();
+        let thread_activity = activity.clone();
         let shared = match tproxy {
             Some(t) => {
                 let port = t.port + i as u16;
@@ -125,13 +129,15 @@ pub fn start(
                     Duration::ZERO,
                 );
                 let worker = match shared {
-                    Some(sock) => match worker.with_tproxy(sock) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
+                    Some(sock) => {
+                        match worker.with_tproxy(sock, thread_activity.unwrap_or_default()) {
+                            Ok(w) => w,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                                return;
+                            }
                         }
-                    },
+                    }
                     None => worker,
                 };
                 let _ = ready_tx.send(Ok(ready));
@@ -146,6 +152,7 @@ pub fn start(
             commands: cmd_tx,
             waker,
             counters,
+            activity: activity.clone(),
             backend: name,
             handle: Some(handle),
         });

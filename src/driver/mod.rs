@@ -185,6 +185,8 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         media_tx,
     )
     .map_err(|e| RunError::Runtime(format!("cannot start the media threads: {e}")))?;
+    // The ports the last run's unfinished calls received on: their SRCs may still send there.
+    let stale_ports = Spool::rtp_ports_of(&spool.spooled());
     let writer_counters = Arc::new(writer::WriterCounters::default());
     let writer = writer::start(
         spool,
@@ -273,6 +275,14 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         config.media.latch,
     )
     .with_split(tproxy);
+    let held = host.cool(&stale_ports, Instant::now());
+    if held > 0 {
+        tracing::info!(
+            pairs = held,
+            quiet_s = crate::control::ports::COOL_QUIET.as_secs(),
+            "holding back the RTP ports of the last run's unfinished calls until no RTP reaches them"
+        );
+    }
     let rc = RecorderConfig {
         node_name: config.node_name.clone(),
         max_sessions: config.sip.max_sessions,
@@ -371,6 +381,10 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
                 }
                 snapshot.disk_ok = ok;
                 recorder.set_disk_ok(ok);
+                let back = host.check_cooling(Instant::now());
+                if !back.is_empty() {
+                    tracing::info!(pairs = back.len(), first = back[0], still_held = host.0.borrow().pool.cooling(), "held-back RTP ports went quiet: back in the pool");
+                }
             }
             // What the HTTP API shows is built when asked for, not on a timer: the sessions
             // list is O(sessions) and an idle recorder must not pay for it.
@@ -418,6 +432,7 @@ fn publish(
         let h = host.0.borrow();
         snapshot.rtp_ports_in_use = h.pool.in_use() as u64;
         snapshot.rtp_ports_capacity = h.pool.capacity() as u64;
+        snapshot.rtp_ports_held_back = h.pool.cooling() as u64;
         snapshot.media = h
             .media
             .iter()

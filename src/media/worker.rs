@@ -10,7 +10,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
@@ -104,6 +104,39 @@ struct Stream {
     port: u16,
 }
 
+/// TPROXY mode: per destination port, how many datagrams reached a media thread's shared
+/// socket with no stream to go to. Shared by the media threads (relaxed increments, on
+/// unrouted datagrams only) and read by the control thread, which holds the last run's ports
+/// out of the pool until their RTP stops (`PortPool::check_cooling`): in this mode their own
+/// sockets see nothing.
+pub struct PortActivity(Box<[AtomicU32]>);
+
+impl PortActivity {
+    pub fn new() -> PortActivity {
+        PortActivity((0..=u16::MAX).map(|_| AtomicU32::new(0)).collect())
+    }
+
+    /// Counts one unrouted datagram to `port`.
+    pub fn bump(&self, port: u16) {
+        if let Some(n) = self.0.get(usize::from(port)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Unrouted datagrams to `port` so far (wrapping).
+    pub fn get(&self, port: u16) -> u32 {
+        self.0
+            .get(usize::from(port))
+            .map_or(0, |n| n.load(Ordering::Relaxed))
+    }
+}
+
+impl Default for PortActivity {
+    fn default() -> PortActivity {
+        PortActivity::new()
+    }
+}
+
 /// TPROXY mode's routing: destination port -> stream token, for the datagrams of the one
 /// socket that receives the thread's whole share of the port range.
 struct PortTable {
@@ -115,6 +148,8 @@ struct PortTable {
     /// they would be lost. Preallocated, never grown.
     late: Vec<Late>,
     late_bytes: Vec<u8>,
+    /// Where unrouted datagrams are counted per port.
+    activity: Arc<PortActivity>,
 }
 
 /// A datagram held in [`PortTable::late`]: where its bytes are in `late_bytes`.
@@ -130,11 +165,12 @@ const LATE_PACKETS: usize = 2048;
 const LATE_BYTES: usize = 512 * 1024;
 
 impl PortTable {
-    fn new() -> PortTable {
+    fn new(activity: Arc<PortActivity>) -> PortTable {
         PortTable {
             slots: vec![0u32; 65536].into_boxed_slice(),
             late: Vec::with_capacity(LATE_PACKETS),
             late_bytes: Vec::with_capacity(LATE_BYTES),
+            activity,
         }
     }
 
@@ -248,10 +284,15 @@ impl Worker {
     /// Receives every stream of this thread on `socket` (see
     /// [`super::backend::open_tproxy_socket`]) instead of on the streams' own sockets, routing
     /// each datagram by its original destination port. The streams' own sockets stay open, so
-    /// their ports stay reserved, but are not polled.
-    pub fn with_tproxy(mut self, socket: UdpSocket) -> std::io::Result<Worker> {
+    /// their ports stay reserved, but are not polled. Datagrams to a port without a stream
+    /// are counted per port in `activity`.
+    pub fn with_tproxy(
+        mut self,
+        socket: UdpSocket,
+        activity: Arc<PortActivity>,
+    ) -> std::io::Result<Worker> {
         self.backend.add_socket(socket, TPROXY_TOKEN)?;
-        self.tproxy = Some(PortTable::new());
+        self.tproxy = Some(PortTable::new(activity));
         Ok(self)
     }
 
@@ -297,7 +338,10 @@ impl Worker {
             Some(table) if rx.token == TPROXY_TOKEN => match table.route(rx.dst_port) {
                 Some(token) => on_packet(slab, scratch, ring, &mut tally, Received { token, ..rx }),
                 None if table.hold(&rx) => {}
-                None => tally.unrouted += 1,
+                None => {
+                    tally.unrouted += 1;
+                    table.activity.bump(rx.dst_port);
+                }
             },
             Some(_) => {
                 tally.tproxy_bypass += 1;
@@ -328,6 +372,7 @@ impl Worker {
                 table.late_bytes.get(l.start..l.start + l.len),
             ) else {
                 tally.unrouted += 1;
+                table.activity.bump(l.dst_port);
                 continue;
             };
             let rx = Received {

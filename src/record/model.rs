@@ -55,6 +55,11 @@ pub struct StreamRecord {
     /// RFC 4733 telephone-events received on this stream, in order.
     #[serde(default)]
     pub dtmf: Vec<DtmfRecord>,
+    /// The local port Reel received the stream's RTP on (RTCP on the next one). A restart
+    /// holds the ports of the last run's unfinished calls out of the pool while their RTP
+    /// still arrives (`control::ports`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtp_port: Option<u16>,
 }
 
 /// One DTMF digit (RFC 4733 telephone-event) as placed on the recording's timeline.

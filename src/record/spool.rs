@@ -594,6 +594,22 @@ impl Spool {
         dirs
     }
 
+    /// The RTP ports the sessions in `dirs` (from [`Spool::spooled`]) were receiving on, as
+    /// their `session.json` says: after a crash their SRCs may still be sending there. A
+    /// folder without a readable `session.json` gives none.
+    pub fn rtp_ports_of(dirs: &[PathBuf]) -> Vec<u16> {
+        let mut ports = Vec::new();
+        for dir in dirs {
+            let Ok(text) = fs::read_to_string(dir.join(SESSION_FILE)) else {
+                continue;
+            };
+            if let Ok((meta, _)) = RecordingMeta::from_json(&text) {
+                ports.extend(meta.streams.iter().filter_map(|s| s.rtp_port));
+            }
+        }
+        ports
+    }
+
     /// The crash scan over `dirs` (from [`Spool::spooled`]): each is finalized as partial or
     /// moved to quarantine with its reason.
     pub fn recover_dirs(&self, dirs: Vec<PathBuf>) -> Recovery {
