@@ -62,6 +62,11 @@
 //! - Nothing is deleted on error. What cannot be finalized is moved to `quarantine/` with a
 //!   `reason.txt`. At start the writer finalizes every spooled session left by a crash as
 //!   `partial`; requests in dialogs that died with the old process get 481.
+//! - A bug must not cost every call: a panic while handling one request is caught, logged
+//!   and answered 500 (`reel_control_panics_total`); one while finalizing a recording sends
+//!   that folder to quarantine with the panic as its reason. A media or writer thread that
+//!   panics, or 20 panics of the control loop within a minute, end the process with exit
+//!   code 70, and the restart's crash scan recovers the recordings.
 //! - SIGTERM drains: new INVITEs and OPTIONS get 503, active sessions run to their BYE (or get
 //!   a BYE from Reel at the drain timeout), every recording is finalized, then exit 0.
 
@@ -76,3 +81,12 @@ pub mod record;
 pub mod sip;
 pub mod siprec;
 pub mod srv;
+
+/// What a caught panic said (its `&str` or `String` payload).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}

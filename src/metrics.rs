@@ -19,6 +19,7 @@ pub struct Snapshot {
     pub rtp_ports_in_use: u64,
     pub rtp_ports_capacity: u64,
     pub rtp_ports_held_back: u64,
+    pub control_panics: u64,
     pub recordings_finalized: u64,
     pub recordings_recovered: u64,
     pub storage_errors: u64,
@@ -140,6 +141,12 @@ const DEFS: &[Def] = &[
         Kind::Gauge,
         "RTP port pairs in the range.",
         |s| one(s.rtp_ports_capacity),
+    ),
+    (
+        "reel_control_panics_total",
+        Kind::Counter,
+        "Panics caught in the control thread (bugs): each cost the input that met it, nothing else.",
+        |s| one(s.control_panics),
     ),
     (
         "reel_rtp_ports_held_back",

@@ -949,3 +949,55 @@ fn a_metadata_only_invite_is_offerless_488_and_a_body_with_neither_is_415() {
     assert_eq!(r.status, 415, "{}", r.reason);
     assert!(r.headers.get("Accept").is_some());
 }
+
+#[test]
+fn a_request_whose_handling_panics_gets_500_and_costs_no_other_call() {
+    let config = RecorderConfig {
+        fault_injection: true,
+        ..RecorderConfig::default()
+    };
+    let mut sim = Sim::with(config, 1000);
+    let tag = established(&mut sim, "bystander");
+    let poisoned = siprec_invite("poisoned", "z9hG4bK-poisoned-1").replace(
+        "Require: siprec\r\n",
+        "Require: siprec\r\nX-Reel-Fault: panic\r\n",
+    );
+    assert!(poisoned.contains("X-Reel-Fault"));
+    sim.send(&poisoned);
+    let finals = sim.finals();
+    assert_eq!(finals.len(), 1);
+    assert_eq!(finals[0].status, 500, "{}", finals[0].reason);
+    assert_eq!(sim.rec.stats.panics, 1);
+    // A poisoned BYE in the live dialog: 500, and the call goes on.
+    sim.send(&request(
+        "BYE",
+        "bystander",
+        "z9hG4bK-bystander-bye2",
+        2,
+        &tag,
+        "X-Reel-Fault: panic\r\n",
+        None,
+        "",
+    ));
+    assert_eq!(
+        sim.finals().iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![500]
+    );
+    assert_eq!(sim.rec.stats.panics, 2);
+    assert_eq!(
+        sim.rec.session_count(),
+        1,
+        "the bystander's recording goes on"
+    );
+    bye(&mut sim, "bystander", &tag, 3);
+    assert_eq!(
+        sim.finals().iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![200]
+    );
+    let done = sim.finalized();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].call_id, "bystander");
+    assert_eq!(done[0].end_reason, "bye");
+    established(&mut sim, "after");
+    assert_eq!(sim.rec.session_count(), 1);
+}

@@ -62,7 +62,14 @@ pub struct RecorderConfig {
     pub metadata_max_bytes: usize,
     pub metadata_max_depth: usize,
     pub endpoint: EndpointConfig,
+    /// For tests: a request with a [`FAULT_HEADER`] header makes its handling panic, so that
+    /// they can check a panic costs that request alone. `reel serve` turns it on only in a
+    /// debug build with `REEL_FAULT_INJECTION` set.
+    pub fault_injection: bool,
 }
+
+/// See [`RecorderConfig::fault_injection`].
+pub const FAULT_HEADER: &str = "X-Reel-Fault";
 
 impl Default for RecorderConfig {
     fn default() -> Self {
@@ -77,6 +84,7 @@ impl Default for RecorderConfig {
             metadata_max_bytes: 256 * 1024,
             metadata_max_depth: 32,
             endpoint: EndpointConfig::default(),
+            fault_injection: false,
         }
     }
 }
@@ -217,6 +225,8 @@ pub struct RecorderStats {
     pub sessions_ended: u64,
     pub rejected: HashMap<u16, u64>,
     pub malformed: u64,
+    /// Requests whose handling panicked (a bug): each answered 500, the rest went on.
+    pub panics: u64,
 }
 
 impl Recorder {
@@ -443,7 +453,15 @@ impl Recorder {
         while let Some(event) = self.endpoint.poll_event() {
             match event {
                 Event::Request { tx, request, flow } => {
-                    self.on_request(now, wall, tx, request, flow)
+                    // A bug met by one request must cost that request alone, not every call
+                    // the process records: the panic is caught, logged and answered 500.
+                    let copy = request.clone();
+                    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.on_request(now, wall, tx, request, flow)
+                    }));
+                    if let Err(payload) = handled {
+                        self.on_request_panic(now, tx, &copy, payload.as_ref());
+                    }
                 }
                 Event::Ack { request, .. } => self.on_ack(&request),
                 Event::Cancel { invite_tx, .. } => self.on_cancel(now, wall, invite_tx),
@@ -463,7 +481,37 @@ impl Recorder {
         }
     }
 
+    #[cold]
+    fn on_request_panic(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        req: &Request,
+        payload: &(dyn std::any::Any + Send),
+    ) {
+        self.stats.panics += 1;
+        tracing::error!(
+            method = %req.method,
+            call_id = req.headers.get("Call-ID").unwrap_or("-"),
+            panic = crate::panic_text(payload),
+            "BUG: handling this request panicked; it is answered 500 and every other call goes on"
+        );
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.reply(
+                now,
+                tx,
+                req,
+                500,
+                "Server Internal Error",
+                Some("internal error; the recorder's log has it"),
+            )
+        }));
+    }
+
     fn on_request(&mut self, now: Instant, wall: SystemTime, tx: TxId, req: Request, flow: Flow) {
+        if self.config.fault_injection && req.headers.get(FAULT_HEADER).is_some() {
+            panic!("fault injection: {FAULT_HEADER}");
+        }
         if !self.allowed(&flow) {
             return self.reply(now, tx, &req, 403, "Source Not Allowed", None);
         }

@@ -141,7 +141,12 @@ pub fn start(
                     None => worker,
                 };
                 let _ = ready_tx.send(Ok(ready));
-                worker.run();
+                // A media thread that died would leave its streams deaf while SIP goes on
+                // answering 200: end the process instead, so the restart recovers them.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())).is_err() {
+                    tracing::error!("BUG: media thread {i} panicked; exiting (70) so that a restart recovers its recordings");
+                    std::process::exit(70);
+                }
             })?;
         let (waker, name) = ready_rx
             .recv()

@@ -294,6 +294,8 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         metadata_max_bytes: config.record.max_metadata_bytes,
         metadata_max_depth: config.record.max_metadata_depth,
         endpoint: EndpointConfig::default(),
+        fault_injection: cfg!(debug_assertions)
+            && std::env::var_os("REEL_FAULT_INJECTION").is_some(),
     };
     let mut recorder = Recorder::new(rc, Box::new(host.clone()), rand::random());
 
@@ -306,6 +308,7 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
     let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let data_dir = config.data_dir.clone();
+    let mut guard = PanicGuard::default();
 
     loop {
         // Outputs first: every input may have produced transmits and storage work.
@@ -339,20 +342,20 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
                 Input::Message { flow, data } => {
                     let t = match flow.transport { Transport::Udp => "udp", Transport::Tcp => "tcp", Transport::Tls => "tls" };
                     *snapshot.sip_messages_received.entry(t).or_default() += 1;
-                    recorder.handle_message(Instant::now(), SystemTime::now(), flow, &data);
+                    guard.run("a SIP message", || recorder.handle_message(Instant::now(), SystemTime::now(), flow, &data));
                 }
                 Input::Opened { conn, writer } => {
                     conns.insert(conn, writer);
                 }
                 Input::Closed { conn } => {
                     conns.remove(&conn);
-                    recorder.handle_connection_closed(Instant::now(), SystemTime::now(), conn);
+                    guard.run("a closed connection", || recorder.handle_connection_closed(Instant::now(), SystemTime::now(), conn));
                 }
             },
             Some(report) = reports.recv() => match report {
                 writer::WriterReport::Begun { session, result } => {
                     if result.is_err() { snapshot.storage_errors += 1; }
-                    recorder.handle_storage(Instant::now(), SystemTime::now(), session, result);
+                    guard.run("a storage report", || recorder.handle_storage(Instant::now(), SystemTime::now(), session, result));
                 }
                 writer::WriterReport::Finalized { result, .. } => match result {
                     Ok(_) => snapshot.recordings_finalized += 1,
@@ -364,7 +367,7 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
             Some(report) = media_reports.recv() => match report {
                 crate::media::worker::MediaReport::Closed { key } => host.stream_closed(key),
             },
-            _ = sleep => recorder.handle_timeout(Instant::now(), SystemTime::now()),
+            _ = sleep => guard.run("a timer", || recorder.handle_timeout(Instant::now(), SystemTime::now())),
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: draining (new sessions get 503)");
                 recorder.start_drain(Instant::now());
@@ -389,6 +392,7 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
             // What the HTTP API shows is built when asked for, not on a timer: the sessions
             // list is O(sessions) and an idle recorder must not pay for it.
             Some(q) = http_queries.recv() => {
+                snapshot.control_panics = recorder.stats.panics + guard.count;
                 let p = publish(&recorder, &host, &writer_counters, &mut snapshot, q.sessions, backend.backend.as_str());
                 let _ = q.reply.send(p);
             }
@@ -401,6 +405,51 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
     let _ = tokio::task::spawn_blocking(move || writer.handle.join()).await;
     tracing::info!("drained: every recording is finalized; exiting");
     Ok(())
+}
+
+/// Catches a panic of the control loop's handlers (a bug), so that it costs the input that
+/// met it and not every call the process records. The recorder answers a request whose
+/// handling panicked with 500 itself; what is caught here is the rest (parsing, timers,
+/// storage reports). A bug that panics again and again (a timer firing at once after each
+/// panic) must not spin for ever: [`PanicGuard::LIMIT`] panics within a minute end the
+/// process with exit code 70, and the restart's crash scan recovers the recordings.
+#[derive(Default)]
+struct PanicGuard {
+    count: u64,
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl PanicGuard {
+    const LIMIT: usize = 20;
+
+    fn run(&mut self, what: &str, f: impl FnOnce()) {
+        let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) else {
+            return;
+        };
+        self.count += 1;
+        let text = crate::panic_text(payload.as_ref());
+        tracing::error!(
+            panic = text,
+            "BUG: handling {what} panicked; the control loop goes on"
+        );
+        let now = Instant::now();
+        self.recent.push_back(now);
+        while self.recent.len() > Self::LIMIT {
+            self.recent.pop_front();
+        }
+        if self.recent.len() == Self::LIMIT
+            && self
+                .recent
+                .front()
+                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+        {
+            tracing::error!(
+                "{} panics within a minute: exiting (70) so that a restart recovers the recordings",
+                Self::LIMIT
+            );
+            std::process::exit(70);
+        }
+    }
 }
 
 fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal, RunError> {
@@ -732,5 +781,21 @@ fn unmap(addr: SocketAddr) -> SocketAddr {
             None => addr,
         },
         v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PanicGuard;
+
+    #[test]
+    fn the_panic_guard_catches_and_counts_and_the_loop_goes_on() {
+        let mut guard = PanicGuard::default();
+        let mut ran = 0;
+        guard.run("a test input", || panic!("a bug"));
+        guard.run("a test input", || ran += 1);
+        assert_eq!(guard.count, 1);
+        assert_eq!(ran, 1);
+        assert_eq!(guard.recent.len(), 1);
     }
 }

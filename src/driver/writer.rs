@@ -285,6 +285,9 @@ pub fn start(
     let handle = thread::Builder::new()
         .name("reel-writer".into())
         .spawn(move || {
+            // A writer that died would leave the media rings full and every recording open:
+            // end the process instead, so the restart's crash scan recovers them.
+            let body = move || {
             let mut state = State {
                 spool,
                 config,
@@ -332,6 +335,13 @@ pub fn start(
             // would be redone by the next start, but why leave that work.
             if let Some(scan) = scan {
                 let _ = scan.join();
+            }
+            };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+                tracing::error!(
+                    "BUG: the writer thread panicked; exiting (70) so that a restart recovers the recordings"
+                );
+                std::process::exit(70);
             }
         })?;
     Ok(Writer { ops: tx, handle })
@@ -621,6 +631,21 @@ impl State {
                 let _ = self.reports.send(WriterReport::Finalized {
                     id: meta.id.clone(),
                     result: Ok(path.display().to_string()),
+                });
+                Ok(())
+            }
+            Err(e) if crate::record::spool::is_panic(&e) => {
+                // A bug this recording's data meets: another try would meet it again.
+                let reason = e.to_string();
+                match self.spool.quarantine(&meta.id, &reason) {
+                    Ok(q) => tracing::error!(id = %meta.id, error = %e, path = %q.display(),
+                        "finalize panicked; the folder went to quarantine"),
+                    Err(qe) => tracing::error!(id = %meta.id, error = %e,
+                        "finalize panicked, and quarantine failed ({qe}); left in the spool"),
+                }
+                let _ = self.reports.send(WriterReport::Finalized {
+                    id: meta.id.clone(),
+                    result: Err(reason),
                 });
                 Ok(())
             }

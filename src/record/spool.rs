@@ -61,6 +61,33 @@ pub struct Recovery {
 }
 
 /// Wraps an io::Error with the operation and path, keeping its kind.
+/// The error of a finalize that panicked, with the panic's message.
+#[derive(Debug)]
+pub struct FinalizePanicked(pub String);
+
+impl std::fmt::Display for FinalizePanicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "finalize panicked (a bug): {}", self.0)
+    }
+}
+
+impl std::error::Error for FinalizePanicked {}
+
+/// Whether `e` is a [`FinalizePanicked`]: retrying would only panic again.
+pub fn is_panic(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<FinalizePanicked>())
+}
+
+/// Runs `f`, turning a panic into a [`FinalizePanicked`] error.
+fn guarded<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        Err(io::Error::other(FinalizePanicked(
+            crate::panic_text(payload.as_ref()).to_string(),
+        )))
+    })
+}
+
 fn ctx(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
     let path = path.to_path_buf();
     move |e| io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
@@ -414,7 +441,14 @@ impl Spool {
         self.finalize_dir(&dir, meta)
     }
 
+    /// A panic while finalizing (a bug met by this recording's data) becomes a
+    /// [`FinalizePanicked`] error: the writer quarantines that folder, and the crash scan goes
+    /// on with the next, rather than the thread (and every other recording) dying with it.
     fn finalize_dir(&self, dir: &Path, meta: &RecordingMeta) -> io::Result<PathBuf> {
+        guarded(|| self.finalize_dir_unguarded(dir, meta))
+    }
+
+    fn finalize_dir_unguarded(&self, dir: &Path, meta: &RecordingMeta) -> io::Result<PathBuf> {
         check_id(&meta.id)?;
         let mut meta = meta.clone();
         remove_temp_files(dir)?;
@@ -615,7 +649,15 @@ impl Spool {
     pub fn recover_dirs(&self, dirs: Vec<PathBuf>) -> Recovery {
         let mut report = Recovery::default();
         for dir in dirs {
-            match self.recover_one(&dir) {
+            let one =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.recover_one(&dir)))
+                    .unwrap_or_else(|payload| {
+                        Err(format!(
+                            "recovery panicked (a bug): {}",
+                            crate::panic_text(payload.as_ref())
+                        ))
+                    });
+            match one {
                 Ok(done) => {
                     tracing::info!("crash scan: recovered {}", done.display());
                     report.finalized.push(done);
@@ -737,6 +779,20 @@ mod tests {
     }
     fn wav_u32(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn a_panic_while_finalizing_is_an_error_that_says_so_and_is_not_retried() {
+        let e = guarded(|| -> io::Result<()> { panic!("boom at sample 7") }).expect_err("caught");
+        assert!(is_panic(&e));
+        assert!(e.to_string().contains("boom at sample 7"), "{e}");
+        let plain = guarded(|| -> io::Result<()> { Err(io::Error::other("disk full")) })
+            .expect_err("an error");
+        assert!(
+            !is_panic(&plain),
+            "an I/O error is retried, not quarantined"
+        );
+        assert_eq!(guarded(|| Ok(5)).ok(), Some(5));
     }
 
     #[test]
