@@ -331,3 +331,138 @@ fn stray_packets_of_a_payload_type_not_negotiated_cannot_latch_a_stream() {
     assert_eq!(streams[1]["foreign"], 14, "{json}");
     assert_eq!(streams[1]["ssrcs"][0], 0x2222_0002u32, "{json}");
 }
+
+fn stream_counts(json: &serde_json::Value, i: usize) -> (u64, u64) {
+    let s = &json["streams"][i];
+    (
+        s["packets"].as_u64().unwrap_or(0),
+        s["foreign"].as_u64().unwrap_or(0),
+    )
+}
+
+#[test]
+fn a_stray_packet_of_the_negotiated_type_cannot_take_a_stream_from_the_src_at_its_sdp_address() {
+    let server = Server::start(&[]);
+    let src = [
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
+        std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"),
+    ];
+    let ports = src.each_ref().map(|s| s.local_addr().expect("addr").port());
+    let call = start_call(&server, "stray-pcmu", &offer_from(0, ports));
+    // A single PCMU packet from elsewhere (the stale stream of another call) comes first.
+    let stray = std::net::UdpSocket::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    pcmu_from(&stray, dest(call.ports[0]), 0x0bad_0001, 7, 1);
+    std::thread::sleep(Duration::from_millis(50));
+    std::thread::scope(|s| {
+        for (i, sock) in src.iter().enumerate() {
+            let to = dest(call.ports[i]);
+            s.spawn(move || pcmu_from(sock, to, 0x5000 + i as u32, 100, 50));
+        }
+    });
+    end_call(&call);
+    let recs = server.wait_recordings(1);
+    let json = &recs[0].1;
+    // The stray's one packet came first and is kept; every packet of the SRC follows it.
+    assert_eq!(stream_counts(json, 0), (51, 0), "{json}");
+    assert_eq!(json["streams"][0]["ssrcs"][1], 0x5000, "{json}");
+    assert_eq!(stream_counts(json, 1), (50, 0), "{json}");
+}
+
+#[test]
+fn a_reoffer_that_moves_the_src_and_an_src_that_moves_without_one_are_both_followed() {
+    let server = Server::start(&[]);
+    let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let b = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let c = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = |s: &std::net::UdpSocket| s.local_addr().expect("addr").port();
+    let call = start_call(&server, "moving", &offer_from(0, [port(&a), port(&c)]));
+    let to = [dest(call.ports[0]), dest(call.ports[1])];
+    // Stream 1 from a, then (after a transfer) from b, announced by a re-INVITE; stream 2
+    // from c, then from a new socket d, with no new offer (an SBC fail-over).
+    pcmu_from(&a, to[0], 0x6000, 1, 25);
+    assert_eq!(
+        reoffer(&call, 2, &offer_from(0, [port(&b), port(&c)])),
+        Some(200),
+        "{}",
+        server.log_text()
+    );
+    pcmu_from(&b, to[0], 0x6001, 500, 25);
+    pcmu_from(&c, to[1], 0x7000, 1, 25);
+    let d = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    // c falls silent; d takes over once c was quiet for a second.
+    pcmu_from(&d, to[1], 0x7001, 900, 75);
+    assert_eq!(
+        call.client.in_dialog("BYE", &call.call_id, &call.tag, 3),
+        Some(200)
+    );
+    let recs = server.wait_recordings(1);
+    let json = &recs[0].1;
+    // The media thread takes the new offer at its next wake, up to 80 ms after b's first
+    // packets: those are held and tried again after it, not lost.
+    assert_eq!(stream_counts(json, 0), (50, 0), "{json}");
+    assert_eq!(
+        json["streams"][0]["ssrcs"],
+        serde_json::json!([0x6000, 0x6001]),
+        "{json}"
+    );
+    let (packets, foreign) = stream_counts(json, 1);
+    assert_eq!(packets + foreign, 100, "{json}");
+    assert!(
+        (40..=55).contains(&foreign),
+        "a second of d before it took over: {json}"
+    );
+}
+
+#[test]
+fn an_srtp_rekey_by_reoffer_is_followed_and_late_packets_of_the_old_key_still_count() {
+    use reel::media::srtp::{SrtpContext, SrtpKey, SrtpSuite};
+    let key = |n: u8| {
+        SrtpKey::new(
+            SrtpSuite::AesCm128HmacSha1_80,
+            [n; 16],
+            &[n.wrapping_add(1); 14],
+        )
+        .expect("key")
+    };
+    let offer_with = |tag: u8, k: [&SrtpKey; 2]| {
+        let mut sdp = offer(0, Some([&k[0].to_sdes(), &k[1].to_sdes()]));
+        if tag != 1 {
+            sdp = sdp.replace("a=crypto:1 ", &format!("a=crypto:{tag} "));
+        }
+        sdp
+    };
+    let server = Server::start(&[]);
+    let (k1, k2, k3) = (key(1), key(2), key(3));
+    let call = start_call(&server, "rekey", &offer_with(1, [&k1, &k2]));
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let to = dest(call.ports[0]);
+    let send = |ctx: &mut SrtpContext, seqs: std::ops::Range<u16>| {
+        for seq in seqs {
+            let mut p = vec![0x80u8, 0];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+            p.extend_from_slice(&0x4242u32.to_be_bytes());
+            p.extend_from_slice(&[0xff; 160]);
+            ctx.protect_rtp(&mut p).expect("protect");
+            sock.send_to(&p, to).expect("send");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut old = SrtpContext::new(&k1);
+    send(&mut old, 1..41);
+    assert_eq!(reoffer(&call, 2, &offer_with(2, [&k3, &k2])), Some(200));
+    let mut new = SrtpContext::new(&k3);
+    send(&mut new, 41..81);
+    // Two of the old key's packets, late (sent before the switch, delayed on the way).
+    send(&mut old, 81..83);
+    send(&mut new, 83..100);
+    assert_eq!(
+        call.client.in_dialog("BYE", &call.call_id, &call.tag, 3),
+        Some(200)
+    );
+    let recs = server.wait_recordings(1);
+    let json = &recs[0].1;
+    let s = &json["streams"][0];
+    assert_eq!(s["packets"], 99, "{json}");
+    assert_eq!(s["srtp_failures"], 0, "{json}");
+}

@@ -1001,3 +1001,141 @@ fn a_request_whose_handling_panics_gets_500_and_costs_no_other_call() {
     established(&mut sim, "after");
     assert_eq!(sim.rec.session_count(), 1);
 }
+
+/// An in-dialog re-INVITE with this SDP, ACKed; its 200.
+fn reoffer(sim: &mut Sim, call_id: &str, tag: &str, cseq: u32, sdp: &str) -> reel::sip::Response {
+    sim.send(&request(
+        "INVITE",
+        call_id,
+        &format!("z9hG4bK-{call_id}-re{cseq}"),
+        cseq,
+        tag,
+        "",
+        Some("application/sdp"),
+        sdp,
+    ));
+    let ok = sim.finals().pop().expect("answer");
+    sim.send(&request(
+        "ACK",
+        call_id,
+        &format!("z9hG4bK-{call_id}-reack{cseq}"),
+        cseq,
+        tag,
+        "",
+        None,
+        "",
+    ));
+    ok
+}
+
+#[test]
+fn a_reoffer_that_moves_the_src_or_changes_payload_types_is_followed_by_the_media_path() {
+    let mut sim = Sim::new();
+    let tag = established(&mut sim, "moves");
+    let started: Vec<_> = sim.started.borrow().clone();
+    assert_eq!(
+        started.iter().map(|(_, s)| s.source).collect::<Vec<_>>(),
+        vec![
+            "198.51.100.7:30000".parse().ok(),
+            "198.51.100.7:30002".parse().ok()
+        ],
+        "the SDP's address of each stream goes to the media path"
+    );
+    // Stream 1 moves to another port (a transfer); stream 2's telephone-event becomes 96.
+    let moved = SDP_TWO_STREAMS
+        .replacen("m=audio 30000", "m=audio 31000", 1)
+        .replace(
+            "m=audio 30002 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101",
+            "m=audio 30002 RTP/AVP 0 96\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:96",
+        );
+    assert_ne!(moved, SDP_TWO_STREAMS);
+    let ok = reoffer(&mut sim, "moves", &tag, 2, &moved);
+    assert_eq!(ok.status, 200);
+    assert!(body(&ok).contains("telephone-event"), "{}", body(&ok));
+    let updated = sim.updated.borrow().clone();
+    assert_eq!(updated.len(), 2, "{updated:?}");
+    let (port, spec, relearn) = &updated[0];
+    assert_eq!(*port, started[0].0);
+    assert_eq!(spec.source, "198.51.100.7:31000".parse().ok());
+    assert!(*relearn, "the SRC moved: the latch is learned again");
+    let (port, spec, relearn) = &updated[1];
+    assert_eq!(*port, started[1].0);
+    assert_eq!(spec.event_pt, Some(96));
+    assert_eq!(spec.payload_type, 0);
+    assert!(!*relearn);
+    // The same offer again (a refresh) changes nothing.
+    let ok = reoffer(&mut sim, "moves", &tag, 3, &moved);
+    assert_eq!(ok.status, 200);
+    assert_eq!(sim.updated.borrow().len(), 2);
+}
+
+#[test]
+fn an_srtp_rekey_by_reoffer_answers_the_offered_tag_and_hands_the_new_key_over() {
+    let mut sim = Sim::new();
+    let k1 = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+    let k2 = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk";
+    let srtp = |tag: u8, key: &str| {
+        SDP_TWO_STREAMS.replace("RTP/AVP", "RTP/SAVP").replace(
+            "a=sendonly\r\n",
+            &format!("a=sendonly\r\na=crypto:{tag} AES_CM_128_HMAC_SHA1_80 inline:{key}\r\n"),
+        )
+    };
+    sim.send(&request(
+        "INVITE",
+        "rekey",
+        "z9hG4bK-rekey-1",
+        1,
+        "",
+        "Require: siprec\r\n",
+        Some("application/sdp"),
+        &srtp(1, k1),
+    ));
+    let ok = sim.finals().pop().expect("answer");
+    assert_eq!(ok.status, 200);
+    let tag = to_tag(&ok);
+    let first_key = sim.started.borrow()[0].1.srtp.clone();
+    assert!(first_key.is_some());
+    let ok = reoffer(&mut sim, "rekey", &tag, 2, &srtp(2, k2));
+    assert_eq!(ok.status, 200);
+    let answer = body(&ok);
+    assert_eq!(answer.matches("a=crypto:2 ").count(), 2, "{answer}");
+    assert!(!answer.contains("a=crypto:1 "), "{answer}");
+    let updated = sim.updated.borrow().clone();
+    assert_eq!(updated.len(), 2, "{updated:?}");
+    assert!(
+        updated
+            .iter()
+            .all(|(_, spec, relearn)| *relearn && spec.srtp.is_some() && spec.srtp != first_key)
+    );
+    // The same key and tag again: the same answer, nothing for the media path.
+    let again = reoffer(&mut sim, "rekey", &tag, 3, &srtp(2, k2));
+    let crypto_lines = |r: &reel::sip::Response| -> Vec<String> {
+        body(r)
+            .lines()
+            .filter(|l| l.starts_with("a=crypto"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(crypto_lines(&again), crypto_lines(&ok));
+    assert_eq!(sim.updated.borrow().len(), 2);
+}
+
+#[test]
+fn a_stream_removed_by_a_reoffer_keeps_its_recorded_channel() {
+    let mut sim = Sim::new();
+    let tag = established(&mut sim, "removed");
+    let without_2 = SDP_TWO_STREAMS.replacen("m=audio 30002", "m=audio 0", 1);
+    let ok = reoffer(&mut sim, "removed", &tag, 2, &without_2);
+    assert_eq!(ok.status, 200);
+    assert_eq!(body(&ok).matches("m=audio 0 ").count(), 1, "{}", body(&ok));
+    assert_eq!(sim.ports.borrow().len(), 1, "its port is released");
+    bye(&mut sim, "removed", &tag, 3);
+    let done = sim.finalized();
+    assert_eq!(done.len(), 1);
+    let labels: Vec<&str> = done[0].streams.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        vec!["1", "2"],
+        "what stream 2 recorded stays a channel"
+    );
+}

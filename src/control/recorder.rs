@@ -35,6 +35,9 @@ pub trait MediaHost {
     /// [`MediaHost::release_port`] later stops it; the port is reused only once its sockets
     /// are closed.
     fn start_stream(&mut self, port: u16, spec: MediaSpec);
+    /// A new offer changed a recorded stream's payload types, SRTP key or address: the media
+    /// path follows it. `relearn`: forget the latched source (the SRC moved).
+    fn update_stream(&mut self, port: u16, spec: MediaSpec, relearn: bool);
 }
 
 /// What the media path needs to record one stream.
@@ -48,6 +51,9 @@ pub struct MediaSpec {
     pub event_pt: Option<u8>,
     /// The SRC's own SDES key (what it encrypts with).
     pub srtp: Option<crate::media::srtp::SrtpKey>,
+    /// Where the SRC's SDP says the stream is (`c=` and `m=` port): an SRC with symmetric
+    /// RTP sends from there, and a packet from there wins the latch.
+    pub source: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -138,11 +144,24 @@ struct StreamState {
     /// The key the SRC encrypts this stream with (from its offer).
     srtp: Option<crate::media::srtp::SrtpKey>,
     direction: Direction,
+    /// The SRC's address for the stream in its SDP (see [`MediaSpec::source`]).
+    source: Option<std::net::SocketAddr>,
     /// Handed to the media path (after the 200 OK that announced the port).
     started: bool,
 }
 
 impl StreamState {
+    fn media_spec(&self, session: SessionKey, codec: &sdp::Codec) -> MediaSpec {
+        MediaSpec {
+            session,
+            mline: u16::try_from(self.index).unwrap_or(u16::MAX),
+            payload_type: codec.payload_type,
+            event_pt: self.telephone_event.as_ref().map(|c| c.payload_type),
+            srtp: self.srtp.clone(),
+            source: self.source,
+        }
+    }
+
     /// An offered m-line before anything is accepted for it; without `a=label` its position
     /// stands in for the label.
     fn offered(index: usize, m: &sdp::MediaDescription) -> StreamState {
@@ -155,6 +174,10 @@ impl StreamState {
             crypto: None,
             srtp: None,
             direction: m.direction,
+            source: m
+                .connection
+                .filter(|ip| !ip.is_unspecified() && m.port != 0)
+                .map(|ip| std::net::SocketAddr::new(ip, m.port)),
             started: false,
         }
     }
@@ -744,13 +767,7 @@ impl Recorder {
             let (Some(port), Some(codec)) = (st.port, st.codec.as_ref()) else {
                 continue;
             };
-            let spec = MediaSpec {
-                session: key,
-                mline: u16::try_from(st.index).unwrap_or(u16::MAX),
-                payload_type: codec.payload_type,
-                event_pt: st.telephone_event.as_ref().map(|c| c.payload_type),
-                srtp: st.srtp.clone(),
-            };
+            let spec = st.media_spec(key, codec);
             self.host.start_stream(port, spec);
             st.started = true;
         }
@@ -906,6 +923,14 @@ impl Recorder {
                 } else {
                     self.accept_stream(m)
                 };
+                if accepted.is_err()
+                    && let Some(o) = old.filter(|o| o.started)
+                {
+                    // Removed (port 0) or no longer recordable: what was recorded of it stays
+                    // in the recording, a channel of its own; only the port goes.
+                    st.codec = o.codec.clone();
+                    st.telephone_event = o.telephone_event.clone();
+                }
                 if let Ok(a) = accepted {
                     let port = match old.and_then(|o| o.port) {
                         Some(p) => Some(p),
@@ -923,10 +948,18 @@ impl Recorder {
                         }
                         return self.reply_503(now, tx, &req, "No RTP Ports Available");
                     }
-                    // A kept stream keeps its SRTP keys and its media path: a re-offer that
-                    // changes the SRC's key mid-call is not followed (noted in docs).
-                    let crypto = old.and_then(|o| o.crypto.clone()).or(a.crypto);
-                    st.srtp = old.and_then(|o| o.srtp.clone()).or(a.srtp);
+                    // A kept stream keeps our answer's key while the SRC keeps its own; a
+                    // re-offer with a new SRC key (or another crypto tag) gets a fresh answer
+                    // for it, and the media path follows the new key (RFC 4568 §7.1.4).
+                    let same_key = old.is_some_and(|o| o.srtp == a.srtp)
+                        && old.and_then(|o| o.crypto.as_deref()).map(crypto_tag)
+                            == a.crypto.as_deref().map(crypto_tag);
+                    let crypto = if same_key {
+                        old.and_then(|o| o.crypto.clone()).or(a.crypto)
+                    } else {
+                        a.crypto
+                    };
+                    st.srtp = a.srtp;
                     st.started = old.is_some_and(|o| o.started && o.port == port);
                     st.port = port;
                     st.codec = Some(a.codec);
@@ -954,6 +987,22 @@ impl Recorder {
             return;
         };
         let mut released = Vec::new();
+        // Kept streams whose payload types, key or address the new offer changed.
+        let mut updates = Vec::new();
+        for new in plan.iter().filter(|n| n.started) {
+            let (Some(port), Some(codec)) = (new.port, new.codec.as_ref()) else {
+                continue;
+            };
+            let Some(old) = s.streams.iter().find(|o| o.index == new.index) else {
+                continue;
+            };
+            let spec = new.media_spec(key, codec);
+            let was = old.codec.as_ref().map(|c| old.media_spec(key, c));
+            if was.as_ref() != Some(&spec) {
+                let relearn = old.source != new.source || old.srtp != new.srtp;
+                updates.push((port, spec, relearn));
+            }
+        }
         if let Some(sdp) = offer.sdp {
             for old in &s.streams {
                 if let Some(p) = old.port
@@ -1019,6 +1068,9 @@ impl Recorder {
         self.decorate(&mut resp);
         self.endpoint.respond(now, tx, resp);
         self.start_media(key);
+        for (port, spec, relearn) in updates {
+            self.host.update_stream(port, spec, relearn);
+        }
         for xml in new_versions {
             self.storage.push_back(StorageOp::Metadata {
                 id: id.clone(),
@@ -1587,4 +1639,9 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     }
+}
+
+/// The tag of an `a=crypto` value (`1 AES_CM_128_HMAC_SHA1_80 inline:...` -> `1`).
+fn crypto_tag(value: &str) -> &str {
+    value.split_whitespace().next().unwrap_or("")
 }

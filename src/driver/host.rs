@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use crate::control::recorder::MediaSpec;
 use crate::control::{MediaHost, PortPool};
-use crate::media::worker::{MediaCommand, StreamConfig};
+use crate::media::worker::{MediaCommand, StreamConfig, StreamUpdate};
 use crate::sip::Flow;
 
 use super::media::MediaThread;
@@ -190,10 +190,28 @@ impl MediaHost for Host {
             payload_type: spec.payload_type,
             event_pt: spec.event_pt,
             srtp: spec.srtp,
+            source: spec.source,
             latch: h.latch,
         };
         h.started.insert(port, (key, thread));
         h.media[thread].send(MediaCommand::Add(Box::new(cfg)));
+    }
+
+    fn update_stream(&mut self, port: u16, spec: MediaSpec, relearn: bool) {
+        let h = self.0.borrow();
+        let Some(&(key, thread)) = h.started.get(&port) else {
+            return;
+        };
+        if let Some(t) = h.media.get(thread) {
+            t.send(MediaCommand::Update(Box::new(StreamUpdate {
+                key,
+                payload_type: spec.payload_type,
+                event_pt: spec.event_pt,
+                srtp: spec.srtp,
+                source: spec.source,
+                relearn,
+            })));
+        }
     }
 
     fn media_ip(&mut self, flow: &Flow) -> IpAddr {

@@ -36,9 +36,32 @@ pub struct StreamConfig {
     pub event_pt: Option<u8>,
     /// The SRC's offered SDES key: what it encrypts with.
     pub srtp: Option<SrtpKey>,
+    /// Where the SRC's SDP says the stream is: a packet from there wins the latch.
+    pub source: Option<SocketAddr>,
     /// Drop packets from any source but the first one heard.
     pub latch: bool,
 }
+
+/// A new offer's changes to a stream being recorded.
+#[derive(Debug)]
+pub struct StreamUpdate {
+    pub key: u64,
+    pub payload_type: u8,
+    pub event_pt: Option<u8>,
+    /// The SRC's key now; packets the old one protects still decrypt while they come.
+    pub srtp: Option<SrtpKey>,
+    pub source: Option<SocketAddr>,
+    /// Forget the latched source: the SRC moved.
+    pub relearn: bool,
+}
+
+/// A latched source silent this long gives the stream up to another one: an SBC that moved
+/// its media (fail-over, a new port after a transfer) without a new offer.
+const RELATCH_IDLE_NS: u64 = 1_000_000_000;
+/// ... and this soon when it sent only a few packets: a stray that latched first.
+const RELATCH_IDLE_STRAY_NS: u64 = 100_000_000;
+/// What "only a few packets" is.
+const STRAY_PACKETS: u32 = 4;
 
 /// Packets of payload types the stream did not negotiate that one source must send, in a
 /// row, before it may latch the stream anyway (an SRC whose RTP does not match its SDP).
@@ -46,6 +69,7 @@ const LATCH_ON_UNNEGOTIATED: u8 = 8;
 
 pub enum MediaCommand {
     Add(Box<StreamConfig>),
+    Update(Box<StreamUpdate>),
     /// Stop receiving; the stream's end record follows its last packet into the ring.
     Remove {
         key: u64,
@@ -93,8 +117,18 @@ struct Stream {
     payload_type: u8,
     event_pt: Option<u8>,
     srtp: Option<SrtpContext>,
+    /// The key before a re-key, for the packets still on their way; dropped once the new
+    /// one has verified 50 packets.
+    srtp_prev: Option<Box<SrtpContext>>,
+    srtp_prev_uses: u8,
     latch: bool,
     latched: Option<SocketAddr>,
+    /// Arrival of the last packet recorded from the latched source.
+    latched_ns: u64,
+    /// Packets recorded from the latched source (saturating).
+    latched_packets: u32,
+    /// The SDP's address for the stream, IPv4-mapped addresses as IPv4.
+    expected: Option<SocketAddr>,
     /// Before the latch: the source sending payload types not negotiated, and how many in
     /// a row (see [`LATCH_ON_UNNEGOTIATED`]).
     stray: Option<(SocketAddr, u8)>,
@@ -223,6 +257,60 @@ impl PortTable {
     }
 }
 
+/// Packets that failed in this poll (a source other than the latched one, SRTP that did not
+/// authenticate), kept to be tried once more after the commands queued meanwhile. A new
+/// offer's address or key reaches this thread at its next wake, up to 80 ms after the 200
+/// went out, and an SRC uses them as soon as it has the 200. Preallocated, never grown; what
+/// does not fit is counted at once.
+struct Held {
+    packets: Vec<HeldPacket>,
+    bytes: Vec<u8>,
+}
+
+struct HeldPacket {
+    token: u64,
+    /// The stream's key: its slab slot may hold another stream by the replay.
+    key: u64,
+    source: SocketAddr,
+    arrival_ns: u64,
+    dst_port: u16,
+    start: usize,
+    len: usize,
+}
+
+const HELD_PACKETS: usize = 1024;
+const HELD_BYTES: usize = 256 * 1024;
+
+impl Held {
+    fn new() -> Held {
+        Held {
+            packets: Vec::with_capacity(HELD_PACKETS),
+            bytes: Vec::with_capacity(HELD_BYTES),
+        }
+    }
+
+    /// Keeps `rx` of stream `key`; `false` when there is no room.
+    fn keep(&mut self, key: u64, rx: &Received<'_>) -> bool {
+        let start = self.bytes.len();
+        if self.packets.len() == self.packets.capacity()
+            || start + rx.data.len() > self.bytes.capacity()
+        {
+            return false;
+        }
+        self.bytes.extend_from_slice(rx.data);
+        self.packets.push(HeldPacket {
+            token: rx.token,
+            key,
+            source: rx.source,
+            arrival_ns: rx.arrival_ns,
+            dst_port: rx.dst_port,
+            start,
+            len: rx.data.len(),
+        });
+        true
+    }
+}
+
 /// The token of a media thread's TPROXY socket (stream tokens are slab indexes shifted left).
 const TPROXY_TOKEN: u64 = u64::MAX;
 
@@ -253,6 +341,7 @@ pub struct Worker {
     scratch: Box<[u8; 4096]>,
     /// TPROXY mode only.
     tproxy: Option<PortTable>,
+    held: Held,
     /// Sleep between polls so each wake takes many completions (a recorder needs no
     /// per-packet latency; the socket buffers hold what arrives meanwhile).
     batch: Duration,
@@ -277,6 +366,7 @@ impl Worker {
             free: Vec::new(),
             scratch: Box::new([0u8; 4096]),
             tproxy: None,
+            held: Held::new(),
             batch,
         }
     }
@@ -305,11 +395,14 @@ impl Worker {
             if self.poll_once(Duration::from_millis(100)).is_err() {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            if self.tproxy.as_ref().is_some_and(|t| !t.late.is_empty()) {
+            if self.tproxy.as_ref().is_some_and(|t| !t.late.is_empty())
+                || !self.held.packets.is_empty()
+            {
                 if !self.take_commands() {
                     break;
                 }
                 self.replay_late();
+                self.replay_held();
             }
             if !self.batch.is_zero() {
                 std::thread::sleep(self.batch);
@@ -317,6 +410,7 @@ impl Worker {
         }
         let _ = self.poll_once(Duration::ZERO);
         self.replay_late();
+        self.replay_held();
         let keys: Vec<u64> = self.slab.iter().flatten().map(|s| s.key).collect();
         for key in keys {
             self.remove(key);
@@ -332,11 +426,19 @@ impl Worker {
             scratch,
             ring,
             tproxy,
+            held,
             ..
         } = self;
         let result = backend.poll(timeout, &mut |rx: Received<'_>| match tproxy.as_mut() {
             Some(table) if rx.token == TPROXY_TOKEN => match table.route(rx.dst_port) {
-                Some(token) => on_packet(slab, scratch, ring, &mut tally, Received { token, ..rx }),
+                Some(token) => on_packet(
+                    slab,
+                    scratch,
+                    ring,
+                    &mut tally,
+                    Received { token, ..rx },
+                    Some(&mut *held),
+                ),
                 None if table.hold(&rx) => {}
                 None => {
                     tally.unrouted += 1;
@@ -345,9 +447,9 @@ impl Worker {
             },
             Some(_) => {
                 tally.tproxy_bypass += 1;
-                on_packet(slab, scratch, ring, &mut tally, rx)
+                on_packet(slab, scratch, ring, &mut tally, rx, Some(&mut *held))
             }
-            None => on_packet(slab, scratch, ring, &mut tally, rx),
+            None => on_packet(slab, scratch, ring, &mut tally, rx, Some(&mut *held)),
         });
         self.publish(&tally);
         result
@@ -383,10 +485,50 @@ impl Worker {
                 dst_port: l.dst_port,
                 truncated: false,
             };
-            on_packet(slab, scratch, ring, &mut tally, rx);
+            on_packet(slab, scratch, ring, &mut tally, rx, None);
         }
         table.late.clear();
         table.late_bytes.clear();
+        self.publish(&tally);
+    }
+
+    /// Tries the packets that failed in the last poll once more, now that the commands queued
+    /// meanwhile are applied; what fails again is counted.
+    fn replay_held(&mut self) {
+        if self.held.packets.is_empty() {
+            return;
+        }
+        let mut tally = Tally::default();
+        let Worker {
+            slab,
+            scratch,
+            ring,
+            held,
+            ..
+        } = self;
+        for h in &held.packets {
+            let same_stream = slab
+                .get((h.token >> 1) as usize)
+                .is_some_and(|s| s.as_ref().is_some_and(|s| s.key == h.key));
+            let Some(data) = held
+                .bytes
+                .get(h.start..h.start + h.len)
+                .filter(|_| same_stream)
+            else {
+                continue;
+            };
+            let rx = Received {
+                token: h.token,
+                data,
+                arrival_ns: h.arrival_ns,
+                source: h.source,
+                dst_port: h.dst_port,
+                truncated: false,
+            };
+            on_packet(slab, scratch, ring, &mut tally, rx, None);
+        }
+        held.packets.clear();
+        held.bytes.clear();
         self.publish(&tally);
     }
 
@@ -430,6 +572,7 @@ impl Worker {
         loop {
             match self.commands.try_recv() {
                 Ok(MediaCommand::Add(cfg)) => self.add(*cfg),
+                Ok(MediaCommand::Update(u)) => self.update(*u),
                 Ok(MediaCommand::Remove { key }) => {
                     // An SRC sends its last packets just before its BYE. Some may sit in the
                     // socket or the backend without a delivered completion yet (io_uring runs
@@ -486,13 +629,49 @@ impl Worker {
             payload_type: cfg.payload_type,
             event_pt: cfg.event_pt,
             srtp: cfg.srtp.as_ref().map(SrtpContext::new),
+            srtp_prev: None,
+            srtp_prev_uses: 0,
             latch: cfg.latch,
             latched: None,
+            latched_ns: 0,
+            latched_packets: 0,
+            expected: cfg.source.map(canonical),
             stray: None,
             state: StreamState::new(),
             totals: StreamTotals::default(),
             port,
         });
+    }
+
+    fn update(&mut self, u: StreamUpdate) {
+        let Some(stream) = self.slab.iter_mut().flatten().find(|s| s.key == u.key) else {
+            return;
+        };
+        stream.payload_type = u.payload_type;
+        stream.event_pt = u.event_pt;
+        stream.expected = u.source.map(canonical);
+        let key_changed = match (&u.srtp, stream.srtp.as_ref()) {
+            (Some(new), Some(_)) => {
+                let old = stream.srtp.replace(SrtpContext::new(new));
+                stream.srtp_prev = old.map(Box::new);
+                stream.srtp_prev_uses = 0;
+                true
+            }
+            (Some(new), None) => {
+                stream.srtp = Some(SrtpContext::new(new));
+                true
+            }
+            (None, Some(_)) => {
+                stream.srtp = None;
+                stream.srtp_prev = None;
+                true
+            }
+            (None, None) => false,
+        };
+        if u.relearn || key_changed {
+            stream.latched = None;
+            stream.stray = None;
+        }
     }
 
     fn remove(&mut self, key: u64) {
@@ -553,6 +732,62 @@ fn may_latch(stream: &mut Stream, h: &RtpHeader, source: SocketAddr) -> bool {
     run >= LATCH_ON_UNNEGOTIATED
 }
 
+/// Whether a packet from `source`, not the latched one, takes the stream over: it comes from
+/// where the SDP says the stream is (an SRC with symmetric RTP), or the latched source went
+/// quiet ([`RELATCH_IDLE_NS`], sooner for a stray that sent a few packets). Then the stream
+/// is unlatched, and the packet latches it as a first one would.
+#[cold]
+fn may_relatch(stream: &mut Stream, source: SocketAddr, arrival_ns: u64) -> bool {
+    let from_sdp = stream.expected.is_some_and(|e| e == canonical(source))
+        && stream.latched.map(canonical) != stream.expected;
+    let idle = if stream.latched_packets < STRAY_PACKETS {
+        RELATCH_IDLE_STRAY_NS
+    } else {
+        RELATCH_IDLE_NS
+    };
+    let quiet = stream.latched_ns != 0 && arrival_ns >= stream.latched_ns.saturating_add(idle);
+    if from_sdp || quiet {
+        stream.latched = None;
+        stream.stray = None;
+        return true;
+    }
+    false
+}
+
+/// IPv4-mapped IPv6 addresses (a dual-stack socket's view of IPv4) as IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// After a re-key, a packet the old key still protects (sent before the SRC switched).
+#[cold]
+fn unprotect_with_previous(
+    stream: &mut Stream,
+    scratch: &mut [u8; 4096],
+    data: &[u8],
+) -> Option<usize> {
+    let prev = stream.srtp_prev.as_mut()?;
+    let buf = scratch.get_mut(..data.len())?;
+    buf.copy_from_slice(data);
+    prev.unprotect_rtp(buf).ok()
+}
+
+/// The new key works: the old one is kept for a little while (late packets), then dropped.
+#[cold]
+fn retire_previous_key(stream: &mut Stream) {
+    stream.srtp_prev_uses = stream.srtp_prev_uses.saturating_add(1);
+    if stream.srtp_prev_uses >= 50 {
+        stream.srtp_prev = None;
+        stream.srtp_prev_uses = 0;
+    }
+}
+
 #[inline]
 fn on_packet(
     slab: &mut [Option<Stream>],
@@ -560,6 +795,7 @@ fn on_packet(
     ring: &mut RingWriter,
     tally: &mut Tally,
     rx: Received<'_>,
+    held: Option<&mut Held>,
 ) {
     let Some(Some(stream)) = slab.get_mut((rx.token >> 1) as usize) else {
         return;
@@ -570,7 +806,15 @@ fn on_packet(
         tally.rtcp += 1;
         return;
     }
-    if stream.latch && stream.latched.is_some_and(|a| a != rx.source) {
+    if stream.latch
+        && stream.latched.is_some_and(|a| a != rx.source)
+        && !may_relatch(stream, rx.source, rx.arrival_ns)
+    {
+        if let Some(h) = held
+            && h.keep(stream.key, &rx)
+        {
+            return;
+        }
         stream.totals.foreign += 1;
         tally.foreign += 1;
         return;
@@ -584,15 +828,34 @@ fn on_packet(
             };
             buf.copy_from_slice(rx.data);
             match ctx.unprotect_rtp(buf) {
-                Ok(n) => &scratch[..n],
-                Err(e) => {
-                    stream.totals.srtp_failures += 1;
-                    tally.srtp_failures += 1;
-                    if e == SrtpError::Replay {
-                        tally.srtp_replays += 1;
+                Ok(n) => {
+                    if stream.srtp_prev.is_some() {
+                        retire_previous_key(stream);
                     }
-                    return;
+                    &scratch[..n]
                 }
+                Err(e) => match unprotect_with_previous(stream, scratch, rx.data) {
+                    Some(n) => &scratch[..n],
+                    None => {
+                        if e != SrtpError::Replay
+                            && let Some(h) = held
+                            && h.keep(stream.key, &rx)
+                        {
+                            return;
+                        }
+                        // A replay is a packet seen before: the network's duplicate, not a
+                        // key problem.
+                        if e == SrtpError::Replay {
+                            stream.totals.duplicates += 1;
+                            tally.duplicates += 1;
+                            tally.srtp_replays += 1;
+                        } else {
+                            stream.totals.srtp_failures += 1;
+                            tally.srtp_failures += 1;
+                        }
+                        return;
+                    }
+                },
             }
         }
         None => rx.data,
@@ -617,7 +880,10 @@ fn on_packet(
     }
     if stream.latched.is_none() {
         stream.latched = Some(rx.source);
+        stream.latched_packets = 0;
     }
+    stream.latched_ns = rx.arrival_ns;
+    stream.latched_packets = stream.latched_packets.saturating_add(1);
     let kind = if Some(h.payload_type) == stream.event_pt {
         KIND_EVENT
     } else {

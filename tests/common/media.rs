@@ -217,3 +217,69 @@ pub fn send_with_stranger(
         sender.join().expect("sender")
     })
 }
+
+/// [`offer`] with the SRC's own RTP ports in the `m=` lines, as an SRC with symmetric RTP
+/// would put them.
+pub fn offer_from(pt: u8, ports: [u16; 2]) -> String {
+    offer(pt, None)
+        .replacen("m=audio 30000 ", &format!("m=audio {} ", ports[0]), 1)
+        .replacen("m=audio 30002 ", &format!("m=audio {} ", ports[1]), 1)
+}
+
+/// An in-dialog re-INVITE with this SDP, ACKed; the status of its answer.
+pub fn reoffer(call: &Call, cseq: u32, sdp: &str) -> Option<u16> {
+    let id = &call.call_id;
+    call.client.send(
+        request(
+            "INVITE",
+            id,
+            &format!("z9hG4bK-{id}-re{cseq}"),
+            cseq,
+            &call.tag,
+            "",
+            Some("application/sdp"),
+            sdp,
+        )
+        .as_bytes(),
+    );
+    let status = call
+        .client
+        .response(200, Duration::from_secs(5))
+        .map(|r| r.status);
+    call.client.send(
+        request(
+            "ACK",
+            id,
+            &format!("z9hG4bK-{id}-reack{cseq}"),
+            cseq,
+            &call.tag,
+            "",
+            None,
+            "",
+        )
+        .as_bytes(),
+    );
+    status
+}
+
+/// `count` PCMU packets (silence) from `from` to `to`, one each 20 ms, sequence numbers from
+/// `first_seq`.
+pub fn pcmu_from(
+    from: &std::net::UdpSocket,
+    to: SocketAddr,
+    ssrc: u32,
+    first_seq: u16,
+    count: u16,
+) {
+    for i in 0..count {
+        let seq = first_seq.wrapping_add(i);
+        let ts = u32::from(seq).wrapping_mul(160);
+        let mut p = vec![0x80u8, 0];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0xff; 160]);
+        let _ = from.send_to(&p, to);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

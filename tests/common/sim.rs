@@ -15,7 +15,12 @@ pub struct FakeHost {
     pub limit: usize,
     pub in_use: std::rc::Rc<std::cell::RefCell<BTreeSet<u16>>>,
     pub started: std::rc::Rc<std::cell::RefCell<Vec<(u16, reel::control::recorder::MediaSpec)>>>,
+    pub updated: Updates,
 }
+
+/// What the recorder asked the media path to change: (port, new spec, relearn).
+pub type Updates =
+    std::rc::Rc<std::cell::RefCell<Vec<(u16, reel::control::recorder::MediaSpec, bool)>>>;
 
 impl MediaHost for FakeHost {
     fn allocate_port(&mut self) -> Option<u16> {
@@ -40,6 +45,18 @@ impl MediaHost for FakeHost {
         );
         self.started.borrow_mut().push((port, spec));
     }
+    fn update_stream(
+        &mut self,
+        port: u16,
+        spec: reel::control::recorder::MediaSpec,
+        relearn: bool,
+    ) {
+        assert!(
+            self.in_use.borrow().contains(&port),
+            "updated port {port} is allocated"
+        );
+        self.updated.borrow_mut().push((port, spec, relearn));
+    }
     fn media_ip(&mut self, _flow: &Flow) -> IpAddr {
         "192.0.2.10".parse().expect("ip")
     }
@@ -56,6 +73,7 @@ pub struct Sim {
     pub auto_store: bool,
     pub ports: std::rc::Rc<std::cell::RefCell<BTreeSet<u16>>>,
     pub started: std::rc::Rc<std::cell::RefCell<Vec<(u16, reel::control::recorder::MediaSpec)>>>,
+    pub updated: Updates,
     pub flow: Flow,
 }
 
@@ -67,11 +85,13 @@ impl Sim {
     pub fn with(config: RecorderConfig, port_limit: usize) -> Sim {
         let ports = std::rc::Rc::new(std::cell::RefCell::new(BTreeSet::new()));
         let started = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let updated: Updates = Default::default();
         let host = FakeHost {
             next: 20000,
             limit: port_limit,
             in_use: ports.clone(),
             started: started.clone(),
+            updated: updated.clone(),
         };
         Sim {
             rec: Recorder::new(config, Box::new(host), 7),
@@ -83,6 +103,7 @@ impl Sim {
             auto_store: true,
             ports,
             started,
+            updated,
             flow: Flow {
                 transport: Transport::Udp,
                 local: "192.0.2.10:5060".parse().expect("addr"),
