@@ -73,9 +73,17 @@ struct SsrcState {
     retired_lost: u64,
     /// RFC 3550 A.1 `bad_seq`: the sequence number that confirms a big jump as a restart.
     bad_seq: Option<u16>,
-    /// `StreamState::packets` when last accepted: the least recent one is recycled.
-    last_used: u64,
+    /// `StreamState::packets` when last accepted (its low 32 bits, which keeps the sub-state
+    /// within 64 bytes): the least recent one is recycled.
+    last_used: u32,
+    /// RTP timestamp of the packet at `max_ext`.
+    max_ts: u32,
 }
+
+/// A big sequence jump whose timestamp goes on from the last packet's by at most this much
+/// (2 s at 48 kHz, 12 s at 8 kHz) is a renumbering (an SBC, a transcoder) and restarts the
+/// space at once; one whose timestamp does not is confirmed by the next packet first.
+pub const CONTINUING_TS: u32 = 96_000;
 
 /// How one sub-state took a packet.
 enum Track {
@@ -87,7 +95,7 @@ enum Track {
 }
 
 impl SsrcState {
-    fn new(ssrc: u32, seq: u16) -> Self {
+    fn new(ssrc: u32, seq: u16, ts: u32) -> Self {
         let ext = SEQ_MOD + u64::from(seq);
         SsrcState {
             ssrc,
@@ -95,6 +103,7 @@ impl SsrcState {
             max_ext: ext,
             received: 1,
             window: 1,
+            max_ts: ts,
             ..SsrcState::default()
         }
     }
@@ -112,7 +121,7 @@ impl SsrcState {
     /// `confirmed`: a big jump is taken as a restart at once (a replay of packets the media
     /// thread already accepted, where the packet that confirmed the jump is not there).
     #[inline]
-    fn track(&mut self, seq: u16, confirmed: bool) -> Track {
+    fn track(&mut self, seq: u16, ts: u32, confirmed: bool) -> Track {
         // Truncation is the point: the low 16 bits of max_ext are the highest seq seen.
         let delta = seq.wrapping_sub(self.max_ext as u16);
         if delta == 0 {
@@ -128,6 +137,7 @@ impl SsrcState {
             };
             self.received += 1;
             self.bad_seq = None;
+            self.max_ts = ts;
             return Track::Forward(self.max_ext);
         }
         if delta > u16::MAX - MAX_MISORDER {
@@ -151,8 +161,11 @@ impl SsrcState {
             return Track::Late(ext);
         }
         // A big jump either way. Like RFC 3550 A.1, restart only when the next packet
-        // continues from the jump; a lone stray (a very late packet, a corrupt one) is dropped.
-        if confirmed || self.bad_seq == Some(seq) {
+        // continues from the jump, and a lone stray (a very late packet, a corrupt one) is
+        // dropped; unless the timestamp goes on from the last packet's, as when an SBC or a
+        // transcoder renumbers a stream: then the packet is not a stray, and is kept.
+        let continues = ts.wrapping_sub(self.max_ts) <= CONTINUING_TS;
+        if confirmed || continues || self.bad_seq == Some(seq) {
             self.retired_lost += self.span_lost();
             // Two cycles up: ext stays monotonic, and late packets of the new space (up to
             // MAX_MISORDER behind) cannot fall into the old one's numbers.
@@ -162,6 +175,7 @@ impl SsrcState {
             self.received = 1;
             self.window = 1;
             self.bad_seq = None;
+            self.max_ts = ts;
             return Track::Restart(ext);
         }
         self.bad_seq = Some(seq.wrapping_add(1));
@@ -214,6 +228,7 @@ impl StreamState {
             retired_lost: 0,
             bad_seq: None,
             last_used: 0,
+            max_ts: 0,
         };
         StreamState {
             subs: [EMPTY; MAX_SSRCS],
@@ -254,7 +269,7 @@ impl StreamState {
         let (ext_seq, new_ssrc) = match self.find(h.ssrc) {
             Some(i) => {
                 let sub = &mut self.subs[i];
-                match sub.track(h.sequence, self.replay) {
+                match sub.track(h.sequence, h.timestamp, self.replay) {
                     Track::Forward(ext) => (ext, false),
                     Track::Late(ext) => {
                         self.reordered += 1;
@@ -274,12 +289,12 @@ impl StreamState {
                     }
                 }
             }
-            None => (self.start_ssrc(h.ssrc, h.sequence), true),
+            None => (self.start_ssrc(h.ssrc, h.sequence, h.timestamp), true),
         };
 
         self.packets += 1;
         // `current` was set by find/start_ssrc and is always < MAX_SSRCS.
-        self.subs[self.current].last_used = self.packets;
+        self.subs[self.current].last_used = self.packets as u32;
         if let Some(prev) = self.last_payload_type
             && prev != h.payload_type
         {
@@ -306,7 +321,7 @@ impl StreamState {
 
     /// A new sub-state for an SSRC not held now; returns the first extended sequence number.
     #[cold]
-    fn start_ssrc(&mut self, ssrc: u32, seq: u16) -> u64 {
+    fn start_ssrc(&mut self, ssrc: u32, seq: u16, ts: u32) -> u64 {
         let i = if self.live < MAX_SSRCS {
             self.live += 1;
             self.live - 1
@@ -323,7 +338,7 @@ impl StreamState {
             self.recycled += 1;
             i
         };
-        self.subs[i] = SsrcState::new(ssrc, seq);
+        self.subs[i] = SsrcState::new(ssrc, seq, ts);
         self.current = i;
         if !self.listed[..self.listed_len].contains(&ssrc) {
             if self.listed_len < MAX_LISTED_SSRCS {
@@ -633,6 +648,31 @@ mod tests {
         assert_eq!(s.restarts(), 1);
         assert_eq!(s.lost(), 0);
         assert_eq!(s.packets(), 19);
+    }
+
+    #[test]
+    fn a_renumbering_whose_timestamp_goes_on_is_kept_from_its_first_packet() {
+        let mut s = StreamState::new();
+        let at = |seq: u16, i: u32| RtpHeader {
+            timestamp: 8_000 + 160 * i,
+            ..hdr(1, seq)
+        };
+        for i in 0..10u32 {
+            assert!(matches!(
+                s.on_packet(&at(i as u16, i), 0),
+                PacketVerdict::Accept { .. }
+            ));
+        }
+        // An SBC renumbers: sequence +20,000, timestamps go on.
+        for i in 10..20u32 {
+            let v = s.on_packet(&at(20_000 + i as u16, i), 0);
+            assert!(
+                matches!(v, PacketVerdict::Accept { .. }),
+                "packet {i}: {v:?}"
+            );
+        }
+        assert_eq!(s.restarts(), 1);
+        assert_eq!((s.packets(), s.lost(), s.too_old()), (20, 0, 0));
     }
 
     #[test]

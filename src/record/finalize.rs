@@ -11,8 +11,10 @@
 //! t = 0 is `started_at` (the 200 OK); the end is `ended_at`; every channel spans exactly
 //! `duration_ms`. A stream's packets are placed by RTP timestamp, anchored at the arrival time
 //! of the first packet of each SSRC: `offset = (first_arrival - t0) * clock + (ts - first_ts)`,
-//! with `ts - first_ts` taken on an extended (wrap-free) timestamp. A new SSRC, or a confirmed
-//! sequence restart within one, re-anchors at its own first packet. Gaps (loss, hold, late start)
+//! with `ts - first_ts` taken on an extended (wrap-free) timestamp. A new SSRC, or a sequence
+//! restart within one, re-anchors at its own first packet; so does an audio packet (not a late
+//! one, not an RFC 4733 event) whose position disagrees with its arrival by more than
+//! [`DRIFT_LIMIT_S`], as when an SRC keeps its timestamps through a hold or jumps them. Gaps (loss, hold, late start)
 //! are silence, late packets fill their slot, packets before t = 0 or after the end are clipped.
 //! Where packets overlap, the one placed later on the timeline wins, and for the same slot the
 //! later journal record.
@@ -87,6 +89,14 @@ struct Entry<'a> {
     payload: &'a [u8],
 }
 
+/// Seconds by which the RTP timestamps of a stream's newest packet may disagree with its
+/// arrival time before the arrival time re-anchors the stream. Far above network jitter, and
+/// hours of clock drift between an SRC and this host (50 ppm takes 5.5 h to drift 1 s, and then
+/// costs one 1 s step); far below what an SRC that stops its timestamps through a hold (the
+/// packets after it would land in the hold) or jumps them (they would land after the end)
+/// gets wrong.
+const DRIFT_LIMIT_S: i64 = 1;
+
 /// Extended-timestamp anchor of one SSRC.
 #[derive(Clone, Copy, Debug)]
 struct Anchor {
@@ -152,7 +162,9 @@ impl<'a> StreamPlan<'a> {
         }
     }
 
-    /// Places one accepted packet: returns its timeline position and anchor epoch.
+    /// Places one accepted packet: returns its timeline position and anchor epoch. `newest`:
+    /// the packet is the newest of its SSRC so far (not a late one), so its arrival time may
+    /// correct the anchor (see [`DRIFT_LIMIT_S`]).
     fn place(
         &mut self,
         ssrc: u32,
@@ -160,21 +172,32 @@ impl<'a> StreamPlan<'a> {
         arrival_ns: u64,
         t0_ns: i128,
         reanchor: bool,
+        newest: bool,
     ) -> (i64, u32) {
         self.last_ssrc = Some(ssrc);
-        let found = self.anchors.iter().position(|a| a.ssrc == ssrc);
-        if let (Some(i), false) = (found, reanchor) {
-            let a = &mut self.anchors[i];
-            let pos = a.position(ts);
-            a.last_ext = pos - a.base;
-            a.last_ts = ts;
-            return (pos, a.epoch);
-        }
         // (arrival - t0) in clock units, floored; i128 so no clock or time can overflow.
         let ns = i128::from(arrival_ns) - t0_ns;
-        let base = (ns * i128::from(self.clock)).div_euclid(1_000_000_000);
-        let base =
-            i64::try_from(base).unwrap_or(if base < 0 { i64::MIN / 2 } else { i64::MAX / 2 });
+        let arrived = (ns * i128::from(self.clock)).div_euclid(1_000_000_000);
+        let arrived = i64::try_from(arrived).unwrap_or(if arrived < 0 {
+            i64::MIN / 2
+        } else {
+            i64::MAX / 2
+        });
+        let found = self.anchors.iter().position(|a| a.ssrc == ssrc);
+        if let (Some(i), false) = (found, reanchor) {
+            let limit = i64::from(self.clock) * DRIFT_LIMIT_S;
+            let a = &mut self.anchors[i];
+            let pos = a.position(ts);
+            if !newest || pos.abs_diff(arrived) <= limit.unsigned_abs() {
+                a.last_ext = pos - a.base;
+                a.last_ts = ts;
+                return (pos, a.epoch);
+            }
+            // The timestamps and the clock disagree by more than jitter can explain: an SRC
+            // that kept its timestamps through a hold, or jumped them without time passing.
+            // The arrival time wins, so the channels stay together on one timeline.
+        }
+        let base = arrived;
         self.epochs += 1;
         let anchor = Anchor {
             ssrc,
@@ -290,13 +313,23 @@ impl<'a> Plan<'a> {
             let h = replayed_header(&rec);
             // The same bookkeeping the media thread ran: a record it would have dropped
             // (a duplicate journaled twice) is dropped here too, so nothing counts double.
-            let restarts = sp.state.restarts();
+            let (restarts, reordered) = (sp.state.restarts(), sp.state.reordered());
             let PacketVerdict::Accept { new_ssrc, .. } = sp.state.on_packet(&h, rec.arrival_ns)
             else {
                 continue;
             };
             let reanchor = new_ssrc || sp.state.restarts() != restarts;
-            let (start, epoch) = sp.place(rec.ssrc, rec.timestamp, rec.arrival_ns, t0, reanchor);
+            // An RFC 4733 event keeps its timestamp for as long as the key is held: only
+            // audio may correct the anchor.
+            let newest = sp.state.reordered() == reordered && rec.kind == RecordKind::Audio;
+            let (start, epoch) = sp.place(
+                rec.ssrc,
+                rec.timestamp,
+                rec.arrival_ns,
+                t0,
+                reanchor,
+                newest,
+            );
             match rec.kind {
                 RecordKind::Audio => {
                     let codec = if rec.payload_type == sp.payload_type {
@@ -1064,8 +1097,19 @@ mod tests {
             .enumerate()
             .map(|(i, &q)| p(q, 160 * i as u32, 20 * i as i64, 0x11))
             .collect();
-        // It journals what its own bookkeeping accepts: each jump costs the one packet that
+        // It journals what its own bookkeeping accepts: a jump whose timestamp goes on is a
+        // renumbering, kept at once; one whose timestamp does not costs the packet that
         // announced it (RFC 3550 A.1 confirmation), here 30,006 and 9.
+        let sent: Vec<_> = sent
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut r)| {
+                if i == 5 || i == 8 {
+                    r.ts = r.ts.wrapping_add(1_000_000);
+                }
+                r
+            })
+            .collect();
         let mut media = crate::media::stream::StreamState::new();
         let journaled: Vec<_> = sent
             .iter()
@@ -1082,6 +1126,69 @@ mod tests {
             m.streams[0].packets, 9,
             "every journaled packet is in the recording"
         );
+    }
+
+    /// The byte at `ms` into a mono 8 kHz G.711 rendering.
+    fn at_ms(d: &[u8], ms: usize) -> u8 {
+        d[ms * 8]
+    }
+
+    #[test]
+    fn an_src_that_keeps_its_timestamps_through_a_hold_is_placed_by_arrival_after_it() {
+        // 1 s of audio, 5 s with no packets, then 1 s whose timestamps go on as if no time
+        // had passed (some SBCs do this across a hold).
+        let mut ps: Vec<P> = (0..50u16)
+            .map(|i| p(i, 160 * u32::from(i), 20 * i64::from(i), 0x11))
+            .collect();
+        ps.extend((50..100u16).map(|i| p(i, 160 * u32::from(i), 5_000 + 20 * i64::from(i), 0x22)));
+        let d = mono(&pcmu(7_000), &ps);
+        assert_eq!(at_ms(&d, 500), 0x11);
+        assert!(
+            d[1_010 * 8..5_990 * 8].iter().all(|&b| b == 0xFF),
+            "the hold is silence"
+        );
+        assert_eq!(at_ms(&d, 6_010), 0x22);
+        assert_eq!(at_ms(&d, 6_990), 0x22);
+    }
+
+    #[test]
+    fn timestamps_that_jump_ahead_without_time_passing_are_placed_by_arrival() {
+        // Timestamps jump 2 s ahead at 1 s while the packets keep coming every 20 ms: by
+        // timestamp the second second would land at 3-4 s, after the end.
+        let mut ps: Vec<P> = (0..50u16)
+            .map(|i| p(i, 160 * u32::from(i), 20 * i64::from(i), 0x11))
+            .collect();
+        ps.extend((50..100u16).map(|i| p(i, 16_000 + 160 * u32::from(i), 20 * i64::from(i), 0x22)));
+        let d = mono(&pcmu(2_000), &ps);
+        assert_eq!(at_ms(&d, 500), 0x11);
+        assert_eq!(at_ms(&d, 1_010), 0x22);
+        assert_eq!(at_ms(&d, 1_990), 0x22);
+    }
+
+    #[test]
+    fn a_late_packet_or_a_long_event_does_not_move_the_anchor() {
+        // Packet 10 arrives 1.5 s late: placed by its timestamp, the rest undisturbed.
+        let mut ps: Vec<P> = (0..100u16)
+            .filter(|&i| i != 10)
+            .map(|i| p(i, 160 * u32::from(i), 20 * i64::from(i), 0x11))
+            .collect();
+        ps.push(p(10, 1_600, 1_700, 0x33));
+        // A key held for 3 s: one event timestamp, arrivals going on; then audio again.
+        let ev = |seq: u16, at: i64| P {
+            kind: RecordKind::Event,
+            pt: 101,
+            payload: vec![5, 0x0a, 0, 160],
+            ..p(seq, 16_000, at, 0)
+        };
+        ps.extend((100..250u16).map(|i| ev(i, 2_000 + 20 * i64::from(i - 100))));
+        ps.extend(
+            (250..300u16).map(|i| p(i, 160 * u32::from(i - 150), 20 * i64::from(i - 150), 0x44)),
+        );
+        let d = mono(&pcmu(6_000), &ps);
+        assert_eq!(at_ms(&d, 205), 0x33, "the late packet in its own slot");
+        assert_eq!(at_ms(&d, 225), 0x11);
+        // Audio after the event, by its timestamps: 2.0-3.0 s... which its arrivals agree with.
+        assert_eq!(at_ms(&d, 2_010), 0x44);
     }
 
     #[test]
