@@ -276,6 +276,8 @@ struct HeldPacket {
     dst_port: u16,
     start: usize,
     len: usize,
+    /// Tried again already (its stream was removed before the poll's replay).
+    done: bool,
 }
 
 const HELD_PACKETS: usize = 1024;
@@ -306,6 +308,7 @@ impl Held {
             dst_port: rx.dst_port,
             start,
             len: rx.data.len(),
+            done: false,
         });
         true
     }
@@ -498,6 +501,14 @@ impl Worker {
         if self.held.packets.is_empty() {
             return;
         }
+        self.replay_held_of(None);
+        self.held.packets.clear();
+        self.held.bytes.clear();
+    }
+
+    /// Tries the held packets of stream `only` (all when `None`) once more and marks them
+    /// done: a stream about to be removed counts its own before its totals go out.
+    fn replay_held_of(&mut self, only: Option<u64>) {
         let mut tally = Tally::default();
         let Worker {
             slab,
@@ -506,15 +517,16 @@ impl Worker {
             held,
             ..
         } = self;
-        for h in &held.packets {
+        let Held { packets, bytes } = held;
+        for h in packets.iter_mut() {
+            if h.done || only.is_some_and(|k| k != h.key) {
+                continue;
+            }
+            h.done = true;
             let same_stream = slab
                 .get((h.token >> 1) as usize)
                 .is_some_and(|s| s.as_ref().is_some_and(|s| s.key == h.key));
-            let Some(data) = held
-                .bytes
-                .get(h.start..h.start + h.len)
-                .filter(|_| same_stream)
-            else {
+            let Some(data) = bytes.get(h.start..h.start + h.len).filter(|_| same_stream) else {
                 continue;
             };
             let rx = Received {
@@ -527,8 +539,6 @@ impl Worker {
             };
             on_packet(slab, scratch, ring, &mut tally, rx, None);
         }
-        held.packets.clear();
-        held.bytes.clear();
         self.publish(&tally);
     }
 
@@ -683,6 +693,10 @@ impl Worker {
             (self.reports)(MediaReport::Closed { key });
             return;
         };
+        // What it holds is tried under its final state and counted in its totals.
+        if self.held.packets.iter().any(|h| h.key == key && !h.done) {
+            self.replay_held_of(Some(key));
+        }
         let token = (index as u64) << 1;
         if let Some(table) = self.tproxy.as_mut()
             && let Some(s) = self.slab[index].as_ref()
