@@ -363,6 +363,7 @@ fn recover(spool: &Spool, dirs: Vec<std::path::PathBuf>, reports: &UnboundedSend
     tracing::info!(
         finalized = report.finalized.len(),
         quarantined = report.quarantined.len(),
+        discarded = report.discarded.len(),
         seconds = format!("{:.1}", start.elapsed().as_secs_f64()),
         "crash scan: done"
     );

@@ -58,9 +58,11 @@ pub struct Recovery {
     pub finalized: Vec<PathBuf>,
     /// Folders moved to `quarantine/`, each with a `reason.txt`.
     pub quarantined: Vec<PathBuf>,
+    /// Spool folders removed: empty ones, a call setup the crash cut short before it wrote
+    /// anything (one with its metadata goes to quarantine, saying so).
+    pub discarded: Vec<PathBuf>,
 }
 
-/// Wraps an io::Error with the operation and path, keeping its kind.
 /// The error of a finalize that panicked, with the panic's message.
 #[derive(Debug)]
 pub struct FinalizePanicked(pub String);
@@ -88,6 +90,7 @@ fn guarded<T>(f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     })
 }
 
+/// Wraps an io::Error with the operation and path, keeping its kind.
 fn ctx(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
     let path = path.to_path_buf();
     move |e| io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
@@ -658,9 +661,17 @@ impl Spool {
                         ))
                     });
             match one {
-                Ok(done) => {
+                Ok(Recovered::Folder(done)) => {
                     tracing::info!("crash scan: recovered {}", done.display());
                     report.finalized.push(done);
+                }
+                Ok(Recovered::Discarded) => {
+                    tracing::info!(
+                        "crash scan: removed {}: an empty folder (a call setup cut short \
+                         before it wrote anything)",
+                        dir.display()
+                    );
+                    report.discarded.push(dir);
                 }
                 Err(reason) => match self.quarantine_dir_path(&dir, &reason) {
                     Ok(q) => {
@@ -677,8 +688,8 @@ impl Spool {
         report
     }
 
-    /// One spool folder: `Ok(final folder)` or `Err(reason for quarantine)`.
-    fn recover_one(&self, dir: &Path) -> Result<PathBuf, String> {
+    /// One spool folder: `Ok` with what became of it, or `Err(reason for quarantine)`.
+    fn recover_one(&self, dir: &Path) -> Result<Recovered, String> {
         let done = dir.join(RECORDING_FILE);
         if done.exists() {
             // The crash hit after recording.json was written: the folder is complete.
@@ -701,9 +712,28 @@ impl Spool {
             remove_temp_files(dir).map_err(|e| e.to_string())?;
             return self
                 .move_to_recordings(dir, &meta)
+                .map(Recovered::Folder)
                 .map_err(|e| format!("move failed: {e}"));
         }
         let state = dir.join(SESSION_FILE);
+        if !state.exists() {
+            match setup_cut_short(dir) {
+                Some(0) => {
+                    fs::remove_dir_all(dir).map_err(|e| format!("cannot remove: {e}"))?;
+                    return Ok(Recovered::Discarded);
+                }
+                Some(_) => {
+                    return Err(
+                        "a call setup cut short before its 200: no session.json, only \
+                                what setup writes first (the INVITE's metadata, temporary \
+                                files); the INVITE was never answered and no media was \
+                                recorded, so this holds no recording (safe to delete)"
+                            .into(),
+                    );
+                }
+                None => {}
+            }
+        }
         let text = fs::read_to_string(&state)
             .map_err(|e| format!("no readable session.json ({e}); cannot tell what this is"))?;
         let (mut meta, _) = RecordingMeta::from_json(&text)
@@ -717,8 +747,51 @@ impl Spool {
         meta.warnings
             .push("recovered after an unclean stop: the end may be missing".into());
         self.finalize_dir(dir, &meta)
+            .map(Recovered::Folder)
             .map_err(|e| format!("finalize failed: {e}"))
     }
+}
+
+/// What the crash scan made of one spool folder.
+enum Recovered {
+    /// The recording folder it became.
+    Folder(PathBuf),
+    /// Removed: empty (see [`setup_cut_short`]).
+    Discarded,
+}
+
+/// Whether a spool folder without `session.json` is a call setup a crash cut short, and then
+/// how many files it holds. The 200 waits for `session.json` (DESIGN §1), so such a folder was
+/// never answered, and it holds only what setup writes before that: metadata versions and
+/// temporary files (the journal is created after `session.json`). `None`: something else is
+/// there (a journal, any other file), which that does not explain.
+fn setup_cut_short(dir: &Path) -> Option<usize> {
+    fn files(dir: &Path, ok: &dyn Fn(&str, bool) -> bool, nested: bool) -> Option<usize> {
+        let mut n = 0;
+        for e in fs::read_dir(dir).ok()? {
+            let e = e.ok()?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_dir = e.file_type().ok()?.is_dir();
+            if !ok(&name, is_dir) {
+                return None;
+            }
+            n += if is_dir && !nested {
+                files(
+                    &e.path(),
+                    &|n, d| !d && (n.ends_with(".xml") || is_temp(n)),
+                    true,
+                )?
+            } else {
+                1
+            };
+        }
+        Some(n)
+    }
+    files(
+        dir,
+        &|name, is_dir| (name == METADATA_DIR && is_dir) || (!is_dir && is_temp(name)),
+        false,
+    )
 }
 
 /// The silent `audio.wav`: the layout finalize would use with no packets (one channel per
@@ -1193,6 +1266,47 @@ mod tests {
     }
 
     #[test]
+    fn a_setup_cut_short_before_its_200_is_named_as_such_and_an_empty_one_removed() {
+        let (_tmp, s) = spool();
+        // Killed between the metadata and session.json's rename: never answered.
+        let cut = s.spool_dir().join("cut");
+        fs::create_dir_all(cut.join(METADATA_DIR)).unwrap();
+        fs::write(cut.join(METADATA_DIR).join("001.xml"), b"<recording/>").unwrap();
+        fs::write(cut.join(".session.json.tmp"), b"{ half").unwrap();
+        // Killed between the folder's mkdir and the first file: nothing to keep.
+        let empty = s.spool_dir().join("empty");
+        fs::create_dir_all(empty.join(METADATA_DIR)).unwrap();
+        // No session.json, with a file setup never writes before it: not explained.
+        let odd = s.spool_dir().join("odd");
+        fs::create_dir_all(odd.join(METADATA_DIR)).unwrap();
+        fs::write(odd.join(METADATA_DIR).join("001.xml"), b"<recording/>").unwrap();
+        fs::write(odd.join("notes.txt"), b"?").unwrap();
+        let mut report = s.recover_report();
+        report.quarantined.sort();
+        assert_eq!(report.discarded, vec![empty.clone()]);
+        assert!(!empty.exists());
+        let q = s.quarantine_dir();
+        assert_eq!(report.quarantined, vec![q.join("cut"), q.join("odd")]);
+        let reason = |d: &str| fs::read_to_string(q.join(d).join(REASON_FILE)).unwrap();
+        assert!(
+            reason("cut").contains("never answered"),
+            "{}",
+            reason("cut")
+        );
+        assert!(
+            !reason("odd").contains("never answered"),
+            "{}",
+            reason("odd")
+        );
+        assert_eq!(
+            fs::read(q.join("cut").join(METADATA_DIR).join("001.xml")).unwrap(),
+            b"<recording/>",
+            "nothing is deleted that holds data"
+        );
+        assert!(report.finalized.is_empty());
+    }
+
+    #[test]
     fn corrupt_session_json_goes_to_quarantine() {
         let (_tmp, s) = spool();
         let dir = s.spool_dir().join("bad");
@@ -1214,6 +1328,7 @@ mod tests {
         let (_tmp, s) = spool();
         fs::create_dir_all(s.quarantine_dir().join("x")).unwrap();
         fs::create_dir_all(s.spool_dir().join("x")).unwrap();
+        fs::write(s.spool_dir().join("x").join(JOURNAL_FILE), b"?").unwrap();
         let report = s.recover_report();
         assert_eq!(report.quarantined, vec![s.quarantine_dir().join("x-1")]);
     }
@@ -1224,10 +1339,14 @@ mod tests {
         s.save_state(&no_media("a", 10)).unwrap();
         s.save_state(&no_media("b", 10)).unwrap();
         fs::create_dir_all(s.spool_dir().join("c")).unwrap();
+        fs::write(s.spool_dir().join("c").join(JOURNAL_FILE), b"?").unwrap();
+        // An empty folder: killed between its mkdir and the first metadata file.
+        fs::create_dir_all(s.spool_dir().join("d")).unwrap();
         fs::write(s.spool_dir().join("stray.txt"), b"?").unwrap();
         let report = s.recover_report();
         assert_eq!(report.finalized.len(), 2);
         assert_eq!(report.quarantined.len(), 1);
+        assert_eq!(report.discarded, vec![s.spool_dir().join("d")]);
         assert!(s.spool_dir().join("stray.txt").exists());
     }
 
