@@ -173,6 +173,9 @@ fn srtp_is_decrypted_and_a_wrong_key_records_silence() {
         let server = Server::start(&[]);
         let call = start_call(&server, call_id, &offer(0, Some([&sdes[0], &sdes[1]])));
         let mut specs = two_tones(&call);
+        // The network duplicates three SRTP packets: SRTP's replay check sees them, and they
+        // are duplicates, not key failures.
+        specs[0].impairments.duplicate = vec![10, 20, 30];
         for (i, s) in specs.iter_mut().enumerate() {
             let k = if right { keys[i].clone() } else { key(9) };
             let mut ctx = SrtpContext::new(&k);
@@ -187,6 +190,14 @@ fn srtp_is_decrypted_and_a_wrong_key_records_silence() {
         if right {
             assert_eq!(json["state"], "complete", "{json}");
             check_channels(dir);
+            let s = &json["streams"][0];
+            assert_eq!(s["duplicates"], 3, "{json}");
+            assert_eq!(s["srtp_failures"], 0, "{json}");
+            assert_eq!(
+                s["packets"].as_u64(),
+                Some(report.per_stream[0].packets - 3),
+                "{json}"
+            );
         } else {
             assert_eq!(json["state"], "no-media", "{json}");
             // Every packet sent is counted, the last ones too (they were held for a retry
@@ -479,4 +490,49 @@ fn an_srtp_rekey_by_reoffer_is_followed_and_late_packets_of_the_old_key_still_co
     let s = &json["streams"][0];
     assert_eq!(s["packets"], 99, "{json}");
     assert_eq!(s["srtp_failures"], 0, "{json}");
+}
+
+#[test]
+fn a_reoffer_that_changes_the_telephone_event_type_is_followed() {
+    let server = Server::start(&[]);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = sock.local_addr().expect("addr").port();
+    let call = start_call(&server, "te-change", &offer_from(0, [port, 30002]));
+    let to = dest(call.ports[0]);
+    pcmu_from(&sock, to, 0x5151, 1, 25);
+    let moved = offer_from(0, [port, 30002])
+        .replace(" 0 101\r\n", " 0 96\r\n")
+        .replace("a=rtpmap:101 ", "a=rtpmap:96 ");
+    assert!(moved.contains("rtpmap:96 telephone-event"), "{moved}");
+    assert_eq!(reoffer(&call, 2, &moved), Some(200));
+    // Digit 7 as RFC 4733 events of the new type (the last three carry the end bit), in
+    // the timestamp slot after packet 25, then more audio.
+    for (i, end) in [false, false, false, true, true, true]
+        .into_iter()
+        .enumerate()
+    {
+        let seq = 26 + i as u16;
+        let mut p = vec![0x80u8, 96 | if i == 0 { 0x80 } else { 0 }];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&(26u32 * 160).to_be_bytes());
+        p.extend_from_slice(&0x5151u32.to_be_bytes());
+        let duration = 160 * (i as u16 + 1).min(4);
+        p.extend_from_slice(&[7, if end { 0x80 | 10 } else { 10 }]);
+        p.extend_from_slice(&duration.to_be_bytes());
+        sock.send_to(&p, to).expect("send");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pcmu_from(&sock, to, 0x5151, 32, 25);
+    assert_eq!(
+        call.client.in_dialog("BYE", &call.call_id, &call.tag, 3),
+        Some(200)
+    );
+    let recs = server.wait_recordings(1);
+    let json = &recs[0].1;
+    let digits: Vec<&str> = json["streams"][0]["dtmf"]
+        .as_array()
+        .map(|d| d.iter().filter_map(|x| x["digit"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(digits, vec!["7"], "{json}");
+    assert_eq!(json["streams"][0]["foreign"], 0, "{json}");
 }
