@@ -1139,3 +1139,74 @@ fn a_stream_removed_by_a_reoffer_keeps_its_recorded_channel() {
         "what stream 2 recorded stays a channel"
     );
 }
+
+#[test]
+fn reels_bye_follows_the_srcs_new_tcp_connection_or_opens_one_to_its_contact() {
+    use reel::sip::{ConnId, Transport};
+    let tcp = |conn: u64, port: u16| reel::sip::Flow {
+        transport: Transport::Tcp,
+        local: "192.0.2.10:5060".parse().expect("addr"),
+        remote: std::net::SocketAddr::from(([198, 51, 100, 7], port)),
+        conn: Some(ConnId(conn)),
+    };
+    for reconnects in [true, false] {
+        let config = RecorderConfig {
+            drain_timeout: Duration::from_secs(5),
+            ..RecorderConfig::default()
+        };
+        let mut sim = Sim::with(config, 1000);
+        // The SRC's first connection comes from an ephemeral port; its Contact says 5070.
+        sim.flow = tcp(1, 40001);
+        sim.send(&siprec_invite("conn", "z9hG4bK-conn-1"));
+        let ok = sim.finals().pop().expect("answer");
+        assert_eq!(ok.status, 200);
+        let tag = to_tag(&ok);
+        sim.send(&request(
+            "ACK",
+            "conn",
+            "z9hG4bK-conn-ack",
+            1,
+            &tag,
+            "",
+            None,
+            "",
+        ));
+        let (now, wall) = (sim.now, sim.wall);
+        sim.rec.handle_connection_closed(now, wall, ConnId(1));
+        if reconnects {
+            // It comes back on a new connection and pings the dialog there.
+            sim.flow = tcp(2, 40002);
+            sim.send(&request(
+                "OPTIONS",
+                "conn",
+                "z9hG4bK-conn-2",
+                2,
+                &tag,
+                "",
+                None,
+                "",
+            ));
+            assert_eq!(sim.finals().pop().map(|r| r.status), Some(200));
+        }
+        sim.sent.clear();
+        let now = sim.now;
+        sim.rec.start_drain(now);
+        sim.run_for(Duration::from_secs(6));
+        let bye = sim
+            .sent
+            .iter()
+            .find(|(_, m)| matches!(m, reel::sip::message::Message::Request(r) if r.method == reel::sip::Method::Bye))
+            .map(|(flow, _)| *flow)
+            .expect("Reel ends the recording with a BYE at the drain deadline");
+        if reconnects {
+            assert_eq!(bye, tcp(2, 40002), "on the connection the SRC uses now");
+        } else {
+            assert_eq!(bye.conn, None, "a new connection");
+            assert_eq!(
+                bye.remote,
+                "198.51.100.7:5070".parse().expect("addr"),
+                "to the Contact, not the closed connection's source port"
+            );
+        }
+    }
+}

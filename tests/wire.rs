@@ -371,3 +371,87 @@ fn a_scripted_invite_with_a_miscounted_content_length_is_recorded() {
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].1["call_id"], "scripted-1", "{}", recs[0].1);
 }
+
+#[test]
+fn a_bye_of_reels_after_the_srcs_tcp_connection_closed_goes_to_its_contact() {
+    let mut server = Server::start_with(Some("[sip]\ndrain_timeout_s = 1\n"), &[]);
+    // The SRC listens on its Contact's port and connects from another (ephemeral) one.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let contact = listener.local_addr().expect("addr").port();
+    let tcp = |text: String| {
+        text.replace("SIP/2.0/UDP", "SIP/2.0/TCP").replace(
+            "<sip:src@198.51.100.7:5070>",
+            &format!("<sip:src@127.0.0.1:{contact};transport=tcp>"),
+        )
+    };
+    let mut conn = TcpStream::connect(("127.0.0.1", server.sip_port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut framer = StreamFramer::new(65536);
+    stream_send(
+        &mut conn,
+        &tcp(siprec_invite("tcp-gone", "z9hG4bK-tcp-gone-1")),
+    );
+    let ok = stream_response(&mut conn, &mut framer, 200).expect("answer");
+    assert_eq!(ok.status, 200);
+    let tag = to_tag(&ok);
+    stream_send(
+        &mut conn,
+        &tcp(request(
+            "ACK",
+            "tcp-gone",
+            "z9hG4bK-tcp-gone-ack",
+            1,
+            &tag,
+            "",
+            None,
+            "",
+        )),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(200));
+    // SIGTERM: after the 1 s drain timeout Reel ends the recording with a BYE of its own.
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(
+            server.child.as_ref().expect("running").id() as i32,
+            libc::SIGTERM,
+        );
+    }
+    listener.set_nonblocking(false).expect("blocking");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let got = listener.accept().ok().and_then(|(mut s, _)| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            let mut framer = StreamFramer::new(65536);
+            let mut buf = [0u8; 8192];
+            loop {
+                if let Ok(Some(reel::sip::framing::Frame::Message(data))) = framer.next_frame()
+                    && let Ok(reel::sip::Message::Request(r)) =
+                        reel::sip::message::parse_message(&data)
+                {
+                    let resp = reel::sip::Response::for_request(&r, 200, "OK");
+                    let _ = s.write_all(&resp.encode());
+                    return Some(r);
+                }
+                let n = std::io::Read::read(&mut s, &mut buf).ok()?;
+                if n == 0 {
+                    return None;
+                }
+                framer.push(&buf[..n]);
+            }
+        });
+        let _ = tx.send(got);
+    });
+    let bye = rx
+        .recv_timeout(Duration::from_secs(15))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no request at the Contact; log:\n{}", server.log_text()));
+    assert_eq!(bye.method, reel::sip::Method::Bye);
+    assert_eq!(bye.headers.get("Call-ID"), Some("tcp-gone"));
+    let status = server.terminate();
+    assert_eq!(status.code(), Some(0), "{}", server.log_text());
+    assert_eq!(server.wait_recordings(1)[0].1["end_reason"], "shutdown");
+}

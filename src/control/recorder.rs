@@ -294,7 +294,13 @@ impl Recorder {
             if let Some(d) = session.dialog.as_mut()
                 && d.flow.conn == Some(conn)
             {
+                // A request of ours (a BYE at drain or at a session-timer expiry) now needs a
+                // new connection: to the SRC's Contact (RFC 3261 §12.2.1.1), not to the source
+                // port of the one that closed, which nothing listens on.
                 d.flow.conn = None;
+                if let Some(to) = target_address(&d.remote_target, d.flow.transport) {
+                    d.flow.remote = to;
+                }
             }
         }
         self.process_events(now, wall);
@@ -831,7 +837,7 @@ impl Recorder {
         wall: SystemTime,
         tx: TxId,
         req: Request,
-        _flow: Flow,
+        flow: Flow,
         _to_tag: String,
     ) {
         if req.method == Method::Options {
@@ -840,9 +846,10 @@ impl Recorder {
             // to its BYE), and 481 for one that is gone (e.g. died with the last process), so
             // the SRC tears it down and stops sending its RTP.
             // `by_dialog` holds exactly the live sessions (`remove_session` clears both).
-            if self.dialog_key(&req).is_none() {
+            let Some(key) = self.dialog_key(&req) else {
                 return self.reply(now, tx, &req, 481, "Call/Transaction Does Not Exist", None);
-            }
+            };
+            self.follow_connection(key, flow);
             return self.answer_options(now, tx, &req);
         }
         let Some(key) = self.dialog_key(&req) else {
@@ -858,6 +865,7 @@ impl Recorder {
             let (status, reason) = (e.status, e.reason);
             return self.reply(now, tx, &req, status, &reason, None);
         }
+        self.follow_connection(key, flow);
         match req.method {
             Method::Bye => {
                 let mut resp = Response::for_request(&req, 200, "OK");
@@ -872,6 +880,20 @@ impl Recorder {
                 self.endpoint.respond(now, tx, resp);
             }
             _ => self.reply_405(now, tx, &req),
+        }
+    }
+
+    /// An in-dialog request came on a TCP or TLS connection: Reel's own requests in the
+    /// dialog go on the connection the SRC uses now (it may have opened a new one after the
+    /// first closed, or moved to another of its proxies' connections).
+    fn follow_connection(&mut self, key: SessionKey, flow: Flow) {
+        if flow.conn.is_none() {
+            return;
+        }
+        if let Some(d) = self.sessions.get_mut(&key).and_then(|s| s.dialog.as_mut())
+            && d.flow.transport == flow.transport
+        {
+            d.flow = flow;
         }
     }
 
@@ -1631,6 +1653,18 @@ fn contact_for(ip: IpAddr, flow: &Flow) -> String {
         "<{scheme}:reel@{host}:{}{transport}>;+sip.srs",
         flow.local.port()
     )
+}
+
+/// The address of a dialog's remote target for a new connection: an IP literal and its port
+/// (5060, or 5061 for sips: and TLS, when the URI names none). `None` for a host name: the
+/// control thread resolves no names, so the caller keeps the address it had.
+fn target_address(uri: &str, transport: crate::sip::Transport) -> Option<std::net::SocketAddr> {
+    let (host, port) = crate::sip::header::uri_host_port(uri)?;
+    let ip: IpAddr = host.parse().ok()?;
+    let secure = transport == crate::sip::Transport::Tls
+        || uri.trim_start().to_ascii_lowercase().starts_with("sips:");
+    let port = port.unwrap_or(if secure { 5061 } else { 5060 });
+    Some(std::net::SocketAddr::new(ip, port))
 }
 
 /// IPv4-mapped IPv6 addresses (from a dual-stack socket) compare as IPv4.
