@@ -1067,6 +1067,21 @@ fn a_reoffer_that_moves_the_src_or_changes_payload_types_is_followed_by_the_medi
     let ok = reoffer(&mut sim, "moves", &tag, 3, &moved);
     assert_eq!(ok.status, 200);
     assert_eq!(sim.updated.borrow().len(), 2);
+    // Stream 1 moves from PCMU to PCMA (before its first packet, or mid-call).
+    let pcma = moved.replacen(
+        "m=audio 31000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000",
+        "m=audio 31000 RTP/AVP 8 101\r\na=rtpmap:8 PCMA/8000",
+        1,
+    );
+    assert_ne!(pcma, moved);
+    let ok = reoffer(&mut sim, "moves", &tag, 4, &pcma);
+    assert_eq!(ok.status, 200);
+    assert!(body(&ok).contains("PCMA"), "{}", body(&ok));
+    let updated = sim.updated.borrow().clone();
+    assert_eq!(updated.len(), 3, "{updated:?}");
+    let (port, spec, _) = &updated[2];
+    assert_eq!(*port, started[0].0);
+    assert_eq!(spec.payload_type, 8);
 }
 
 #[test]
