@@ -167,6 +167,13 @@ fn a_call_that_ends_while_the_disk_is_full_is_finalized_whole_once_there_is_room
         "{}",
         server.log_text()
     );
+    // Each group commit failed for this journal; the log says so once, not once a second.
+    assert_eq!(
+        server.log_text().matches("journal write failed").count(),
+        1,
+        "{}",
+        server.log_text()
+    );
 
     std::fs::remove_file(&filler).expect("free");
     let recs = server.wait_recordings(1);

@@ -73,6 +73,9 @@ struct OpenRecording {
     id: String,
     journal: Option<JournalWriter>,
     ended: HashMap<u16, StreamTotals>,
+    /// Its last journal write failed: the next failures are not logged again (a full disk
+    /// would otherwise log every open recording once a second), the next success is.
+    failing: bool,
 }
 
 /// A recording whose finalize failed, kept with its unwritten packets for the next try.
@@ -439,6 +442,7 @@ impl State {
                 id: meta.id.clone(),
                 journal: Some(journal),
                 ended: HashMap::new(),
+                failing: false,
             },
         );
         Ok(())
@@ -516,10 +520,19 @@ impl State {
                         .journal_bytes
                         .fetch_add(j.bytes_written() - before, Relaxed);
                     *dirty = true;
+                    if rec.failing {
+                        rec.failing = false;
+                        tracing::info!(id = %rec.id, "journal writes work again; what was buffered is written");
+                    }
                 }
                 Err(e) => {
                     counters.journal_errors.fetch_add(1, Relaxed);
-                    tracing::error!(id = %rec.id, error = %e, "journal write failed; the data stays buffered");
+                    if !rec.failing {
+                        rec.failing = true;
+                        tracing::error!(id = %rec.id, error = %e,
+                            "journal write failed; the data stays buffered and is retried each \
+                             commit (logged again only after a success; reel_journal_errors_total counts each)");
+                    }
                 }
             }
         };
@@ -696,6 +709,7 @@ mod tests {
             id: id.into(),
             journal: None,
             ended: HashMap::new(),
+            failing: false,
         }
     }
 
