@@ -158,15 +158,8 @@ fn srtp_is_decrypted_and_a_wrong_key_records_silence() {
     if !sox_available() {
         return;
     }
-    use reel::media::srtp::{SrtpContext, SrtpKey, SrtpSuite};
-    let key = |n: u8| {
-        SrtpKey::new(
-            SrtpSuite::AesCm128HmacSha1_80,
-            [n; 16],
-            &[n.wrapping_add(1); 14],
-        )
-        .expect("key")
-    };
+    use reel::media::srtp::SrtpContext;
+    let key = srtp_key;
     let keys = [key(1), key(2)];
     let sdes = [keys[0].to_sdes(), keys[1].to_sdes()];
     for (right, call_id) in [(true, "srtp-right"), (false, "srtp-wrong")] {
@@ -440,15 +433,8 @@ fn a_reoffer_that_moves_the_src_and_an_src_that_moves_without_one_are_both_follo
 
 #[test]
 fn an_srtp_rekey_by_reoffer_is_followed_and_late_packets_of_the_old_key_still_count() {
-    use reel::media::srtp::{SrtpContext, SrtpKey, SrtpSuite};
-    let key = |n: u8| {
-        SrtpKey::new(
-            SrtpSuite::AesCm128HmacSha1_80,
-            [n; 16],
-            &[n.wrapping_add(1); 14],
-        )
-        .expect("key")
-    };
+    use reel::media::srtp::{SrtpContext, SrtpKey};
+    let key = srtp_key;
     let offer_with = |tag: u8, k: [&SrtpKey; 2]| {
         let mut sdp = offer(0, Some([&k[0].to_sdes(), &k[1].to_sdes()]));
         if tag != 1 {

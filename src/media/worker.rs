@@ -179,41 +179,104 @@ struct PortTable {
     /// Datagrams for a port not (yet) in `slots`, kept until the commands queued meanwhile
     /// are applied. The SRC may send its first packets as soon as it has the 200, before this
     /// thread took the stream's `Add`; with per-stream sockets they wait in the socket, here
-    /// they would be lost. Preallocated, never grown.
-    late: Vec<Late>,
-    late_bytes: Vec<u8>,
+    /// they would be lost.
+    late: Stash<()>,
     /// Where unrouted datagrams are counted per port.
     activity: Arc<PortActivity>,
 }
 
-/// A datagram held in [`PortTable::late`]: where its bytes are in `late_bytes`.
-struct Late {
-    dst_port: u16,
+/// Datagrams kept for one more try, with what the caller needs to know of each (`T`), in
+/// room allocated once: what does not fit is refused, never a reallocation on the packet path.
+struct Stash<T> {
+    kept: Vec<Kept<T>>,
+    bytes: Vec<u8>,
+}
+
+struct Kept<T> {
+    tag: T,
     source: SocketAddr,
     arrival_ns: u64,
+    dst_port: u16,
     start: usize,
     len: usize,
+}
+
+impl<T> Stash<T> {
+    fn new(datagrams: usize, bytes: usize) -> Stash<T> {
+        Stash {
+            kept: Vec::with_capacity(datagrams),
+            bytes: Vec::with_capacity(bytes),
+        }
+    }
+
+    /// Keeps `rx` with `tag`; `false` when there is no room.
+    fn keep(&mut self, tag: T, rx: &Received<'_>) -> bool {
+        let start = self.bytes.len();
+        if self.kept.len() == self.kept.capacity() || start + rx.data.len() > self.bytes.capacity()
+        {
+            return false;
+        }
+        self.bytes.extend_from_slice(rx.data);
+        self.kept.push(Kept {
+            tag,
+            source: rx.source,
+            arrival_ns: rx.arrival_ns,
+            dst_port: rx.dst_port,
+            start,
+            len: rx.data.len(),
+        });
+        true
+    }
+
+    fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// Each kept datagram, as received (token 0: the caller knows where it goes), with its tag.
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&mut T, Received<'_>)> {
+        let bytes = &self.bytes;
+        self.kept.iter_mut().map(move |k| {
+            let rx = Received {
+                token: 0,
+                data: bytes.get(k.start..k.start + k.len).unwrap_or(&[]),
+                arrival_ns: k.arrival_ns,
+                source: k.source,
+                dst_port: k.dst_port,
+                truncated: false,
+            };
+            (&mut k.tag, rx)
+        })
+    }
+
+    fn clear(&mut self) {
+        self.kept.clear();
+        self.bytes.clear();
+    }
 }
 
 const LATE_PACKETS: usize = 2048;
 const LATE_BYTES: usize = 512 * 1024;
 
+/// [`PortTable::route`] over its slots alone (so a replay can borrow the held datagrams too).
+fn route(slots: &[u32], port: u16) -> Option<u64> {
+    match slots.get(usize::from(port)) {
+        Some(&v) if v != 0 => Some(u64::from(v - 1)),
+        _ => None,
+    }
+}
+
 impl PortTable {
     fn new(activity: Arc<PortActivity>) -> PortTable {
         PortTable {
             slots: vec![0u32; 65536].into_boxed_slice(),
-            late: Vec::with_capacity(LATE_PACKETS),
-            late_bytes: Vec::with_capacity(LATE_BYTES),
+            late: Stash::new(LATE_PACKETS, LATE_BYTES),
             activity,
         }
     }
 
     /// The token of the stream `port` belongs to.
     fn route(&self, port: u16) -> Option<u64> {
-        match self.slots.get(usize::from(port)) {
-            Some(&v) if v != 0 => Some(u64::from(v - 1)),
-            _ => None,
-        }
+        route(&self.slots, port)
     }
 
     /// Routes RTP `port` to `token` and `port + 1` to `token | 1` (RTCP). `false` when the
@@ -239,21 +302,7 @@ impl PortTable {
 
     /// Keeps an unrouted datagram for a replay; `false` when the preallocated room is full.
     fn hold(&mut self, rx: &Received<'_>) -> bool {
-        let start = self.late_bytes.len();
-        if self.late.len() == self.late.capacity()
-            || start + rx.data.len() > self.late_bytes.capacity()
-        {
-            return false;
-        }
-        self.late_bytes.extend_from_slice(rx.data);
-        self.late.push(Late {
-            dst_port: rx.dst_port,
-            source: rx.source,
-            arrival_ns: rx.arrival_ns,
-            start,
-            len: rx.data.len(),
-        });
-        true
+        self.late.keep((), rx)
     }
 }
 
@@ -262,57 +311,26 @@ impl PortTable {
 /// offer's address or key reaches this thread at its next wake, up to 80 ms after the 200
 /// went out, and an SRC uses them as soon as it has the 200. Preallocated, never grown; what
 /// does not fit is counted at once.
-struct Held {
-    packets: Vec<HeldPacket>,
-    bytes: Vec<u8>,
-}
+type Held = Stash<HeldTag>;
 
-struct HeldPacket {
+struct HeldTag {
     token: u64,
     /// The stream's key: its slab slot may hold another stream by the replay.
     key: u64,
-    source: SocketAddr,
-    arrival_ns: u64,
-    dst_port: u16,
-    start: usize,
-    len: usize,
     /// Tried again already (its stream was removed before the poll's replay).
     done: bool,
 }
 
-const HELD_PACKETS: usize = 1024;
-const HELD_BYTES: usize = 256 * 1024;
-
-impl Held {
-    fn new() -> Held {
-        Held {
-            packets: Vec::with_capacity(HELD_PACKETS),
-            bytes: Vec::with_capacity(HELD_BYTES),
-        }
-    }
-
-    /// Keeps `rx` of stream `key`; `false` when there is no room.
-    fn keep(&mut self, key: u64, rx: &Received<'_>) -> bool {
-        let start = self.bytes.len();
-        if self.packets.len() == self.packets.capacity()
-            || start + rx.data.len() > self.bytes.capacity()
-        {
-            return false;
-        }
-        self.bytes.extend_from_slice(rx.data);
-        self.packets.push(HeldPacket {
-            token: rx.token,
-            key,
-            source: rx.source,
-            arrival_ns: rx.arrival_ns,
-            dst_port: rx.dst_port,
-            start,
-            len: rx.data.len(),
-            done: false,
-        });
-        true
+fn held_tag(stream: &Stream, rx: &Received<'_>) -> HeldTag {
+    HeldTag {
+        token: rx.token,
+        key: stream.key,
+        done: false,
     }
 }
+
+const HELD_PACKETS: usize = 1024;
+const HELD_BYTES: usize = 256 * 1024;
 
 /// The token of a media thread's TPROXY socket (stream tokens are slab indexes shifted left).
 const TPROXY_TOKEN: u64 = u64::MAX;
@@ -369,7 +387,7 @@ impl Worker {
             free: Vec::new(),
             scratch: Box::new([0u8; 4096]),
             tproxy: None,
-            held: Held::new(),
+            held: Held::new(HELD_PACKETS, HELD_BYTES),
             batch,
         }
     }
@@ -398,9 +416,7 @@ impl Worker {
             if self.poll_once(Duration::from_millis(100)).is_err() {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            if self.tproxy.as_ref().is_some_and(|t| !t.late.is_empty())
-                || !self.held.packets.is_empty()
-            {
+            if self.tproxy.as_ref().is_some_and(|t| !t.late.is_empty()) || !self.held.is_empty() {
                 if !self.take_commands() {
                     break;
                 }
@@ -471,39 +487,38 @@ impl Worker {
         let Some(table) = tproxy.as_mut() else {
             return;
         };
-        for l in &table.late {
-            let (Some(token), Some(data)) = (
-                table.route(l.dst_port),
-                table.late_bytes.get(l.start..l.start + l.len),
-            ) else {
+        let PortTable {
+            slots,
+            late,
+            activity,
+        } = table;
+        for ((), rx) in late.iter_mut() {
+            let Some(token) = route(slots, rx.dst_port) else {
                 tally.unrouted += 1;
-                table.activity.bump(l.dst_port);
+                activity.bump(rx.dst_port);
                 continue;
             };
-            let rx = Received {
-                token,
-                data,
-                arrival_ns: l.arrival_ns,
-                source: l.source,
-                dst_port: l.dst_port,
-                truncated: false,
-            };
-            on_packet(slab, scratch, ring, &mut tally, rx, None);
+            on_packet(
+                slab,
+                scratch,
+                ring,
+                &mut tally,
+                Received { token, ..rx },
+                None,
+            );
         }
-        table.late.clear();
-        table.late_bytes.clear();
+        late.clear();
         self.publish(&tally);
     }
 
     /// Tries the packets that failed in the last poll once more, now that the commands queued
     /// meanwhile are applied; what fails again is counted.
     fn replay_held(&mut self) {
-        if self.held.packets.is_empty() {
+        if self.held.is_empty() {
             return;
         }
         self.replay_held_of(None);
-        self.held.packets.clear();
-        self.held.bytes.clear();
+        self.held.clear();
     }
 
     /// Tries the held packets of stream `only` (all when `None`) once more and marks them
@@ -517,8 +532,7 @@ impl Worker {
             held,
             ..
         } = self;
-        let Held { packets, bytes } = held;
-        for h in packets.iter_mut() {
+        for (h, rx) in held.iter_mut() {
             if h.done || only.is_some_and(|k| k != h.key) {
                 continue;
             }
@@ -526,18 +540,13 @@ impl Worker {
             let same_stream = slab
                 .get((h.token >> 1) as usize)
                 .is_some_and(|s| s.as_ref().is_some_and(|s| s.key == h.key));
-            let Some(data) = bytes.get(h.start..h.start + h.len).filter(|_| same_stream) else {
-                continue;
-            };
-            let rx = Received {
-                token: h.token,
-                data,
-                arrival_ns: h.arrival_ns,
-                source: h.source,
-                dst_port: h.dst_port,
-                truncated: false,
-            };
-            on_packet(slab, scratch, ring, &mut tally, rx, None);
+            if same_stream {
+                let rx = Received {
+                    token: h.token,
+                    ..rx
+                };
+                on_packet(slab, scratch, ring, &mut tally, rx, None);
+            }
         }
         self.publish(&tally);
     }
@@ -694,7 +703,12 @@ impl Worker {
             return;
         };
         // What it holds is tried under its final state and counted in its totals.
-        if self.held.packets.iter().any(|h| h.key == key && !h.done) {
+        if self
+            .held
+            .kept
+            .iter()
+            .any(|k| k.tag.key == key && !k.tag.done)
+        {
             self.replay_held_of(Some(key));
         }
         let token = (index as u64) << 1;
@@ -825,7 +839,7 @@ fn on_packet(
         && !may_relatch(stream, rx.source, rx.arrival_ns)
     {
         if let Some(h) = held
-            && h.keep(stream.key, &rx)
+            && h.keep(held_tag(stream, &rx), &rx)
         {
             return;
         }
@@ -853,7 +867,7 @@ fn on_packet(
                     None => {
                         if e != SrtpError::Replay
                             && let Some(h) = held
-                            && h.keep(stream.key, &rx)
+                            && h.keep(held_tag(stream, &rx), &rx)
                         {
                             return;
                         }

@@ -283,3 +283,13 @@ pub fn pcmu_from(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An AES_CM_128_HMAC_SHA1_80 key made of `n` (master key) and `n + 1` (salt).
+pub fn srtp_key(n: u8) -> reel::media::srtp::SrtpKey {
+    reel::media::srtp::SrtpKey::new(
+        reel::media::srtp::SrtpSuite::AesCm128HmacSha1_80,
+        [n; 16],
+        &[n.wrapping_add(1); 14],
+    )
+    .expect("key")
+}
