@@ -44,7 +44,13 @@ pub struct PortPool {
 /// A held-back port pair, bound with the smallest receive buffer so that what arrives costs
 /// little and one drain tells whether anything came since the last.
 struct Cooling {
-    sockets: StreamSockets,
+    /// `None` while the pair cannot be bound yet: right after a kill -9 the dead process's
+    /// io_uring may still hold its sockets for a moment (the kernel tears a ring down after
+    /// the process is reaped). Bound at a later check.
+    sockets: Option<StreamSockets>,
+    /// When the hold began: a pair that cannot be bound for the quiet time goes back to the
+    /// pool (whose allocation skips what another process holds).
+    since: Instant,
     /// When a datagram was last seen (or the hold began).
     busy_at: Instant,
     /// TPROXY mode: the media threads' unrouted count for the pair when last checked.
@@ -100,25 +106,25 @@ impl PortPool {
 
     /// Holds `ports` (the RTP ports of the last run's unfinished calls) out of the pool until
     /// no datagram reached them for `quiet` (see [`PortPool::check_cooling`]). Ports outside
-    /// the range or not bindable are left alone. Returns how many pairs are held.
+    /// the range are left alone; one that cannot be bound yet is held all the same and bound
+    /// at a later check. Returns how many pairs are held.
     pub fn cool(&mut self, ports: &[u16], now: Instant, quiet: Duration) -> usize {
         self.quiet = quiet;
         for &port in ports {
             let Some(at) = self.free.iter().position(|&p| p == port) else {
                 continue;
             };
-            // 0 asks for the kernel's smallest buffer (a few datagrams).
-            if let Ok(sockets) = bind_pair(self.bind_ip, port, 0) {
-                self.free.remove(at);
-                self.cooling.insert(
-                    port,
-                    Cooling {
-                        sockets,
-                        busy_at: now,
-                        seen: 0,
-                    },
-                );
-            }
+            self.free.remove(at);
+            self.cooling.insert(
+                port,
+                Cooling {
+                    // 0 asks for the kernel's smallest buffer (a few datagrams).
+                    sockets: bind_pair(self.bind_ip, port, 0).ok(),
+                    since: now,
+                    busy_at: now,
+                    seen: 0,
+                },
+            );
         }
         self.cooling.len()
     }
@@ -130,7 +136,20 @@ impl PortPool {
     pub fn check_cooling(&mut self, now: Instant, activity: Option<&PortActivity>) -> Vec<u16> {
         let mut back = Vec::new();
         for (&port, c) in self.cooling.iter_mut() {
-            let mut busy = drain(&c.sockets.rtp) | drain(&c.sockets.rtcp);
+            if c.sockets.is_none() {
+                c.sockets = bind_pair(self.bind_ip, port, 0).ok();
+                if c.sockets.is_none() {
+                    // Still held elsewhere: nothing can be told of its traffic.
+                    if now.saturating_duration_since(c.since) >= self.quiet {
+                        back.push(port);
+                    }
+                    continue;
+                }
+            }
+            let mut busy = c
+                .sockets
+                .as_ref()
+                .is_some_and(|s| drain(&s.rtp) | drain(&s.rtcp));
             if let Some(a) = activity {
                 let seen = a.get(port).wrapping_add(a.get(port.wrapping_add(1)));
                 busy |= seen != c.seen;
@@ -388,6 +407,36 @@ mod tests {
         assert_eq!(pool.cooling(), 0);
         assert_eq!(pool.capacity(), 4);
         assert_eq!(pool.allocate(), Some(lo));
+    }
+
+    #[test]
+    fn a_held_pair_the_dead_process_still_holds_is_held_and_bound_once_it_lets_go() {
+        let (lo, hi) = free_range(6);
+        let mut pool = PortPool::new(lo, hi, 65536);
+        let t0 = Instant::now();
+        let quiet = Duration::from_secs(60);
+        // The last run's sockets, not yet released (a dying io_uring), on lo and lo + 2.
+        let ip = pool.bind_ip;
+        let dying = bind_pair(ip, lo, 0).expect("bind");
+        let other = bind_pair(ip, lo + 2, 0).expect("bind");
+        assert_eq!(
+            pool.cool(&[lo, lo + 2], t0, quiet),
+            2,
+            "held although unbindable"
+        );
+        assert_eq!(pool.allocate(), Some(lo + 4), "neither is handed out");
+        drop(dying);
+        // The next check binds lo: it is held from then on (RTP may still reach it).
+        assert!(
+            pool.check_cooling(t0 + Duration::from_secs(1), None)
+                .is_empty()
+        );
+        assert!(bind_pair(ip, lo, 0).is_err(), "bound by the pool now");
+        // lo + 2 never comes free: back to the pool after the quiet time, like lo.
+        let back = pool.check_cooling(t0 + quiet + Duration::from_secs(1), None);
+        assert_eq!(back, vec![lo, lo + 2]);
+        drop(other);
+        assert_eq!(pool.cooling(), 0);
     }
 
     #[test]
