@@ -159,8 +159,7 @@ fn srtp_is_decrypted_and_a_wrong_key_records_silence() {
         return;
     }
     use reel::media::srtp::SrtpContext;
-    let key = srtp_key;
-    let keys = [key(1), key(2)];
+    let keys = [srtp_key(1), srtp_key(2)];
     let sdes = [keys[0].to_sdes(), keys[1].to_sdes()];
     for (right, call_id) in [(true, "srtp-right"), (false, "srtp-wrong")] {
         let server = Server::start(&[]);
@@ -170,7 +169,7 @@ fn srtp_is_decrypted_and_a_wrong_key_records_silence() {
         // are duplicates, not key failures.
         specs[0].impairments.duplicate = vec![10, 20, 30];
         for (i, s) in specs.iter_mut().enumerate() {
-            let k = if right { keys[i].clone() } else { key(9) };
+            let k = if right { keys[i].clone() } else { srtp_key(9) };
             let mut ctx = SrtpContext::new(&k);
             s.protect = Some(Box::new(move |p: &mut Vec<u8>| {
                 let _ = ctx.protect_rtp(p);
@@ -434,7 +433,6 @@ fn a_reoffer_that_moves_the_src_and_an_src_that_moves_without_one_are_both_follo
 #[test]
 fn an_srtp_rekey_by_reoffer_is_followed_and_late_packets_of_the_old_key_still_count() {
     use reel::media::srtp::{SrtpContext, SrtpKey};
-    let key = srtp_key;
     let offer_with = |tag: u8, k: [&SrtpKey; 2]| {
         let mut sdp = offer(0, Some([&k[0].to_sdes(), &k[1].to_sdes()]));
         if tag != 1 {
@@ -443,7 +441,7 @@ fn an_srtp_rekey_by_reoffer_is_followed_and_late_packets_of_the_old_key_still_co
         sdp
     };
     let server = Server::start(&[]);
-    let (k1, k2, k3) = (key(1), key(2), key(3));
+    let (k1, k2, k3) = (srtp_key(1), srtp_key(2), srtp_key(3));
     let call = start_call(&server, "rekey", &offer_with(1, [&k1, &k2]));
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let to = dest(call.ports[0]);

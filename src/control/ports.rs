@@ -46,11 +46,10 @@ pub struct PortPool {
 struct Cooling {
     /// `None` while the pair cannot be bound yet: right after a kill -9 the dead process's
     /// io_uring may still hold its sockets for a moment (the kernel tears a ring down after
-    /// the process is reaped). Bound at a later check.
+    /// the process is reaped). Bound at a later check; one still unbindable a quiet time
+    /// after the hold began goes back to the pool (whose allocation skips what another
+    /// process holds).
     sockets: Option<StreamSockets>,
-    /// When the hold began: a pair that cannot be bound for the quiet time goes back to the
-    /// pool (whose allocation skips what another process holds).
-    since: Instant,
     /// When a datagram was last seen (or the hold began).
     busy_at: Instant,
     /// TPROXY mode: the media threads' unrouted count for the pair when last checked.
@@ -120,7 +119,6 @@ impl PortPool {
                 Cooling {
                     // 0 asks for the kernel's smallest buffer (a few datagrams).
                     sockets: bind_pair(self.bind_ip, port, 0).ok(),
-                    since: now,
                     busy_at: now,
                     seen: 0,
                 },
@@ -138,18 +136,16 @@ impl PortPool {
         for (&port, c) in self.cooling.iter_mut() {
             if c.sockets.is_none() {
                 c.sockets = bind_pair(self.bind_ip, port, 0).ok();
-                if c.sockets.is_none() {
-                    // Still held elsewhere: nothing can be told of its traffic.
-                    if now.saturating_duration_since(c.since) >= self.quiet {
-                        back.push(port);
-                    }
-                    continue;
-                }
             }
-            let mut busy = c
-                .sockets
-                .as_ref()
-                .is_some_and(|s| drain(&s.rtp) | drain(&s.rtcp));
+            let Some(sockets) = c.sockets.as_ref() else {
+                // Still held elsewhere: nothing can be told of its traffic (and `busy_at` is
+                // still when the hold began).
+                if now.saturating_duration_since(c.busy_at) >= self.quiet {
+                    back.push(port);
+                }
+                continue;
+            };
+            let mut busy = drain(&sockets.rtp) | drain(&sockets.rtcp);
             if let Some(a) = activity {
                 let seen = a.get(port).wrapping_add(a.get(port.wrapping_add(1)));
                 busy |= seen != c.seen;

@@ -1661,9 +1661,12 @@ fn contact_for(ip: IpAddr, flow: &Flow) -> String {
 fn target_address(uri: &str, transport: crate::sip::Transport) -> Option<std::net::SocketAddr> {
     let (host, port) = crate::sip::header::uri_host_port(uri)?;
     let ip: IpAddr = host.parse().ok()?;
-    let secure = transport == crate::sip::Transport::Tls
-        || uri.trim_start().to_ascii_lowercase().starts_with("sips:");
-    let port = port.unwrap_or(if secure { 5061 } else { 5060 });
+    let secure = uri.trim_start().to_ascii_lowercase().starts_with("sips:");
+    let port = port.unwrap_or(if secure {
+        5061
+    } else {
+        transport.default_port()
+    });
     Some(std::net::SocketAddr::new(ip, port))
 }
 

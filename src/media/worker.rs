@@ -703,12 +703,7 @@ impl Worker {
             return;
         };
         // What it holds is tried under its final state and counted in its totals.
-        if self
-            .held
-            .kept
-            .iter()
-            .any(|k| k.tag.key == key && !k.tag.done)
-        {
+        if !self.held.is_empty() {
             self.replay_held_of(Some(key));
         }
         let token = (index as u64) << 1;

@@ -14,8 +14,9 @@
 //! with `ts - first_ts` taken on an extended (wrap-free) timestamp. A new SSRC, or a sequence
 //! restart within one, re-anchors at its own first packet; so does an audio packet (not a late
 //! one, not an RFC 4733 event) whose position disagrees with its arrival by more than
-//! [`DRIFT_LIMIT_S`], as when an SRC keeps its timestamps through a hold or jumps them. Gaps (loss, hold, late start)
-//! are silence, late packets fill their slot, packets before t = 0 or after the end are clipped.
+//! [`DRIFT_LIMIT_S`], as when an SRC keeps its timestamps through a hold or jumps them. Gaps
+//! (loss, hold, late start) are silence, late packets fill their slot, packets before t = 0 or
+//! after the end are clipped.
 //! Where packets overlap, the one placed later on the timeline wins, and for the same slot the
 //! later journal record.
 //!
@@ -95,7 +96,7 @@ struct Entry<'a> {
 /// costs one 1 s step); far below what an SRC that stops its timestamps through a hold (the
 /// packets after it would land in the hold) or jumps them (they would land after the end)
 /// gets wrong.
-const DRIFT_LIMIT_S: i64 = 1;
+const DRIFT_LIMIT_S: u64 = 1;
 
 /// Extended-timestamp anchor of one SSRC.
 #[derive(Clone, Copy, Debug)]
@@ -185,10 +186,9 @@ impl<'a> StreamPlan<'a> {
         });
         let found = self.anchors.iter().position(|a| a.ssrc == ssrc);
         if let (Some(i), false) = (found, reanchor) {
-            let limit = i64::from(self.clock) * DRIFT_LIMIT_S;
             let a = &mut self.anchors[i];
             let pos = a.position(ts);
-            if !newest || pos.abs_diff(arrived) <= limit.unsigned_abs() {
+            if !newest || pos.abs_diff(arrived) <= u64::from(self.clock) * DRIFT_LIMIT_S {
                 a.last_ext = pos - a.base;
                 a.last_ts = ts;
                 return (pos, a.epoch);
@@ -197,11 +197,10 @@ impl<'a> StreamPlan<'a> {
             // that kept its timestamps through a hold, or jumped them without time passing.
             // The arrival time wins, so the channels stay together on one timeline.
         }
-        let base = arrived;
         self.epochs += 1;
         let anchor = Anchor {
             ssrc,
-            base,
+            base: arrived,
             last_ts: ts,
             last_ext: 0,
             epoch: self.epochs,
@@ -210,7 +209,7 @@ impl<'a> StreamPlan<'a> {
             Some(i) => self.anchors[i] = anchor,
             None => self.anchors.push(anchor),
         }
-        (base, self.epochs)
+        (arrived, self.epochs)
     }
 
     /// Moves completed digits out of the tracker onto the timeline, using `ssrc`'s anchor.

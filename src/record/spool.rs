@@ -766,32 +766,32 @@ enum Recovered {
 /// temporary files (the journal is created after `session.json`). `None`: something else is
 /// there (a journal, any other file), which that does not explain.
 fn setup_cut_short(dir: &Path) -> Option<usize> {
-    fn files(dir: &Path, ok: &dyn Fn(&str, bool) -> bool, nested: bool) -> Option<usize> {
-        let mut n = 0;
-        for e in fs::read_dir(dir).ok()? {
-            let e = e.ok()?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let is_dir = e.file_type().ok()?.is_dir();
-            if !ok(&name, is_dir) {
+    let mut files = 0;
+    for e in fs::read_dir(dir).ok()? {
+        let e = e.ok()?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if !e.file_type().ok()?.is_dir() {
+            if !is_temp(&name) {
                 return None;
             }
-            n += if is_dir && !nested {
-                files(
-                    &e.path(),
-                    &|n, d| !d && (n.ends_with(".xml") || is_temp(n)),
-                    true,
-                )?
-            } else {
-                1
-            };
+            files += 1;
+            continue;
         }
-        Some(n)
+        if name != METADATA_DIR {
+            return None;
+        }
+        for m in fs::read_dir(e.path()).ok()? {
+            let m = m.ok()?;
+            let n = m.file_name();
+            let n = n.to_string_lossy();
+            if m.file_type().ok()?.is_dir() || !(n.ends_with(".xml") || is_temp(&n)) {
+                return None;
+            }
+            files += 1;
+        }
     }
-    files(
-        dir,
-        &|name, is_dir| (name == METADATA_DIR && is_dir) || (!is_dir && is_temp(name)),
-        false,
-    )
+    Some(files)
 }
 
 /// The silent `audio.wav`: the layout finalize would use with no packets (one channel per

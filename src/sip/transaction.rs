@@ -45,6 +45,10 @@ impl Transport {
             Transport::Tls => "TLS",
         }
     }
+    /// The port a SIP URI or Via without one means (RFC 3261 §19.1.2): 5061 for TLS.
+    pub fn default_port(self) -> u16 {
+        if self == Transport::Tls { 5061 } else { 5060 }
+    }
 }
 
 /// A stream connection, numbered by the driver.
@@ -297,12 +301,7 @@ fn response_flows(flow: Flow, via: &Via) -> (Flow, Flow) {
     let ip = received_ip
         .or_else(|| via.host.parse::<IpAddr>().ok())
         .unwrap_or(flow.remote.ip());
-    let default_port = if flow.transport == Transport::Tls {
-        5061
-    } else {
-        5060
-    };
-    let sent_by_port = via.port.unwrap_or(default_port);
+    let sent_by_port = via.port.unwrap_or(flow.transport.default_port());
     if flow.transport.is_reliable() {
         let fallback = Flow {
             remote: SocketAddr::new(ip, sent_by_port),
