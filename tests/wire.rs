@@ -117,26 +117,83 @@ fn ipv6_request_is_answered_with_ipv6_sdp() {
 fn large_invite_in_one_datagram_is_accepted() {
     let server = Server::start(&[]);
     let client = UdpClient::new(server.sip_port);
-    let many: String = (0..60)
-        .map(|i| format!("<participant participant_id=\"p{i}\"><nameID aor=\"sip:user{i}@example.com\"><name>User number {i}</name></nameID></participant>\n"))
-        .collect();
-    let body = multipart(SDP_TWO_STREAMS, &metadata("complete", &many));
-    assert!(body.len() > 8000, "{}", body.len());
-    let invite = request(
-        "INVITE",
-        "big",
-        "z9hG4bK-big-1",
-        1,
-        "",
-        "Require: siprec\r\n",
-        Some("multipart/mixed;boundary=BND"),
-        &body,
-    );
+    let invite = big_invite("big", "z9hG4bK-big-1");
+    assert!(invite.len() > 8000, "{}", invite.len());
     client.send(invite.as_bytes());
     let ok = client
         .response(200, Duration::from_secs(5))
         .expect("answer");
     assert_eq!(ok.status, 200);
+}
+
+/// An INVITE whose metadata names 60 participants: about 12 KB.
+fn big_invite(call_id: &str, branch: &str) -> String {
+    let many: String = (0..60)
+        .map(|i| format!("<participant participant_id=\"p{i}\"><nameID aor=\"sip:user{i}@example.com\"><name>User number {i}</name></nameID></participant>\n"))
+        .collect();
+    let body = multipart(SDP_TWO_STREAMS, &metadata("complete", &many));
+    request(
+        "INVITE",
+        call_id,
+        branch,
+        1,
+        "",
+        "Require: siprec\r\n",
+        Some("multipart/mixed;boundary=BND"),
+        &body,
+    )
+}
+
+#[test]
+fn an_over_size_message_gets_513_and_its_tcp_connection_carries_on() {
+    // An SBC sends every recording session over one connection: one INVITE over the limit
+    // must be answered, not cost the connection (and the other calls on it).
+    let server = Server::start_with(Some("[sip]\nmax_message_bytes = 8192\n"), &[]);
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.sip_port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut framer = StreamFramer::new(65536);
+    let big = big_invite("too-big", "z9hG4bK-too-big-1").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    assert!(big.len() > 8192, "{}", big.len());
+    // The head and the start of the body, then the rest in a second write.
+    stream_send(&mut tcp, &big[..big.len() / 2]);
+    std::thread::sleep(Duration::from_millis(50));
+    stream_send(&mut tcp, &big[big.len() / 2..]);
+    let answer = stream_response(&mut tcp, &mut framer, 200).expect("an answer to the big one");
+    assert_eq!(answer.status, 513);
+    assert_eq!(answer.headers.get("Call-ID"), Some("too-big"));
+    let warning = answer.headers.get("Warning").unwrap_or_default();
+    assert!(warning.contains("max_message_bytes (8192)"), "{warning}");
+    // The same connection goes on: a call set up and ended on it is recorded.
+    let invite =
+        siprec_invite("after-big", "z9hG4bK-after-big-1").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    stream_send(&mut tcp, &invite);
+    let ok = stream_response(&mut tcp, &mut framer, 200).expect("the next INVITE's answer");
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.headers.get("Call-ID"), Some("after-big"));
+    let tag = to_tag(&ok);
+    let ack = request("ACK", "after-big", "z9hG4bK-ab-ack", 1, &tag, "", None, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    let bye = request("BYE", "after-big", "z9hG4bK-ab-bye", 2, &tag, "", None, "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    stream_send(&mut tcp, &format!("{ack}{bye}"));
+    let ok = stream_response(&mut tcp, &mut framer, 200).expect("BYE answer");
+    assert_eq!(ok.headers.get("CSeq"), Some("2 BYE"));
+    let recordings = server.wait_recordings(1);
+    assert_eq!(recordings[0].1["call_id"], "after-big");
+    assert!(
+        !server.log_text().contains("closing a SIP connection"),
+        "{}",
+        server.log_text()
+    );
+    // Over UDP the same INVITE is answered 513 too.
+    let client = UdpClient::new(server.sip_port);
+    client.send(big_invite("too-big-udp", "z9hG4bK-too-big-2").as_bytes());
+    let answer = client
+        .response(200, Duration::from_secs(5))
+        .expect("a UDP answer");
+    assert_eq!(answer.status, 513);
+    assert_eq!(answer.headers.get("Call-ID"), Some("too-big-udp"));
 }
 
 #[test]
@@ -280,7 +337,8 @@ fn an_api_connection_flood_is_capped_and_disturbs_no_call() {
 #[test]
 fn a_stream_peer_that_never_finishes_a_message_is_closed_and_an_idle_src_is_kept() {
     use std::io::Read;
-    let server = Server::start(&[]);
+    // The limit is lowered so that one SRC's connection can start with an over-size INVITE.
+    let server = Server::start_with(Some("[sip]\nmax_message_bytes = 8192\n"), &[]);
     let connect = || {
         let s = TcpStream::connect(("127.0.0.1", server.sip_port)).expect("connect");
         s.set_read_timeout(Some(
@@ -306,6 +364,19 @@ fn a_stream_peer_that_never_finishes_a_message_is_closed_and_an_idle_src_is_kept
         stream_response(&mut src, &mut framer, 200).map(|r| r.status),
         Some(200)
     );
+    // Another SRC's first message is over the limit: answered 513, its body skipped; the
+    // connection then idles like the first one's and must be kept as well.
+    let mut big_src = connect();
+    let mut big_framer = StreamFramer::new(65536);
+    // In two writes, so that the body to skip is still due after the head was answered.
+    let big = big_invite("keep-big", "z9hG4bK-keep-big").replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    stream_send(&mut big_src, &big[..big.len() / 2]);
+    std::thread::sleep(Duration::from_millis(100));
+    stream_send(&mut big_src, &big[big.len() / 2..]);
+    assert_eq!(
+        stream_response(&mut big_src, &mut big_framer, 200).map(|r| r.status),
+        Some(513)
+    );
     let start = std::time::Instant::now();
     let mut byte = [0u8; 1];
     for (name, s) in [("silent", &mut silent), ("trickle", &mut trickle)] {
@@ -320,11 +391,17 @@ fn a_stream_peer_that_never_finishes_a_message_is_closed_and_an_idle_src_is_kept
         "not before the deadline: {:?}",
         start.elapsed()
     );
-    // The SRC's connection, idle between messages for as long, still works.
+    // The SRCs' connections, idle between messages for as long, still work.
     stream_send(&mut src, &options("z9hG4bK-keep-2"));
     assert_eq!(
         stream_response(&mut src, &mut framer, 200).map(|r| r.status),
         Some(200)
+    );
+    stream_send(&mut big_src, &options("z9hG4bK-keep-3"));
+    assert_eq!(
+        stream_response(&mut big_src, &mut big_framer, 200).map(|r| r.status),
+        Some(200),
+        "the connection that sent the over-size INVITE is kept while idle"
     );
 }
 

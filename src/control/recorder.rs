@@ -284,6 +284,20 @@ impl Recorder {
         self.prune_session_timers();
     }
 
+    /// The header section of a message over the size limit (see
+    /// [`crate::sip::transaction::Endpoint::handle_too_large`]).
+    pub fn handle_too_large(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        flow: Flow,
+        head: &[u8],
+        problem: &str,
+    ) {
+        self.endpoint.handle_too_large(now, flow, head, problem);
+        self.process_events(now, wall);
+    }
+
     /// A stream connection closed.
     pub fn handle_connection_closed(&mut self, now: Instant, wall: SystemTime, conn: ConnId) {
         self.endpoint.handle_connection_closed(now, conn);

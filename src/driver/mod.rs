@@ -52,6 +52,12 @@ enum Input {
         flow: Flow,
         data: Vec<u8>,
     },
+    /// A message over `sip.max_message_bytes`: its header section, to answer 513 from.
+    TooLarge {
+        flow: Flow,
+        head: Vec<u8>,
+        total: usize,
+    },
     Opened {
         conn: ConnId,
         writer: mpsc::UnboundedSender<Vec<u8>>,
@@ -344,6 +350,10 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
                     *snapshot.sip_messages_received.entry(t).or_default() += 1;
                     guard.run("a SIP message", || recorder.handle_message(Instant::now(), SystemTime::now(), flow, &data));
                 }
+                Input::TooLarge { flow, head, total } => {
+                    let reason = format!("message of {total} bytes exceeds sip.max_message_bytes ({})", config.sip.max_message_bytes);
+                    guard.run("an over-size SIP message", || recorder.handle_too_large(Instant::now(), SystemTime::now(), flow, &head, &reason));
+                }
                 Input::Opened { conn, writer } => {
                     conns.insert(conn, writer);
                 }
@@ -551,7 +561,26 @@ async fn udp_reader(sock: Rc<UdpSocket>, inputs: mpsc::Sender<Input>, max_messag
     loop {
         match sock.recv_from(&mut buf).await {
             Ok((n, remote)) if n > max_message => {
-                tracing::info!(%remote, bytes = n, limit = max_message, "dropped an over-size SIP datagram");
+                let flow = Flow {
+                    transport: Transport::Udp,
+                    local,
+                    remote: unmap(remote),
+                    conn: None,
+                };
+                // Answered 513 from its header section when that is whole; dropped otherwise.
+                let Some(head) = crate::sip::framing::head_of(&buf[..n]) else {
+                    tracing::info!(%remote, bytes = n, limit = max_message, "dropped an over-size SIP datagram");
+                    continue;
+                };
+                tracing::info!(%remote, bytes = n, limit = max_message, "an over-size SIP datagram: answered 513");
+                let (head, total) = (head.to_vec(), n);
+                if inputs
+                    .send(Input::TooLarge { flow, head, total })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
             Ok((n, remote)) => {
                 let flow = Flow {
@@ -659,6 +688,8 @@ where
     // likes (SRCs hold theirs for the calls' lifetime); one that trickles a header forever
     // would otherwise hold one of the MAX_CONNECTIONS slots for good.
     let mut unfinished_since = Some(tokio::time::Instant::now());
+    // An over-size message's body is being discarded (see `Frame::TooLarge`).
+    let mut skipping = false;
     'outer: loop {
         let deadline = unfinished_since.map(|t| t + MESSAGE_DEADLINE);
         tokio::select! {
@@ -675,6 +706,14 @@ where
                             unfinished_since = None;
                             let _ = wtx.send(b"\r\n".to_vec());
                         }
+                        Ok(Some(Frame::TooLarge { head, total })) => {
+                            // Its head was whole; the body to skip gets a deadline of its own.
+                            unfinished_since = None;
+                            skipping = true;
+                            tracing::info!(remote = %flow.remote, bytes = total, limit = max_message,
+                                "an over-size SIP message: answered 513, its body skipped, the connection kept");
+                            if inputs.send(Input::TooLarge { flow, head, total }).await.is_err() { break 'outer; }
+                        }
                         Ok(None) => break,
                         Err(e) => {
                             tracing::info!(remote = %flow.remote, error = %e.reason, "closing a SIP connection: bad framing");
@@ -684,6 +723,10 @@ where
                 }
                 if framer.buffered() > 0 && unfinished_since.is_none() {
                     unfinished_since = Some(tokio::time::Instant::now());
+                } else if skipping && framer.buffered() == 0 {
+                    // The skipped body is all in and nothing follows: idle between messages.
+                    skipping = false;
+                    unfinished_since = None;
                 }
             }
             Some(data) = wrx.recv() => {

@@ -409,6 +409,8 @@ impl Transports {
                         match c.framer.next_frame() {
                             Ok(Some(Frame::Message(m))) => got.push((*target, m)),
                             Ok(Some(Frame::Ping)) => c.out.extend_from_slice(b"\r\n"),
+                            // An over-size message from the server: nothing to act on.
+                            Ok(Some(Frame::TooLarge { .. })) => {}
                             Ok(None) => break,
                             Err(_) => {
                                 closed = true;

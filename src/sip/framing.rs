@@ -1,5 +1,12 @@
 //! Cutting a TCP/TLS byte stream into SIP messages by Content-Length (RFC 3261 §18.3), with
 //! partial and pipelined messages and CRLF keep-alives (RFC 5626 §3.5.1).
+//!
+//! A message over the size limit whose header section is whole and whose Content-Length is
+//! sane is skipped, not fatal: an SBC sends all its recording sessions over one connection,
+//! so closing it for one over-size INVITE would disturb every other call on it. The framer
+//! hands out the head (for a 513 answer) and discards the body as it arrives. Only a header
+//! section that never ends within the limit, a Content-Length that is not a number, or a body
+//! beyond [`SKIP_LIMIT`] times the limit closes the connection.
 
 /// What the framer found wrong; the connection should be closed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,7 +21,15 @@ pub enum Frame {
     Message(Vec<u8>),
     /// A double-CRLF keep-alive ping, to be answered with a single CRLF.
     Ping,
+    /// A message over the limit: its header section (to answer 513 from) and its whole size.
+    /// Its body is discarded as it arrives; the stream goes on after it.
+    TooLarge { head: Vec<u8>, total: usize },
 }
+
+/// How far past the limit a message may claim to be and still be skipped (its body read and
+/// discarded) rather than end the connection: a Content-Length beyond this many times the
+/// limit is not a real SIP message.
+pub const SKIP_LIMIT: usize = 16;
 
 pub struct StreamFramer {
     max_message: usize,
@@ -24,6 +39,8 @@ pub struct StreamFramer {
     scanned: usize,
     /// End of the header section of the message at the front, once found.
     head_end: Option<usize>,
+    /// Body bytes of an over-size message still to be discarded as they arrive.
+    skip: usize,
     failed: Option<FramingError>,
 }
 
@@ -41,6 +58,11 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
         i += 1;
     }
     None
+}
+
+/// The header section of a whole message in `buf` (a datagram), blank line included.
+pub fn head_of(buf: &[u8]) -> Option<&[u8]> {
+    find_head_end(buf, 0).map(|end| &buf[..end])
 }
 
 /// The Content-Length of a header section (long or compact name); 0 when absent, as RFC 3261
@@ -77,18 +99,22 @@ impl StreamFramer {
             buf: Vec::new(),
             scanned: 0,
             head_end: None,
+            skip: 0,
             failed: None,
         }
     }
-    /// Appends received bytes.
+    /// Appends received bytes (after the rest of an over-size body, which is dropped).
     pub fn push(&mut self, data: &[u8]) {
         if self.failed.is_none() {
-            self.buf.extend_from_slice(data);
+            let dropped = self.skip.min(data.len());
+            self.skip -= dropped;
+            self.buf.extend_from_slice(&data[dropped..]);
         }
     }
-    /// Bytes held that are not yet part of a returned frame.
+    /// Bytes held or still awaited that are not yet part of a returned frame (a message
+    /// being skipped counts until its last byte is in: the same deadline applies to it).
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.skip
     }
     /// The next whole frame, if the buffer holds one. After an error the stream is unusable.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FramingError> {
@@ -135,9 +161,19 @@ impl StreamFramer {
         let body_len = content_length(&self.buf[..head_end])?;
         let total = head_end.saturating_add(body_len);
         if total > self.max_message {
-            return Err(FramingError {
-                reason: format!("message of {total} bytes exceeds {}", self.max_message),
-            });
+            if total > self.max_message.saturating_mul(SKIP_LIMIT) {
+                return Err(FramingError {
+                    reason: format!(
+                        "message of {total} bytes exceeds {} by too much to skip",
+                        self.max_message
+                    ),
+                });
+            }
+            let head = self.buf[..head_end].to_vec();
+            let held = self.buf.len().min(total);
+            self.consume(held);
+            self.skip = total - held;
+            return Ok(Some(Frame::TooLarge { head, total }));
         }
         if self.buf.len() < total {
             // The head end is known; do not rescan it while the body trickles in.
@@ -285,9 +321,52 @@ mod tests {
     }
 
     #[test]
-    fn oversized_content_length_is_an_error() {
+    fn an_oversized_message_is_skipped_and_the_stream_goes_on() {
+        let head = b"INVITE sip:a@b SIP/2.0\r\nCall-ID: big\r\nContent-Length: 300\r\n\r\n";
         let mut f = StreamFramer::new(100);
-        f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 100\r\n\r\n");
+        // The head and part of the body arrive, then the rest of the body in pieces, then
+        // the next message: the head comes out once, the body is dropped, the next is whole.
+        let mut data = head.to_vec();
+        data.extend_from_slice(&[b'x'; 120]);
+        f.push(&data);
+        let total = head.len() + 300;
+        assert_eq!(
+            frames(&mut f),
+            [Frame::TooLarge {
+                head: head.to_vec(),
+                total
+            }]
+        );
+        assert_eq!(f.buffered(), 180, "the rest of the body is still awaited");
+        f.push(&[b'x'; 100]);
+        assert_eq!(frames(&mut f), []);
+        let mut rest = vec![b'x'; 80];
+        rest.extend_from_slice(MSG);
+        f.push(&rest);
+        assert_eq!(frames(&mut f), [Frame::Message(MSG.to_vec())]);
+        assert_eq!(f.buffered(), 0);
+        // Head and whole body in one push, then the next message.
+        let mut f = StreamFramer::new(100);
+        let mut data = head.to_vec();
+        data.extend_from_slice(&[b'x'; 300]);
+        data.extend_from_slice(MSG);
+        f.push(&data);
+        assert_eq!(
+            frames(&mut f),
+            [
+                Frame::TooLarge {
+                    head: head.to_vec(),
+                    total
+                },
+                Frame::Message(MSG.to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_content_length_far_past_the_limit_is_an_error() {
+        let mut f = StreamFramer::new(100);
+        f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 1700\r\n\r\n");
         assert!(f.next_frame().is_err());
         let mut f = StreamFramer::new(100);
         f.push(b"OPTIONS sip:a@b SIP/2.0\r\nl: 99999999999999999999999999\r\n\r\n");

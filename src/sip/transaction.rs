@@ -372,11 +372,26 @@ impl Endpoint {
     /// Retransmissions are answered from their transaction; malformed requests get a 400
     /// (505 for another SIP version) naming the problem when a response can be built at all.
     pub fn handle_message(&mut self, now: Instant, flow: Flow, data: &[u8]) {
-        self.handle_message_inner(now, flow, data);
+        self.handle_message_inner(now, flow, data, None);
         self.prune_timers();
     }
 
-    fn handle_message_inner(&mut self, now: Instant, flow: Flow, data: &[u8]) {
+    /// The header section of a message over the size limit (the framer skipped its body): a
+    /// request gets 513 Message Too Large (RFC 3261 §21.5.14) naming `problem`, statelessly,
+    /// when it carries what a response needs; a response is dropped. Either way it is reported
+    /// as malformed and nothing else happens.
+    pub fn handle_too_large(&mut self, now: Instant, flow: Flow, head: &[u8], problem: &str) {
+        self.handle_message_inner(now, flow, head, Some(problem));
+        self.prune_timers();
+    }
+
+    fn handle_message_inner(
+        &mut self,
+        now: Instant,
+        flow: Flow,
+        data: &[u8],
+        too_large: Option<&str>,
+    ) {
         let raw = match parse_raw(data) {
             Ok(raw) => raw,
             Err(e) => {
@@ -390,7 +405,9 @@ impl Endpoint {
         let version_ok = raw.version_ok();
         match raw.message {
             super::Message::Response(response) => {
-                let problem = if !version_ok {
+                let problem = if let Some(p) = too_large {
+                    Some(p.to_string())
+                } else if !version_ok {
                     Some(format!(
                         "Unsupported SIP version {}",
                         sanitize(&raw.version)
@@ -417,7 +434,9 @@ impl Endpoint {
                 if let Some(via) = &via {
                     replace_top_via(&mut request.headers, &via.to_header_value());
                 }
-                let problem = if !version_ok {
+                let problem = if let Some(p) = too_large {
+                    Some((513, p.to_string()))
+                } else if !version_ok {
                     Some((
                         505,
                         format!("Unsupported SIP version {}", sanitize(&raw.version)),
@@ -428,10 +447,8 @@ impl Endpoint {
                         .map(|p| (400, p))
                 };
                 let (Some(via), Some(top), None) = (via, top, problem.as_ref()) else {
-                    let reason = problem
-                        .map(|(_, p)| p)
-                        .unwrap_or_else(|| "Missing Via header".to_string());
-                    let status = if version_ok { 400 } else { 505 };
+                    let (status, reason) =
+                        problem.unwrap_or_else(|| (400, "Missing Via header".to_string()));
                     self.reject(flow, &request, status, &reason);
                     return;
                 };
