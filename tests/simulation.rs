@@ -437,6 +437,37 @@ fn unknown_dialog_gets_481() {
 }
 
 #[test]
+fn a_request_with_the_dialogs_call_id_and_to_tag_but_another_from_tag_is_481_and_ends_nothing() {
+    let mut sim = Sim::new();
+    let tag = established(&mut sim, "tags");
+    for method in ["BYE", "UPDATE", "INFO"] {
+        let body = (method == "UPDATE")
+            .then_some(SDP_TWO_STREAMS)
+            .unwrap_or("");
+        let ctype = (method == "UPDATE").then_some("application/sdp");
+        sim.send(
+            &request(
+                method,
+                "tags",
+                &format!("z9hG4bK-tags-{method}"),
+                2,
+                &tag,
+                "",
+                ctype,
+                body,
+            )
+            .replace("tag=srctag1", "tag=someone-else"),
+        );
+        assert_eq!(sim.finals().pop().expect("answer").status, 481, "{method}");
+    }
+    assert_eq!(sim.rec.session_count(), 1, "the recording goes on");
+    // The real dialog's next request, CSeq 2, is in order: the stray ones changed nothing.
+    bye(&mut sim, "tags", &tag, 2);
+    assert_eq!(sim.finals()[0].status, 200);
+    assert_eq!(sim.rec.session_count(), 0);
+}
+
+#[test]
 fn in_dialog_options_is_200_for_a_live_recording_even_draining_and_481_for_a_gone_one() {
     let mut sim = Sim::new();
     let tag = established(&mut sim, "ping");
@@ -1144,15 +1175,20 @@ fn a_stream_removed_by_a_reoffer_keeps_its_recorded_channel() {
     assert_eq!(ok.status, 200);
     assert_eq!(body(&ok).matches("m=audio 0 ").count(), 1, "{}", body(&ok));
     assert_eq!(sim.ports.borrow().len(), 1, "its port is released");
-    bye(&mut sim, "removed", &tag, 3);
+    // SBCs repeat the same SDP in every session refresh: a second offer with the stream
+    // still at port 0 must not drop what it recorded either.
+    let ok = reoffer(&mut sim, "removed", &tag, 3, &without_2);
+    assert_eq!(ok.status, 200);
+    bye(&mut sim, "removed", &tag, 4);
     let done = sim.finalized();
     assert_eq!(done.len(), 1);
     let labels: Vec<&str> = done[0].streams.iter().map(|s| s.label.as_str()).collect();
     assert_eq!(
         labels,
         vec!["1", "2"],
-        "what stream 2 recorded stays a channel"
+        "what stream 2 recorded stays a channel, through a repeated offer too"
     );
+    assert_eq!(done[0].streams[1].codec, done[0].streams[0].codec);
 }
 
 #[test]

@@ -959,11 +959,16 @@ impl Recorder {
                 } else {
                     self.accept_stream(m)
                 };
+                // Recorded so far: handed to the media path, or removed by an earlier offer
+                // after that (no port left, its codec kept).
+                let recorded =
+                    |o: &&StreamState| o.started || o.port.is_none() && o.codec.is_some();
                 if accepted.is_err()
-                    && let Some(o) = old.filter(|o| o.started)
+                    && let Some(o) = old.filter(recorded)
                 {
                     // Removed (port 0) or no longer recordable: what was recorded of it stays
-                    // in the recording, a channel of its own; only the port goes.
+                    // in the recording, a channel of its own; only the port goes. So also
+                    // when a later offer (a refresh repeating the SDP) removes it again.
                     st.codec = o.codec.clone();
                     st.telephone_event = o.telephone_event.clone();
                 }
@@ -1266,11 +1271,24 @@ impl Recorder {
 
     // ---- helpers -------------------------------------------------------------------------
 
+    /// The session whose dialog a request belongs to: Call-ID, our tag (To) and the SRC's
+    /// tag (From) all matching (RFC 3261 §12.2.2). A wrong From tag is another dialog, so a
+    /// stray or misrouted BYE that shares a Call-ID and To tag gets 481 and ends nothing.
     fn dialog_key(&self, req: &Request) -> Option<SessionKey> {
         let call_id = req.call_id()?.to_string();
-        let to = crate::sip::NameAddr::parse(req.headers.get("To")?).ok()?;
-        let tag = to.tag()?.to_string();
-        self.by_dialog.get(&(call_id, tag)).copied()
+        let tag_of = |name: &str, r: &Request| {
+            crate::sip::NameAddr::parse(r.headers.get(name)?)
+                .ok()?
+                .tag()
+                .map(str::to_string)
+        };
+        let key = *self.by_dialog.get(&(call_id, tag_of("To", req)?))?;
+        let s = self.sessions.get(&key)?;
+        let remote = match &s.dialog {
+            Some(d) => Some(d.remote_tag.clone()),
+            None => tag_of("From", &s.invite),
+        };
+        (tag_of("From", req) == remote).then_some(key)
     }
 
     /// 420 for option tags in Require that Reel does not implement. Returns `Some(())` when
