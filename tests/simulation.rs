@@ -441,9 +441,11 @@ fn a_request_with_the_dialogs_call_id_and_to_tag_but_another_from_tag_is_481_and
     let mut sim = Sim::new();
     let tag = established(&mut sim, "tags");
     for method in ["BYE", "UPDATE", "INFO"] {
-        let body = (method == "UPDATE")
-            .then_some(SDP_TWO_STREAMS)
-            .unwrap_or("");
+        let body = if method == "UPDATE" {
+            SDP_TWO_STREAMS
+        } else {
+            ""
+        };
         let ctype = (method == "UPDATE").then_some("application/sdp");
         sim.send(
             &request(
