@@ -453,6 +453,11 @@ impl Spool {
 
     fn finalize_dir_unguarded(&self, dir: &Path, meta: &RecordingMeta) -> io::Result<PathBuf> {
         check_id(&meta.id)?;
+        if dir.join(RECORDING_FILE).exists() {
+            // A retry after a try that failed past recording.json (the move into a read-only
+            // or full recordings/): its audio and counts are there, its journal maybe gone.
+            return self.finish_rendered(dir);
+        }
         let mut meta = meta.clone();
         remove_temp_files(dir)?;
 
@@ -689,31 +694,40 @@ impl Spool {
     }
 
     /// One spool folder: `Ok` with what became of it, or `Err(reason for quarantine)`.
+    /// A folder whose recording.json is written (a finalize that crashed, or failed, after
+    /// it): only the leftovers go and the folder moves. Rendering it again would read a
+    /// journal that may be gone by now and overwrite the audio with silence.
+    fn finish_rendered(&self, dir: &Path) -> io::Result<PathBuf> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            io::Error::other(format!("{}: {what}: {e}", dir.display()))
+        };
+        let text = fs::read_to_string(dir.join(RECORDING_FILE))
+            .map_err(|e| fail("recording.json is unreadable", &e))?;
+        let (meta, files) =
+            RecordingMeta::from_json(&text).map_err(|e| fail("recording.json is not valid", &e))?;
+        let session = dir.join(SESSION_FILE);
+        if session.exists() {
+            fs::remove_file(&session).map_err(|e| fail("cannot remove session.json", &e))?;
+        }
+        // Finalize rendered the audio and then stopped before deleting the journal: it is
+        // redundant when recording.json does not list it (keep_raw lists it).
+        let journal = dir.join(JOURNAL_FILE);
+        if journal.exists() && !files.iter().any(|f| f.path == JOURNAL_FILE) {
+            fs::remove_file(&journal)
+                .map_err(|e| fail("cannot remove the rendered journal", &e))?;
+        }
+        remove_temp_files(dir)?;
+        self.move_to_recordings(dir, &meta)
+            .map_err(|e| fail("move failed", &e))
+    }
+
     fn recover_one(&self, dir: &Path) -> Result<Recovered, String> {
-        let done = dir.join(RECORDING_FILE);
-        if done.exists() {
+        if dir.join(RECORDING_FILE).exists() {
             // The crash hit after recording.json was written: the folder is complete.
-            let text = fs::read_to_string(&done)
-                .map_err(|e| format!("recording.json is unreadable: {e}"))?;
-            let (meta, files) = RecordingMeta::from_json(&text)
-                .map_err(|e| format!("recording.json is not valid: {e}"))?;
-            let session = dir.join(SESSION_FILE);
-            if session.exists() {
-                fs::remove_file(&session)
-                    .map_err(|e| format!("cannot remove session.json: {e}"))?;
-            }
-            // Finalize rendered the audio and then crashed before deleting the journal: it is
-            // redundant when recording.json does not list it (keep_raw lists it).
-            let journal = dir.join(JOURNAL_FILE);
-            if journal.exists() && !files.iter().any(|f| f.path == JOURNAL_FILE) {
-                fs::remove_file(&journal)
-                    .map_err(|e| format!("cannot remove the rendered journal: {e}"))?;
-            }
-            remove_temp_files(dir).map_err(|e| e.to_string())?;
             return self
-                .move_to_recordings(dir, &meta)
+                .finish_rendered(dir)
                 .map(Recovered::Folder)
-                .map_err(|e| format!("move failed: {e}"));
+                .map_err(|e| e.to_string());
         }
         let state = dir.join(SESSION_FILE);
         if !state.exists() {
@@ -1465,6 +1479,32 @@ mod tests {
         assert_eq!((b[58], b[59]), (0x11, 0x22));
         assert_eq!((b[58 + 2 * 4000], b[58 + 2 * 4000 + 1]), (0x11, 0xFF));
         assert_eq!((b[58 + 2 * 8000], b[58 + 2 * 8000 + 1]), (0xFF, 0xFF));
+    }
+
+    #[test]
+    fn a_retry_after_the_move_failed_keeps_the_rendered_audio_and_counts() {
+        let (_tmp, s) = spool();
+        let m = journaled(&s, "j-retry", 2000);
+        // The move into recordings/ fails (read-only, full): a file where its year folder goes.
+        let date = rfc3339_millis(m.started_at);
+        let year = s.recordings_dir().join(&date[0..4]);
+        fs::write(&year, b"in the way").unwrap();
+        assert!(s.finalize(&m).is_err());
+        let dir = s.session_dir("j-retry").unwrap();
+        assert!(
+            dir.join(RECORDING_FILE).exists(),
+            "rendered before the move failed"
+        );
+        assert!(!dir.join(JOURNAL_FILE).exists(), "the journal went with it");
+        fs::remove_file(&year).unwrap();
+        // The retry (the same meta, as the writer keeps it) moves what was rendered.
+        let out = s.finalize(&m).unwrap();
+        let v = read_json(&out);
+        assert_eq!(v["state"], "complete");
+        assert_eq!(v["streams"][0]["packets"], 50);
+        assert_eq!(v["streams"][1]["packets"], 25);
+        let b = fs::read(out.join(AUDIO_FILE)).unwrap();
+        assert_eq!((b[58], b[59]), (0x11, 0x22), "the audio, not silence");
     }
 
     #[test]
