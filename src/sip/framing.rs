@@ -67,7 +67,11 @@ pub fn head_of(buf: &[u8]) -> Option<&[u8]> {
 
 /// The Content-Length of a header section (long or compact name); 0 when absent, as RFC 3261
 /// §18.3 makes it mandatory on streams.
+/// Two Content-Lengths that disagree are an error: which one the next hop believes decides
+/// where the next message starts, so the stream can no longer be cut safely (a smuggled
+/// request could hide in a body). Repeats of one value are tolerated.
 fn content_length(head: &[u8]) -> Result<usize, FramingError> {
+    let mut found: Option<usize> = None;
     for line in head.split(|&b| b == b'\n') {
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
@@ -80,15 +84,21 @@ fn content_length(head: &[u8]) -> Result<usize, FramingError> {
                     reason: "Content-Length is not a number".to_string(),
                 });
             }
-            return std::str::from_utf8(value)
+            let len = std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.parse::<usize>().ok())
                 .ok_or_else(|| FramingError {
                     reason: "Content-Length is too large".to_string(),
+                })?;
+            if found.is_some_and(|f| f != len) {
+                return Err(FramingError {
+                    reason: "conflicting Content-Length headers".to_string(),
                 });
+            }
+            found = Some(len);
         }
     }
-    Ok(0)
+    Ok(found.unwrap_or(0))
 }
 
 impl StreamFramer {
@@ -361,6 +371,17 @@ mod tests {
                 Frame::Message(MSG.to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn conflicting_content_lengths_are_an_error_and_repeats_of_one_are_not() {
+        let mut f = StreamFramer::new(4096);
+        f.push(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\nl: 3\r\n\r\nabc");
+        assert!(f.next_frame().is_err());
+        let mut f = StreamFramer::new(4096);
+        let msg = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 3\r\nl: 3\r\n\r\nabc";
+        f.push(msg);
+        assert_eq!(f.next_frame(), Ok(Some(Frame::Message(msg.to_vec()))));
     }
 
     #[test]

@@ -546,7 +546,17 @@ pub(crate) fn parse_raw(buf: &[u8]) -> Result<RawMessage, ParseError> {
         headers.push(&name, value);
     }
 
-    // Body, cut to Content-Length (RFC 3261 §18.3, §20.14).
+    // Body, cut to Content-Length (RFC 3261 §18.3, §20.14). Two that disagree leave the body
+    // ambiguous: a 400 (on a stream the framer already closed the connection for it).
+    let conflicting = {
+        let mut lengths = headers.get_all("Content-Length").map(str::trim);
+        lengths
+            .next()
+            .is_some_and(|first| lengths.any(|other| other != first))
+    };
+    if conflicting {
+        note("Conflicting Content-Length headers".to_string());
+    }
     let rest = &buf[body_start..];
     let body = match headers.get("Content-Length") {
         None => rest.to_vec(),
@@ -1002,6 +1012,14 @@ mod tests {
     #[test]
     fn content_length_beyond_the_body_takes_what_is_there() {
         let text = INVITE.replace("Content-Length: 4", "Content-Length: 40");
+        assert_eq!(request(&text).body, b"body");
+    }
+
+    #[test]
+    fn conflicting_content_lengths_are_an_error_and_a_repeated_one_is_not() {
+        let text = INVITE.replace("Content-Length: 4", "Content-Length: 4\r\nl: 0");
+        assert!(parse_message(text.as_bytes()).is_err());
+        let text = INVITE.replace("Content-Length: 4", "Content-Length: 4\r\nl: 4");
         assert_eq!(request(&text).body, b"body");
     }
 
