@@ -243,3 +243,49 @@ fn after_kill_9_the_crashed_calls_ports_are_held_back_while_their_rtp_still_arri
         "recording.json names each stream's port"
     );
 }
+
+/// A clean-up job (or an operator) deletes a live call's spool folder: the journal lives on in
+/// the writer's open file, so the recording keeps its audio and says what was lost, instead of
+/// coming out as a silent no-media recording with nothing in the log.
+#[test]
+fn a_spool_folder_deleted_during_the_call_is_restored_from_the_open_journal() {
+    use common::media::{dest, end_call, offer, send, start_call};
+    use reel::load::rtp_send::StreamSpec;
+    let server = Server::start(&[]);
+    let call = start_call(&server, "deleted", &offer(0, None));
+    let specs = vec![
+        StreamSpec::new(dest(call.ports[0]), 0x1111_0001, 400.0),
+        StreamSpec::new(dest(call.ports[1]), 0x2222_0002, 1000.0),
+    ];
+    let sender = std::thread::spawn(move || send(specs, Duration::from_secs(3)));
+    std::thread::sleep(Duration::from_millis(1500));
+    let spool = server.data().join("spool");
+    let dirs: Vec<_> = std::fs::read_dir(&spool)
+        .expect("spool")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    std::fs::remove_dir_all(&dirs[0]).expect("delete the live call's folder");
+    let sent = sender.join().expect("sender");
+    end_call(&call);
+    let recs = server.wait_recordings(1);
+    let json = &recs[0].1;
+    assert_eq!(json["state"], "complete", "{json}");
+    let recorded: u64 = json["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .map(|s| s["packets"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(recorded, sent.packets_sent, "{json}");
+    let warnings = json["warnings"].to_string();
+    assert!(warnings.contains("spool folder was deleted"), "{warnings}");
+    assert!(
+        server
+            .log_text()
+            .contains("spool folder was deleted during the call"),
+        "{}",
+        server.log_text()
+    );
+}

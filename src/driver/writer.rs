@@ -623,6 +623,11 @@ impl State {
                 }
                 return Err(stalled(meta, rec));
             }
+            if let Some(j) = r.journal.as_ref()
+                && j.unlinked()
+            {
+                self.restore_journal(&mut meta, j);
+            }
             r.journal = None;
             for s in &mut meta.streams {
                 if let Some(t) = u16::try_from(s.mline).ok().and_then(|m| r.ended.get(&m)) {
@@ -673,6 +678,38 @@ impl State {
                     });
                 }
                 Err(stalled(meta, rec))
+            }
+        }
+    }
+
+    /// The recording's spool folder was deleted under it (the journal file is unlinked, its
+    /// data alive in the open file): the folder is made again and the journal copied back,
+    /// so finalize renders the audio rather than a silent no-media recording. What else the
+    /// folder held (metadata versions, session.json) is lost, and the recording says so.
+    fn restore_journal(&mut self, meta: &mut RecordingMeta, j: &JournalWriter) {
+        self.counters
+            .journal_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let restored = self
+            .spool
+            .ensure_session_dir(&meta.id)
+            .and_then(|dir| j.copy_to(&dir.join(crate::record::spool::JOURNAL_FILE)));
+        match restored {
+            Ok(bytes) => {
+                tracing::error!(id = %meta.id, bytes,
+                    "the recording's spool folder was deleted during the call; its journal is restored from the open file, its metadata files are lost");
+                meta.warnings.push(
+                    "the spool folder was deleted during the call: the audio was restored from \
+                     the open journal; metadata files written before were lost"
+                        .into(),
+                );
+            }
+            Err(e) => {
+                tracing::error!(id = %meta.id, error = %e,
+                    "the recording's spool folder was deleted during the call, and restoring its journal failed");
+                meta.warnings.push(format!(
+                    "the spool folder was deleted during the call and its audio could not be restored: {e}"
+                ));
             }
         }
     }

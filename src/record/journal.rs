@@ -459,6 +459,33 @@ impl JournalWriter {
     pub fn last_write_latency(&self) -> Duration {
         self.last_write_latency
     }
+
+    /// Whether the file is gone from its folder (deleted under a live recording, e.g. by a
+    /// clean-up job): what it holds then lives on only in this open file.
+    pub fn unlinked(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().is_ok_and(|m| m.nlink() == 0)
+    }
+
+    /// Copies what was written (up to the last whole write) to a new file at `path`, synced.
+    /// Returns the bytes copied.
+    pub fn copy_to(&self, path: &Path) -> io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut out = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut at = 0u64;
+        while at < self.file_len {
+            let want = usize::try_from(self.file_len - at).map_or(buf.len(), |n| n.min(buf.len()));
+            let n = self.file.read_at(&mut buf[..want], at)?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n])?;
+            at += n as u64;
+        }
+        out.sync_all()?;
+        Ok(at)
+    }
 }
 
 /// Why a journal cannot be read at all (its records can always be iterated, up to a bad one).

@@ -364,7 +364,8 @@ impl Spool {
         Ok(self.spool_dir().join(id))
     }
 
-    fn ensure_session_dir(&self, id: &str) -> io::Result<PathBuf> {
+    /// `spool/<id>/`, created (with its parent synced) when missing.
+    pub fn ensure_session_dir(&self, id: &str) -> io::Result<PathBuf> {
         let dir = self.session_dir(id)?;
         if !dir.is_dir() {
             fs::create_dir_all(&dir).map_err(ctx("create directory", &dir))?;
