@@ -64,6 +64,17 @@ struct Figures {
 }
 
 impl Figures {
+    /// A layout's rounds: `bytes` written (counted as 192-byte records), one commit each.
+    fn of_rounds(wall: Duration, cpu: Duration, bytes: u64, rounds: u64) -> Figures {
+        Figures {
+            wall,
+            cpu,
+            bytes,
+            records: bytes / RECORD as u64,
+            commits: rounds,
+        }
+    }
+
     fn print(&self, name: &str) {
         let mb = self.bytes as f64 / 1e6;
         let mbs = mb / self.wall.as_secs_f64();
@@ -190,6 +201,22 @@ fn direct(dir: &std::path::Path, records: u64, per_commit: u64) -> Option<Figure
     Some(f)
 }
 
+/// `rounds` rounds of `write` then one `syncfs` (through `sync`), timed (wall, process CPU);
+/// like the recorder, a round a second: the flusher writes back in between.
+fn timed_rounds(rounds: u64, sync: &File, mut write: impl FnMut()) -> (Duration, Duration) {
+    let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds {
+        let (t, c) = (Instant::now(), cpu_time());
+        write();
+        // SAFETY: syncfs on a file descriptor we own; it touches no memory of ours.
+        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(sync)) };
+        wall += t.elapsed();
+        cpu += cpu_time() - c;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    (wall, cpu)
+}
+
 /// One second of 1,000 two-stream calls (1,000 x 19.2 KB) per round, then one `syncfs`, as
 /// the writer's group commit does, in `write_size` writes spread round-robin over `files`
 /// files: 1,000 files of one 19.2 KB write each is Reel's layout (one journal per call); one
@@ -220,9 +247,7 @@ fn layout(dir: &std::path::Path, files: usize, write_size: usize, direct: bool) 
     buf.as_mut().fill(0x55);
     let writes = ROUND_BYTES.div_ceil(write_size);
     let mut offsets = vec![0u64; files];
-    let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
-    for _ in 0..ROUNDS {
-        let (t, c) = (Instant::now(), cpu_time());
+    let (wall, cpu) = timed_rounds(ROUNDS, &handles[0], || {
         for w in 0..writes {
             let f = w % files;
             handles[f]
@@ -230,22 +255,14 @@ fn layout(dir: &std::path::Path, files: usize, write_size: usize, direct: bool) 
                 .unwrap();
             offsets[f] += write_size as u64;
         }
-        // SAFETY: syncfs on a file descriptor we own; it touches no memory of ours.
-        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&handles[0])) };
-        wall += t.elapsed();
-        cpu += cpu_time() - c;
-        // Like the recorder, a round a second: the flusher writes back in between.
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    });
     let _ = std::fs::remove_dir_all(&sub);
-    let bytes = ROUNDS * (writes * write_size) as u64;
-    Some(Figures {
+    Some(Figures::of_rounds(
         wall,
         cpu,
-        bytes,
-        records: bytes / RECORD as u64,
-        commits: ROUNDS,
-    })
+        ROUNDS * (writes * write_size) as u64,
+        ROUNDS,
+    ))
 }
 
 /// The write-ahead design that would keep one journal per recording: each round's 19.2 MB goes
@@ -282,9 +299,7 @@ fn wal_layout(dir: &std::path::Path, chunk: usize) -> Option<Figures> {
     let mut chunk_buf = Aligned::new(chunk);
     chunk_buf.as_mut().fill(0x55);
     let (mut log_off, mut next, mut offsets) = (0u64, 0usize, vec![0u64; FILES]);
-    let (mut wall, mut cpu) = (Duration::ZERO, Duration::ZERO);
-    for _ in 0..ROUNDS {
-        let (t, c) = (Instant::now(), cpu_time());
+    let (wall, cpu) = timed_rounds(ROUNDS, &log, || {
         for _ in 0..ROUND_BYTES.div_ceil(1 << 20) {
             log.write_all_at(log_buf.as_mut(), log_off).unwrap();
             log_off += 1 << 20;
@@ -296,21 +311,14 @@ fn wal_layout(dir: &std::path::Path, chunk: usize) -> Option<Figures> {
             offsets[next] += chunk as u64;
             next = (next + 1) % FILES;
         }
-        // SAFETY: syncfs on a file descriptor we own; it touches no memory of ours.
-        unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&log)) };
-        wall += t.elapsed();
-        cpu += cpu_time() - c;
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    });
     let _ = std::fs::remove_dir_all(&sub);
-    let bytes = ROUNDS * ROUND_BYTES as u64;
-    Some(Figures {
+    Some(Figures::of_rounds(
         wall,
         cpu,
-        bytes,
-        records: bytes / RECORD as u64,
-        commits: ROUNDS,
-    })
+        ROUNDS * ROUND_BYTES as u64,
+        ROUNDS,
+    ))
 }
 
 fn io_figures() {

@@ -8,10 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::client::UdpClient;
-use common::media::{dest, end_call, offer, send, start_call};
+use common::media::{end_call, offer, recorded_packets, send, start_call, two_tones};
 use common::server::Server;
 use common::sim::{request, siprec_invite, to_tag};
-use reel::load::rtp_send::StreamSpec;
 
 struct Tmpfs(std::path::PathBuf);
 
@@ -145,10 +144,7 @@ fn a_call_that_ends_while_the_disk_is_full_is_finalized_whole_once_there_is_room
     let data = disk.0.join("data");
     let server = Server::start(&["--data-dir", data.to_str().expect("utf-8 path")]);
     let call = start_call(&server, "full-at-bye", &offer(0, None));
-    let specs = vec![
-        StreamSpec::new(dest(call.ports[0]), 0x1111_0001, 400.0),
-        StreamSpec::new(dest(call.ports[1]), 0x2222_0002, 1000.0),
-    ];
+    let specs = two_tones(&call);
     // Three seconds of RTP; the disk fills a second in, so two seconds of it can only be
     // held in memory, and the BYE comes while nothing can be written.
     let sender = std::thread::spawn(move || send(specs, Duration::from_secs(3)));
@@ -186,12 +182,7 @@ fn a_call_that_ends_while_the_disk_is_full_is_finalized_whole_once_there_is_room
     let json = &recs[0].1;
     assert_eq!(json["call_id"], "full-at-bye");
     assert_eq!(json["state"], "complete", "{json}");
-    let recorded: u64 = json["streams"]
-        .as_array()
-        .expect("streams")
-        .iter()
-        .map(|s| s["packets"].as_u64().unwrap_or(0))
-        .sum();
+    let recorded = recorded_packets(json);
     assert_eq!(
         recorded, sent.packets_sent,
         "the packets buffered while the disk was full are in the recording"

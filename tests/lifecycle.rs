@@ -249,14 +249,10 @@ fn after_kill_9_the_crashed_calls_ports_are_held_back_while_their_rtp_still_arri
 /// coming out as a silent no-media recording with nothing in the log.
 #[test]
 fn a_spool_folder_deleted_during_the_call_is_restored_from_the_open_journal() {
-    use common::media::{dest, end_call, offer, send, start_call};
-    use reel::load::rtp_send::StreamSpec;
+    use common::media::{end_call, offer, recorded_packets, send, start_call, two_tones};
     let server = Server::start(&[]);
     let call = start_call(&server, "deleted", &offer(0, None));
-    let specs = vec![
-        StreamSpec::new(dest(call.ports[0]), 0x1111_0001, 400.0),
-        StreamSpec::new(dest(call.ports[1]), 0x2222_0002, 1000.0),
-    ];
+    let specs = two_tones(&call);
     let sender = std::thread::spawn(move || send(specs, Duration::from_secs(3)));
     std::thread::sleep(Duration::from_millis(1500));
     let spool = server.data().join("spool");
@@ -272,12 +268,7 @@ fn a_spool_folder_deleted_during_the_call_is_restored_from_the_open_journal() {
     let recs = server.wait_recordings(1);
     let json = &recs[0].1;
     assert_eq!(json["state"], "complete", "{json}");
-    let recorded: u64 = json["streams"]
-        .as_array()
-        .expect("streams")
-        .iter()
-        .map(|s| s["packets"].as_u64().unwrap_or(0))
-        .sum();
+    let recorded = recorded_packets(json);
     assert_eq!(recorded, sent.packets_sent, "{json}");
     let warnings = json["warnings"].to_string();
     assert!(warnings.contains("spool folder was deleted"), "{warnings}");

@@ -107,6 +107,27 @@ pub fn dest(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// A 400 Hz tone to the call's first port and a 1 kHz one to its second.
+pub fn two_tones(call: &Call) -> Vec<StreamSpec> {
+    vec![
+        StreamSpec::new(dest(call.ports[0]), 0x1111_0001, 400.0),
+        StreamSpec::new(dest(call.ports[1]), 0x2222_0002, 1000.0),
+    ]
+}
+
+/// The packets a `recording.json` says went into the recording, over all its streams.
+pub fn recorded_packets(json: &serde_json::Value) -> u64 {
+    json["streams"]
+        .as_array()
+        .map(|streams| {
+            streams
+                .iter()
+                .map(|s| s["packets"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// One channel of a WAV as 16-bit samples at `rate`, decoded by sox (an independent reader).
 pub fn channel(wav: &std::path::Path, channel: usize, rate: u32) -> Vec<i16> {
     let out = Command::new("sox")
