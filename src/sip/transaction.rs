@@ -457,23 +457,19 @@ impl Endpoint {
         }
     }
 
-    /// Answers a request that cannot be served (400/505) when it carries what a response needs,
-    /// and reports it either way.
+    /// Answers a request that cannot be served (400/505/513) and reports it. Everything but an
+    /// ACK gets its answer: per its top Via when that parses, else (no Via, or one that does
+    /// not parse) straight back where the request came from (the UDP source, or the
+    /// connection), since §18.2.2 has nothing better to offer and silence tells the sender
+    /// nothing. A missing CSeq or Call-ID only leaves that header out of the answer.
     fn reject(&mut self, flow: Flow, request: &Request, status: u16, problem: &str) {
-        // The client matches a response by its top Via branch and CSeq (RFC 3261 §17.1.3), so
-        // those two are enough to tell it what is wrong, even when Call-ID, From or To is the
-        // missing piece.
-        let answerable = request.method != Method::Ack
-            && ["Via", "CSeq"]
-                .iter()
-                .all(|h| request.headers.get(h).is_some());
-        let via = request
-            .headers
-            .get_list("Via")
-            .into_iter()
-            .next()
-            .and_then(|v| Via::parse(&v).ok());
-        if let (true, Some(via)) = (answerable, via) {
+        if request.method != Method::Ack {
+            let via = request
+                .headers
+                .get_list("Via")
+                .into_iter()
+                .next()
+                .and_then(|v| Via::parse(&v).ok());
             let reason = if status == 400 {
                 sanitize(problem)
             } else {
@@ -483,7 +479,16 @@ impl Endpoint {
             response
                 .headers
                 .push("Warning", format!("399 reel \"{}\"", sanitize(problem)));
-            self.send_stateless(flow, &via, response);
+            match via {
+                Some(via) => self.send_stateless(flow, &via, response),
+                None => {
+                    self.finish_own_response(&mut response, None);
+                    self.transmits.push_back(Transmit {
+                        flow,
+                        data: response.encode(),
+                    });
+                }
+            }
         }
         self.events.push_back(Event::Malformed {
             flow,
@@ -1726,6 +1731,35 @@ mod tests {
             [Event::Malformed { reason, .. }] => assert!(reason.contains("Call-ID")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn request_without_a_usable_via_or_cseq_is_answered_at_its_source() {
+        let top = "Via: SIP/2.0/UDP 192.0.2.5:5060;branch=z9hG4bKinv\r\n";
+        assert!(invite().contains(top), "the fixture's top Via");
+        for (text, why) in [
+            (invite().replace(top, ""), "Missing Via"),
+            (invite().replace(top, "Via: garbage\r\n"), "Invalid Via"),
+            (invite().replace("CSeq: 1 INVITE\r\n", ""), "Missing CSeq"),
+        ] {
+            let mut ep = endpoint();
+            ep.handle_message(Instant::now(), udp(), text.as_bytes());
+            let sent = transmits(&mut ep);
+            assert_eq!(sent.len(), 1, "{why}: answered, not dropped");
+            let r = response(&sent[0]);
+            assert_eq!(r.status, 400, "{why}");
+            assert!(r.reason.contains(why), "{why}: {}", r.reason);
+            if why != "Missing CSeq" {
+                // Nothing in the request says where else to send it.
+                assert_eq!(sent[0].flow, udp(), "{why}: back to the source");
+            }
+            assert_eq!(ep.transaction_count(), 0, "{why}");
+        }
+        // An ACK is never answered, usable Via or not.
+        let mut ep = endpoint();
+        let ack = request_text("ACK", "z9hG4bK-a", 1, "").replace("Via: ", "X-Via: ");
+        ep.handle_message(Instant::now(), udp(), ack.as_bytes());
+        assert!(transmits(&mut ep).is_empty());
     }
 
     #[test]
