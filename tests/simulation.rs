@@ -500,6 +500,39 @@ fn in_dialog_options_is_200_for_a_live_recording_even_draining_and_481_for_a_gon
 }
 
 #[test]
+fn unknown_require_gets_420_on_options_and_info_but_never_keeps_a_bye_from_ending_the_call() {
+    let mut sim = Sim::new();
+    let req = |method: &str, call: &str, cseq: u32, tag: &str| {
+        request(
+            method,
+            call,
+            &format!("z9hG4bK-req-{method}-{cseq}"),
+            cseq,
+            tag,
+            "Require: foo-ext\r\n",
+            None,
+            "",
+        )
+    };
+    sim.send(&req("OPTIONS", "opt-require", 1, ""));
+    let r = sim.finals().pop().expect("answer");
+    assert_eq!(r.status, 420, "out-of-dialog OPTIONS");
+    assert_eq!(r.headers.get("Unsupported"), Some("foo-ext"));
+    let tag = established(&mut sim, "req");
+    for (method, cseq) in [("OPTIONS", 2), ("INFO", 3)] {
+        sim.send(&req(method, "req", cseq, &tag));
+        let r = sim.finals().pop().expect("answer");
+        assert_eq!(r.status, 420, "in-dialog {method}");
+        assert_eq!(r.headers.get("Unsupported"), Some("foo-ext"), "{method}");
+    }
+    assert_eq!(sim.rec.session_count(), 1, "the recording goes on");
+    // A BYE is not held to its Require: refusing it would keep a finished call recording.
+    sim.send(&req("BYE", "req", 4, &tag));
+    assert_eq!(sim.finals().pop().expect("answer").status, 200);
+    assert_eq!(sim.rec.session_count(), 0);
+}
+
+#[test]
 fn options_gets_200_with_siprec_then_503_while_draining() {
     let mut sim = Sim::new();
     sim.send(&request(

@@ -129,6 +129,14 @@ pub const MAX_SESSION_EXPIRES_S: u64 = 86_400;
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
 const ACCEPT: &str = "application/sdp, application/rs-metadata+xml, multipart/mixed";
 const SUPPORTED: &str = "siprec, timer";
+/// True for the Request-URI schemes a recorder can be addressed by (`sip`, `sips`, `tel`).
+fn uri_scheme_supported(uri: &str) -> bool {
+    let scheme = uri.split(':').next().unwrap_or_default();
+    ["sip", "sips", "tel"]
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(scheme))
+}
+
 /// Option tags Reel implements (RFC 3261 §8.2.2.3: any other in Require gets 420).
 const UNDERSTOOD: &[&str] = &["siprec", "timer"];
 
@@ -558,6 +566,12 @@ impl Recorder {
         if !self.allowed(&flow) {
             return self.reply(now, tx, &req, 403, "Source Not Allowed", None);
         }
+        // RFC 3261 §8.2.2.1: a Request-URI scheme Reel cannot serve gets 416 (an ACK none).
+        if req.method != Method::Ack && !uri_scheme_supported(&req.uri) {
+            let scheme = req.uri.split(':').next().unwrap_or_default();
+            let why = format!("Request-URI scheme '{scheme}' is not sip, sips or tel");
+            return self.reply(now, tx, &req, 416, "Unsupported URI Scheme", Some(&why));
+        }
         let to_tag = req
             .headers
             .get("To")
@@ -584,6 +598,9 @@ impl Recorder {
     fn on_options(&mut self, now: Instant, tx: TxId, req: &Request) {
         if self.draining {
             return self.reply_503(now, tx, req, "Draining");
+        }
+        if let Some(status) = self.check_require(now, tx, req) {
+            return status;
         }
         self.answer_options(now, tx, req);
     }
@@ -864,6 +881,9 @@ impl Recorder {
                 return self.reply(now, tx, &req, 481, "Call/Transaction Does Not Exist", None);
             };
             self.follow_connection(key, flow);
+            if let Some(status) = self.check_require(now, tx, &req) {
+                return status;
+            }
             return self.answer_options(now, tx, &req);
         }
         let Some(key) = self.dialog_key(&req) else {
@@ -889,6 +909,9 @@ impl Recorder {
             }
             Method::Invite | Method::Update => self.on_refresh(now, wall, tx, req, key),
             Method::Info => {
+                if let Some(status) = self.check_require(now, tx, &req) {
+                    return status;
+                }
                 let mut resp = Response::for_request(&req, 200, "OK");
                 self.decorate(&mut resp);
                 self.endpoint.respond(now, tx, resp);
