@@ -37,6 +37,8 @@
 //!
 //! Run: `cargo bench --bench record -- --calls 1000 --seconds 10` (variants a,b,c,reel)
 //! Scaling: `cargo bench --bench record -- --sizes 100,500,1000,2000 --seconds 10`
+//! Spread on a noisy machine: `--repeat 5` runs every variant five times in turn and ends
+//! with one line per round and the medians.
 //!
 //! Setup rate at the limit: `cargo bench --bench record -- --setup-limit` starts one reel and
 //! sets up bursts of calls at 100, 200, 400, ... calls/s (one second's worth each, at most
@@ -83,6 +85,8 @@ struct Opts {
     reel_log: String,
     setup_limit: bool,
     setup_bound_ms: u64,
+    /// Rounds of every variant per size, one after the other (a, c, ..., reel, a, c, ...).
+    repeat: usize,
 }
 
 fn default_reel_bin() -> PathBuf {
@@ -123,6 +127,7 @@ fn parse_args() -> Result<Opts, String> {
         reel_log: "warn".into(),
         setup_limit: false,
         setup_bound_ms: 250,
+        repeat: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -139,6 +144,7 @@ fn parse_args() -> Result<Opts, String> {
             "--no-pin" => o.pin = false,
             "--setup-limit" => o.setup_limit = true,
             "--setup-bound-ms" => o.setup_bound_ms = num(val(&k)?, &k)?,
+            "--repeat" => o.repeat = num(val(&k)?, &k)?.clamp(1, 50) as usize,
             "--variants" => {
                 o.variants = parse_list(&val(&k)?, "--variants")?;
                 if let Some(bad) = o
@@ -1306,6 +1312,97 @@ fn print_detail(r: &SizeResult, tck: u64) {
     }
 }
 
+fn ok_outcome(x: &Option<Result<ReelOutcome, String>>) -> Option<&ReelOutcome> {
+    x.as_ref().and_then(|x| x.as_ref().ok())
+}
+
+/// With `--repeat`: one line per round and each column's median, so a noisy machine's
+/// figures come with their spread. Ratios are per round (each Reel figure against the
+/// sinks of its own round), and their medians are taken over the rounds.
+fn print_rounds(results: &[SizeResult], tck: u64) {
+    println!();
+    println!("== rounds (us CPU per packet; ratios within each round) ==");
+    println!(
+        "{:>6} {:>5} {:>7} {:>7} {:>7} {:>8} {:>6} {:>6} {:>9} {:>6} {:>6} {:>10}",
+        "calls", "round", "a", "c", "t", "reel", "vs a", "vs c", "reel-tpx", "vs a", "vs t", "loss"
+    );
+    let us = |x: Option<f64>| x.map(|v| v / 1000.0);
+    let fmt = |x: Option<f64>, w: usize| x.map_or(format!("{:>w$}", "-"), |v| format!("{v:>w$.2}"));
+    let div = |x: Option<f64>, y: Option<f64>| Some(x? / y?);
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        Some(if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        })
+    };
+    let mut sizes: Vec<usize> = results.iter().map(|r| r.calls).collect();
+    sizes.dedup();
+    for calls in sizes {
+        let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 9];
+        for (round, r) in results.iter().filter(|r| r.calls == calls).enumerate() {
+            let ok = ok_outcome;
+            let a = us(r.a.as_ref().map(sink_ns));
+            let c = us(r.c.as_ref().map(sink_ns));
+            let t = us(r.t.as_ref().and_then(|o| o.as_ref().ok()).map(sink_ns));
+            let reel = us(ok(&r.reel).map(|x| reel_ns(x, tck)));
+            let tpx = us(ok(&r.reel_tproxy).map(|x| reel_ns(x, tck)));
+            let row = [
+                a,
+                c,
+                t,
+                reel,
+                div(reel, a),
+                div(reel, c),
+                tpx,
+                div(tpx, a),
+                div(tpx, t),
+            ];
+            for (col, v) in cols.iter_mut().zip(row) {
+                col.extend(v);
+            }
+            let loss: Vec<String> = [ok(&r.reel), ok(&r.reel_tproxy)]
+                .into_iter()
+                .flatten()
+                .map(|x| (x.sent as i64 - x.recorded as i64).to_string())
+                .collect();
+            println!(
+                "{calls:>6} {:>5} {} {} {} {} {} {} {} {} {} {:>10}",
+                round + 1,
+                fmt(a, 7),
+                fmt(c, 7),
+                fmt(t, 7),
+                fmt(reel, 8),
+                fmt(row[4], 6),
+                fmt(row[5], 6),
+                fmt(tpx, 9),
+                fmt(row[7], 6),
+                fmt(row[8], 6),
+                loss.join(" / ")
+            );
+        }
+        let m: Vec<Option<f64>> = cols.into_iter().map(median).collect();
+        println!(
+            "{calls:>6} {:>5} {} {} {} {} {} {} {} {} {}",
+            "med",
+            fmt(m[0], 7),
+            fmt(m[1], 7),
+            fmt(m[2], 7),
+            fmt(m[3], 8),
+            fmt(m[4], 6),
+            fmt(m[5], 6),
+            fmt(m[6], 9),
+            fmt(m[7], 6),
+            fmt(m[8], 6)
+        );
+    }
+}
+
 fn main() {
     let o = match parse_args() {
         Ok(o) => o,
@@ -1314,7 +1411,7 @@ fn main() {
             eprintln!(
                 "usage: record [--calls N | --sizes N1,N2,..] [--seconds D] [--variants a,b,c,t,reel,reel-tproxy] \
                  [--setup-rate R] [--batch-ms M] [--reel-bin PATH] [--reel-log FILTER] [--no-pin] \
-                 [--setup-limit [--setup-bound-ms B]]"
+                 [--repeat N] [--setup-limit [--setup-bound-ms B]]"
             );
             std::process::exit(2);
         }
@@ -1360,9 +1457,18 @@ fn main() {
     }
     let mut results = Vec::new();
     for &n in &o.sizes {
-        let r = run_size(&o, n, uring);
-        print_detail(&r, tck);
-        results.push(r);
+        for round in 1..=o.repeat {
+            if o.repeat > 1 {
+                println!();
+                println!("-- round {round} of {} --", o.repeat);
+            }
+            let r = run_size(&o, n, uring);
+            print_detail(&r, tck);
+            results.push(r);
+        }
+    }
+    if o.repeat > 1 {
+        print_rounds(&results, tck);
     }
     if results.len() > 1 {
         println!();
