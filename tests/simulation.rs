@@ -171,6 +171,98 @@ fn unacknowledged_200_is_retransmitted_then_session_ends_with_bye() {
 }
 
 #[test]
+fn an_ack_with_a_made_up_cseq_still_confirms_the_200_but_not_from_another_dialog() {
+    let mut sim = Sim::new();
+    sim.send(&siprec_invite("ackseq", "z9hG4bK-ackseq-1"));
+    let tag = to_tag(&sim.finals()[0]);
+    let ack = |cseq: u32, tag: &str, cseq_method: &str| {
+        request(
+            "ACK",
+            "ackseq",
+            "z9hG4bK-ackseq-ack",
+            cseq,
+            tag,
+            "",
+            None,
+            "",
+        )
+        .replace(
+            &format!("CSeq: {cseq} ACK"),
+            &format!("CSeq: {cseq} {cseq_method}"),
+        )
+    };
+    // Another dialog's To tag does not stop the retransmissions.
+    sim.send(&ack(832_544_241, "not-reels-tag", "ACK"));
+    sim.run_for(Duration::from_millis(600));
+    assert_eq!(sim.finals().len(), 1, "still retransmitting the 200");
+    // The right dialog with a made-up CSeq number, and its method written INVITE, does.
+    sim.send(&ack(832_544_241, &tag, "INVITE"));
+    sim.run_for(T1 * 64 + Duration::from_millis(10));
+    assert!(sim.finals().is_empty(), "no retransmission after the ACK");
+    assert!(sim.requests().is_empty(), "no BYE for want of an ACK");
+    assert_eq!(sim.rec.session_count(), 1, "the recording goes on");
+    // A BYE without the To tag, its CSeq naming INVITE, ends it.
+    sim.send(
+        &request("BYE", "ackseq", "z9hG4bK-ackseq-bye", 2, "", "", None, "")
+            .replace("CSeq: 2 BYE", "CSeq: 2 INVITE"),
+    );
+    let r = sim.finals().pop().expect("answer");
+    assert_eq!(r.status, 200, "{}", r.reason);
+    assert_eq!(to_tag(&r), tag, "answered in the dialog");
+    assert_eq!(sim.rec.session_count(), 0);
+    assert_eq!(sim.finalized()[0].end_reason, "bye");
+}
+
+#[test]
+fn a_bye_without_a_to_tag_ends_nothing_it_does_not_name_exactly() {
+    let mut sim = Sim::new();
+    established(&mut sim, "tagless");
+    // Another From tag: not this recording's SRC.
+    sim.send(
+        &request("BYE", "tagless", "z9hG4bK-tagless-b1", 2, "", "", None, "")
+            .replace("tag=srctag1", "tag=someone-else"),
+    );
+    assert_eq!(sim.finals().pop().expect("answer").status, 481);
+    // Another Call-ID.
+    sim.send(&request(
+        "BYE",
+        "other",
+        "z9hG4bK-tagless-b2",
+        2,
+        "",
+        "",
+        None,
+        "",
+    ));
+    assert_eq!(sim.finals().pop().expect("answer").status, 481);
+    assert_eq!(sim.rec.session_count(), 1, "the recording goes on");
+    // A request other than BYE is not taken into the dialog without its To tag.
+    sim.send(&request(
+        "INFO",
+        "tagless",
+        "z9hG4bK-tagless-i",
+        3,
+        "",
+        "",
+        None,
+        "",
+    ));
+    assert_eq!(sim.finals().pop().expect("answer").status, 481);
+    sim.send(&request(
+        "BYE",
+        "tagless",
+        "z9hG4bK-tagless-b3",
+        4,
+        "",
+        "",
+        None,
+        "",
+    ));
+    assert_eq!(sim.finals().pop().expect("answer").status, 200);
+    assert_eq!(sim.rec.session_count(), 0);
+}
+
+#[test]
 fn cancel_before_answer_gets_487_and_a_cancelled_record() {
     let mut sim = Sim::new();
     sim.auto_store = false;

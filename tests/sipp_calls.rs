@@ -94,6 +94,27 @@ fn reinvite_hold_resume_merges_metadata_over_udp_and_tcp() {
 }
 
 #[test]
+fn a_sloppy_src_script_is_recorded_and_ended_by_its_bye_over_udp_and_tcp() {
+    if !sipp_available() {
+        return;
+    }
+    // ACK with a made-up CSeq number, ACK and BYE whose CSeq names INVITE, BYE without the
+    // To tag: as hand-written SRC scripts in the field send them (tests/sipp/sloppy_src.xml).
+    for transport in ["u1", "t1"] {
+        let json = scenario_records("sloppy_src.xml", transport);
+        assert_eq!(json["end_reason"], "bye", "{transport}: {json}");
+        // The script sends no RTP: a recording, ended at its BYE, of one stream.
+        assert_eq!(json["state"], "no-media", "{transport}: {json}");
+        assert_eq!(json["streams"].as_array().expect("s").len(), 1, "{json}");
+        let ms = json["duration_ms"].as_u64().expect("duration_ms");
+        assert!(
+            ms < 5000,
+            "{transport}: ended by the BYE, not a timeout: {ms} ms"
+        );
+    }
+}
+
+#[test]
 fn metadata_only_update_over_udp_and_tcp() {
     if !sipp_available() {
         return;

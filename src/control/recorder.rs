@@ -10,7 +10,7 @@
 //! and a CANCEL ends it with 487.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -232,7 +232,9 @@ pub struct Recorder {
     /// sessions) are dropped when they reach the top; every live timer has an entry.
     session_timers: BinaryHeap<Reverse<(Instant, SessionKey)>>,
     /// (Call-ID, our tag) -> session.
-    by_dialog: HashMap<(String, String), SessionKey>,
+    /// Live sessions by (Call-ID, Reel's To tag); ordered so that a Call-ID's sessions can be
+    /// found without a To tag (`tagless_bye_dialog`).
+    by_dialog: BTreeMap<(String, String), SessionKey>,
     by_invite_tx: HashMap<TxId, SessionKey>,
     next_key: u64,
     storage: VecDeque<StorageOp>,
@@ -269,7 +271,7 @@ impl Recorder {
             host,
             sessions: HashMap::new(),
             session_timers: BinaryHeap::new(),
-            by_dialog: HashMap::new(),
+            by_dialog: BTreeMap::new(),
             by_invite_tx: HashMap::new(),
             next_key: 1,
             storage: VecDeque::new(),
@@ -559,7 +561,14 @@ impl Recorder {
         }));
     }
 
-    fn on_request(&mut self, now: Instant, wall: SystemTime, tx: TxId, req: Request, flow: Flow) {
+    fn on_request(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        tx: TxId,
+        mut req: Request,
+        flow: Flow,
+    ) {
         if self.config.fault_injection && req.headers.get(FAULT_HEADER).is_some() {
             panic!("fault injection: {FAULT_HEADER}");
         }
@@ -572,11 +581,17 @@ impl Recorder {
             let why = format!("Request-URI scheme '{scheme}' is not sip, sips or tel");
             return self.reply(now, tx, &req, 416, "Unsupported URI Scheme", Some(&why));
         }
-        let to_tag = req
+        let mut to_tag = req
             .headers
             .get("To")
             .and_then(|v| crate::sip::NameAddr::parse(v).ok())
             .and_then(|n| n.tag().map(str::to_string));
+        if to_tag.is_none()
+            && req.method == Method::Bye
+            && let Some(tag) = self.tagless_bye_dialog(&mut req)
+        {
+            to_tag = Some(tag);
+        }
         if let Some(tag) = to_tag {
             return self.on_in_dialog(now, wall, tx, req, flow, tag);
         }
@@ -1297,6 +1312,50 @@ impl Recorder {
     /// The session whose dialog a request belongs to: Call-ID, our tag (To) and the SRC's
     /// tag (From) all matching (RFC 3261 §12.2.2). A wrong From tag is another dialog, so a
     /// stray or misrouted BYE that shares a Call-ID and To tag gets 481 and ends nothing.
+    /// A BYE without a To tag (RFC 3261 §12.2.2 would answer 481) that names exactly one live
+    /// recording by its Call-ID and the SRC's From tag is taken as that dialog's BYE: SRC test
+    /// scripts in the field send one (MiaRec's BroadWorks SIPp scenarios), and answering 481
+    /// would leave the recording running until its RTP stops. The request gets Reel's tag in
+    /// its To header, as the answer would carry anyway; returns that tag.
+    fn tagless_bye_dialog(&self, req: &mut Request) -> Option<String> {
+        let call_id = req.call_id()?.trim().to_string();
+        let from_tag = crate::sip::NameAddr::parse(req.headers.get("From")?)
+            .ok()?
+            .tag()
+            .map(str::to_string)?;
+        let mut found = self
+            .by_dialog
+            .range((call_id.clone(), String::new())..)
+            .take_while(|((c, _), _)| *c == call_id)
+            .filter(|(_, key)| {
+                self.sessions.get(key).is_some_and(|s| {
+                    let remote = match &s.dialog {
+                        Some(d) => Some(d.remote_tag.clone()),
+                        None => {
+                            crate::sip::NameAddr::parse(s.invite.headers.get("From").unwrap_or(""))
+                                .ok()
+                                .and_then(|n| n.tag().map(str::to_string))
+                        }
+                    };
+                    remote.as_deref() == Some(from_tag.as_str())
+                })
+            })
+            .map(|((_, local), _)| local.clone());
+        let local = found.next()?;
+        if found.next().is_some() {
+            return None;
+        }
+        let to = req.headers.get("To")?;
+        let mut addr = crate::sip::NameAddr::parse(to).ok()?;
+        addr.set_param("tag", Some(local.clone()));
+        req.headers.set("To", addr.to_header_value());
+        tracing::warn!(
+            call_id = %crate::sip::message::sanitize(&call_id),
+            "a BYE without a To tag taken for the one recording of its Call-ID and From tag"
+        );
+        Some(local)
+    }
+
     fn dialog_key(&self, req: &Request) -> Option<SessionKey> {
         let call_id = req.call_id()?.to_string();
         let tag_of = |name: &str, r: &Request| {

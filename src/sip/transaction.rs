@@ -275,6 +275,9 @@ pub struct Endpoint {
     server_index: HashMap<ServerKey, TxId>,
     /// (Call-ID, CSeq number) of INVITEs answered 2xx, to match their ACK (any branch).
     ack_index: HashMap<(String, u32), TxId>,
+    /// The newest INVITE transaction per Call-ID whose 2xx waits for its ACK: the fallback
+    /// for an ACK whose CSeq number is not the INVITE's (see `handle_ack`).
+    ack_by_call: HashMap<String, TxId>,
     /// (Call-ID, From tag, CSeq number) of initial INVITEs (no To tag), to tell a merged
     /// request: the same INVITE arriving again by another path, with another branch.
     merge_index: HashMap<(String, String, u32), TxId>,
@@ -345,6 +348,7 @@ impl Endpoint {
             server_index: HashMap::new(),
             merge_index: HashMap::new(),
             ack_index: HashMap::new(),
+            ack_by_call: HashMap::new(),
             clients: BTreeMap::new(),
             client_index: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -657,7 +661,18 @@ impl Endpoint {
             let cseq = CSeq::parse(request.headers.get("CSeq")?).ok()?.seq;
             self.ack_index.get(&(call_id, cseq)).copied()
         };
-        let Some(id) = by_key.or_else(by_dialog) else {
+        // Tolerated: an ACK with another CSeq number (SRC test scripts in the field send one
+        // made up, e.g. MiaRec's BroadWorks SIPp scenarios) still acknowledges the 2xx that
+        // its dialog (Call-ID and Reel's To tag) is waiting on; without this, Reel would
+        // retransmit the 2xx for 32 s and then end the recording for want of an ACK.
+        let by_call = || {
+            let id = *self.ack_by_call.get(request.call_id()?.trim())?;
+            let tx = self.servers.get(&id)?;
+            let waiting = matches!(tx.state, ServerState::Accepted { acked: false });
+            (waiting && to_tag(&request.headers).as_deref() == Some(tx.local_tag.as_str()))
+                .then_some(id)
+        };
+        let Some(id) = by_key.or_else(by_dialog).or_else(by_call) else {
             self.events.push_back(Event::Ack { request, flow });
             return;
         };
@@ -837,6 +852,7 @@ impl Endpoint {
             if (200..300).contains(&response.status) {
                 stx.state = ServerState::Accepted { acked: false };
                 self.ack_index.insert((stx.call_id.clone(), stx.cseq), tx);
+                self.ack_by_call.insert(stx.call_id.clone(), tx);
             } else {
                 stx.state = ServerState::Completed;
             }
@@ -1067,6 +1083,9 @@ impl Endpoint {
             let merge_key = (tx.call_id.clone(), tx.remote_tag, tx.cseq);
             if self.merge_index.get(&merge_key) == Some(&id) {
                 self.merge_index.remove(&merge_key);
+            }
+            if self.ack_by_call.get(&tx.call_id) == Some(&id) {
+                self.ack_by_call.remove(&tx.call_id);
             }
             let ack_key = (tx.call_id, tx.cseq);
             if self.ack_index.get(&ack_key) == Some(&id) {
@@ -2103,5 +2122,6 @@ mod tests {
         ep.handle_timeout(now + Duration::from_secs(32));
         assert_eq!(ep.transaction_count(), 0);
         assert!(ep.server_index.is_empty() && ep.ack_index.is_empty());
+        assert!(ep.ack_by_call.is_empty());
     }
 }
