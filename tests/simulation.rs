@@ -511,6 +511,27 @@ fn in_dialog_request_with_lower_cseq_is_refused() {
 }
 
 #[test]
+fn a_bye_whose_cseq_went_backwards_still_ends_the_recording() {
+    let mut sim = Sim::new();
+    let tag = established(&mut sim, "byeseq");
+    sim.send(&request(
+        "INFO",
+        "byeseq",
+        "z9hG4bK-byeseq-i",
+        7,
+        &tag,
+        "",
+        None,
+        "",
+    ));
+    assert_eq!(sim.finals()[0].status, 200);
+    bye(&mut sim, "byeseq", &tag, 3);
+    assert_eq!(sim.finals()[0].status, 200, "a BYE can only mean the end");
+    assert_eq!(sim.rec.session_count(), 0);
+    assert_eq!(sim.finalized()[0].end_reason, "bye");
+}
+
+#[test]
 fn unknown_dialog_gets_481() {
     let mut sim = Sim::new();
     bye(&mut sim, "nobody", "deadbeef", 2);

@@ -363,11 +363,30 @@ impl<'a> Plan<'a> {
                 "{unknown} journal records name no stream of this recording"
             ));
         }
-        for sp in &mut streams {
+        for (i, sp) in streams.iter_mut().enumerate() {
             sp.tracker.flush();
             let last = sp.last_ssrc;
             sp.drain_digits(last);
             sp.entries.sort_by_key(|e| (e.start, e.idx));
+            // Packets counted as recorded whose codec the stream's file cannot hold (an SRC
+            // sending PCMA on a stream the answer made Opus, say) must not pass silently.
+            let stream_codec = sp.codec;
+            let fits = |c: Codec| {
+                if stream_codec.in_wav() {
+                    c.in_wav()
+                } else {
+                    c == stream_codec
+                }
+            };
+            let left_out = sp.entries.iter().filter(|e| !fits(e.codec)).count();
+            if left_out > 0 {
+                let label = meta.streams.get(i).map_or("?", |s| s.label.as_str());
+                plan.warnings.push(format!(
+                    "stream {label}: {left_out} audio packets in another codec than the \
+                     stream's {} are counted but not in its audio",
+                    meta.streams.get(i).map_or("?", |s| s.codec.as_str())
+                ));
+            }
         }
         plan.streams = streams;
         Ok(plan)
@@ -1237,6 +1256,27 @@ mod tests {
         assert_eq!((d[0], d[1]), (0x11, 0x22));
         assert_eq!((d[318], d[319]), (0x11, 0x22));
         assert_eq!((d[320], d[321]), (0xFF, 0xFF));
+    }
+
+    #[test]
+    fn packets_in_a_codec_the_stream_file_cannot_hold_are_named_in_a_warning() {
+        // PCMA packets on a stream the answer made Opus (an SRC that ignores the answer).
+        let m = meta(vec![stream("1", "opus", 111, 0)], 100);
+        let mut x = p(1, 0, 0, 0x2A);
+        x.pt = 8;
+        let j = journal(&[x]);
+        let plan = Plan::new(&j, &m).unwrap();
+        assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+        assert!(
+            plan.warnings[0].starts_with("stream 1: 1 audio packets in another codec"),
+            "{:?}",
+            plan.warnings
+        );
+        // PCMA on a PCMU stream is decoded into audio.wav: nothing to warn of.
+        let mut x = p(1, 0, 0, 0x2A);
+        x.pt = 8;
+        let j = journal(&[x]);
+        assert!(Plan::new(&j, &pcmu(100)).unwrap().warnings.is_empty());
     }
 
     #[test]

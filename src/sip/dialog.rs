@@ -50,7 +50,17 @@ fn contact_uri(request: &Request) -> Option<String> {
     if first.trim() == "*" {
         return None;
     }
-    NameAddr::parse(&first).ok().map(|a| a.uri)
+    match NameAddr::parse(&first) {
+        Ok(a) => Some(a.uri),
+        // Tolerated: a `<` never closed (`Contact: <sip:src@host:5060;+sip.src`, as in
+        // Metaswitch-style SIPp scripts): the address runs to the end of the value.
+        Err(_) if first.contains('<') && !first.contains('>') => {
+            NameAddr::parse(&format!("{}>", first.trim_end()))
+                .ok()
+                .map(|a| a.uri)
+        }
+        Err(_) => None,
+    }
 }
 
 impl Dialog {
@@ -76,7 +86,13 @@ impl Dialog {
             .get("To")
             .and_then(|v| NameAddr::parse(v).ok())
             .ok_or_else(|| bad_request("Invalid To header"))?;
-        let remote_target = contact_uri(request).ok_or_else(|| bad_request("Missing Contact"))?;
+        let remote_target = contact_uri(request).ok_or_else(|| {
+            if request.headers.get("Contact").is_some() {
+                bad_request("Invalid Contact header")
+            } else {
+                bad_request("Missing Contact")
+            }
+        })?;
         let cseq = request
             .headers
             .get("CSeq")
@@ -111,14 +127,17 @@ impl Dialog {
             .and_then(|v| CSeq::parse(v).ok())
             .ok_or_else(|| bad_request("Invalid CSeq header"))?;
         // Equal is refused too: a retransmission never gets here (the transaction layer absorbs
-        // it), so a new request with the same number is out of order.
-        if cseq.seq <= self.remote_seq {
+        // it), so a new request with the same number is out of order. Except for a BYE: there
+        // is one per dialog and it can only mean the end, so a BYE whose number went backwards
+        // (an SRC script's typo, as in MiaRec's Webex conference scenario) still ends the
+        // recording rather than leave it running with a 500.
+        if cseq.seq <= self.remote_seq && request.method != Method::Bye {
             return Err(DialogError {
                 status: 500,
                 reason: "CSeq out of order".to_string(),
             });
         }
-        self.remote_seq = cseq.seq;
+        self.remote_seq = self.remote_seq.max(cseq.seq);
         if matches!(request.method, Method::Invite | Method::Update)
             && let Some(target) = contact_uri(request)
         {
@@ -271,17 +290,32 @@ mod tests {
     }
 
     #[test]
+    fn a_contact_whose_angle_bracket_is_never_closed_is_taken_to_its_end() {
+        let mut req = invite("");
+        req.headers
+            .set("Contact", "<sip:7602922410@192.0.2.5:5070;+sip.src");
+        let d = Dialog::new_uas(&req, "l", flow()).unwrap();
+        assert_eq!(d.remote_target, "sip:7602922410@192.0.2.5:5070;+sip.src");
+        // Garbage is still garbage.
+        req.headers.set("Contact", "<>");
+        assert_eq!(Dialog::new_uas(&req, "l", flow()).unwrap_err().status, 400);
+    }
+
+    #[test]
     fn lower_or_equal_cseq_is_500_out_of_order() {
         let mut d = Dialog::new_uas(&invite(""), "loc", flow()).unwrap();
         for seq in [9, 10] {
-            let err = d.on_request(&in_dialog("BYE", seq, None)).unwrap_err();
+            let err = d.on_request(&in_dialog("UPDATE", seq, None)).unwrap_err();
             assert_eq!(
                 (err.status, err.reason.as_str()),
                 (500, "CSeq out of order")
             );
         }
-        assert_eq!(d.on_request(&in_dialog("BYE", 11, None)), Ok(()));
+        assert_eq!(d.on_request(&in_dialog("UPDATE", 11, None)), Ok(()));
         assert_eq!(d.remote_seq, 11);
+        // A BYE ends the dialog whatever its number: one that went backwards is taken.
+        assert_eq!(d.on_request(&in_dialog("BYE", 5, None)), Ok(()));
+        assert_eq!(d.remote_seq, 11, "the highest number stays");
     }
 
     #[test]
