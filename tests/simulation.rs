@@ -532,6 +532,44 @@ fn a_bye_whose_cseq_went_backwards_still_ends_the_recording() {
 }
 
 #[test]
+fn g711_is_answered_over_an_earlier_g729_unless_the_offer_order_is_configured() {
+    // Metaswitch-style: G.729 first, G.711 after it.
+    let sdp = SDP_TWO_STREAMS
+        .replace("RTP/AVP 0 101", "RTP/AVP 18 0 101")
+        .replace(
+            "a=rtpmap:0 PCMU/8000",
+            "a=rtpmap:18 G729/8000\r\na=rtpmap:0 PCMU/8000",
+        );
+    assert!(sdp.contains("RTP/AVP 18 0 101"), "{sdp}");
+    let invite = request(
+        "INVITE",
+        "g729",
+        "z9hG4bK-g729-1",
+        1,
+        "",
+        "Require: siprec\r\n",
+        Some("multipart/mixed;boundary=BND"),
+        &multipart(&sdp, &metadata("complete", "")),
+    );
+    for (prefer_wav, want) in [(true, "RTP/AVP 0 101"), (false, "RTP/AVP 18 101")] {
+        let config = RecorderConfig {
+            prefer_wav_codecs: prefer_wav,
+            ..RecorderConfig::default()
+        };
+        let mut sim = Sim::with(config, 100);
+        sim.send(&invite);
+        let ok = sim.finals().pop().expect("answer");
+        assert_eq!(ok.status, 200, "{}", ok.reason);
+        let answer = body(&ok);
+        assert_eq!(
+            answer.matches(want).count(),
+            2,
+            "prefer_wav {prefer_wav}: {answer}"
+        );
+    }
+}
+
+#[test]
 fn unknown_dialog_gets_481() {
     let mut sim = Sim::new();
     bye(&mut sim, "nobody", "deadbeef", 2);

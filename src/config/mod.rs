@@ -94,6 +94,10 @@ pub struct MediaSettings {
 pub struct RecordSettings {
     /// `wav-g711` or `wav-pcm16`.
     pub audio: String,
+    /// Which offered codec a stream is answered with: `wav` (default: the first offered of
+    /// PCMU, PCMA and G722, which `audio.wav` holds; G729 or opus only when nothing else is
+    /// offered) or `offer` (the first offered recordable codec, the offerer's preference).
+    pub codec_preference: String,
     pub keep_raw: bool,
     /// Largest rs-metadata document (bytes) and element depth.
     pub max_metadata_bytes: usize,
@@ -168,6 +172,7 @@ pub mod defaults {
     pub const RCVBUF: usize = 4 * 1024 * 1024;
     pub const JOURNAL_FSYNC_MS: u64 = 1_000;
     pub const AUDIO: &str = "wav-g711";
+    pub const CODEC_PREFERENCE: &str = "wav";
     pub const MAX_METADATA_BYTES: usize = 262_144;
     pub const MAX_METADATA_DEPTH: usize = 32;
     pub const HTTP_LISTEN: &str = "127.0.0.1:8080";
@@ -314,6 +319,8 @@ struct RawRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     audio: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    codec_preference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     keep_raw: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_metadata_bytes: Option<u64>,
@@ -427,6 +434,7 @@ impl Config {
             },
             record: RawRecord {
                 audio: Some(self.record.audio.clone()),
+                codec_preference: Some(self.record.codec_preference.clone()),
                 keep_raw: Some(self.record.keep_raw),
                 max_metadata_bytes: Some(self.record.max_metadata_bytes as u64),
                 max_metadata_depth: Some(self.record.max_metadata_depth as u64),
@@ -761,6 +769,15 @@ fn record_from_raw(raw: RawRecord) -> Result<RecordSettings, ConfigError> {
             format!("unknown audio format {audio:?}; expected \"wav-g711\" or \"wav-pcm16\""),
         ));
     }
+    let codec_preference = raw
+        .codec_preference
+        .unwrap_or_else(|| defaults::CODEC_PREFERENCE.to_string());
+    if codec_preference != "wav" && codec_preference != "offer" {
+        return Err(err(
+            "record.codec_preference",
+            format!("unknown codec preference {codec_preference:?}; expected \"wav\" or \"offer\""),
+        ));
+    }
     let max_metadata_bytes = to_usize(
         "record.max_metadata_bytes",
         raw.max_metadata_bytes,
@@ -790,6 +807,7 @@ fn record_from_raw(raw: RawRecord) -> Result<RecordSettings, ConfigError> {
     }
     Ok(RecordSettings {
         audio,
+        codec_preference,
         keep_raw: raw.keep_raw.unwrap_or(false),
         max_metadata_bytes,
         max_metadata_depth,
@@ -1396,6 +1414,16 @@ mod tests {
         let e = parse("[record]\naudio = \"mp3\"\n").unwrap_err();
         assert_eq!(e.key, "record.audio");
         assert!(e.message.contains("wav-g711"), "{e}");
+    }
+
+    #[test]
+    fn record_codec_preference_values() {
+        assert_eq!(Config::default().record.codec_preference, "wav");
+        let c = parse("[record]\ncodec_preference = \"offer\"\n").unwrap();
+        assert_eq!(c.record.codec_preference, "offer");
+        let e = parse("[record]\ncodec_preference = \"cheap\"\n").unwrap_err();
+        assert_eq!(e.key, "record.codec_preference");
+        assert!(e.message.contains("\"wav\" or \"offer\""), "{e}");
     }
 
     #[test]

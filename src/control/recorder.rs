@@ -67,6 +67,9 @@ pub struct RecorderConfig {
     pub allow_from: Vec<ipnet::IpNet>,
     pub metadata_max_bytes: usize,
     pub metadata_max_depth: usize,
+    /// `record.codec_preference = "wav"`: answer G.711/G.722 when offered, even after G.729 or
+    /// opus (see `MediaDescription::choose_codecs_preferring`); false: the offer's order.
+    pub prefer_wav_codecs: bool,
     pub endpoint: EndpointConfig,
     /// For tests: a request with a [`FAULT_HEADER`] header makes its handling panic, so that
     /// they can check a panic costs that request alone. `reel serve` turns it on only in a
@@ -89,6 +92,7 @@ impl Default for RecorderConfig {
             allow_from: Vec::new(),
             metadata_max_bytes: 256 * 1024,
             metadata_max_depth: 32,
+            prefer_wav_codecs: true,
             endpoint: EndpointConfig::default(),
             fault_injection: false,
         }
@@ -1432,7 +1436,7 @@ impl Recorder {
                 m.proto
             ));
         }
-        let Some((codec, te)) = m.choose_codecs() else {
+        let Some((codec, te)) = m.choose_codecs_preferring(self.config.prefer_wav_codecs) else {
             return Err("no offered codec among PCMU, PCMA, G722, G729, opus".into());
         };
         let (crypto, srtp) = if m.proto.to_ascii_uppercase().contains("SAVP") {

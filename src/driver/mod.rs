@@ -299,6 +299,7 @@ async fn serve(config: Config, backend: BackendChoice) -> Result<(), RunError> {
         allow_from: config.sip.allow_from.clone(),
         metadata_max_bytes: config.record.max_metadata_bytes,
         metadata_max_depth: config.record.max_metadata_depth,
+        prefer_wav_codecs: config.record.codec_preference == "wav",
         endpoint: EndpointConfig::default(),
         fault_injection: cfg!(debug_assertions)
             && std::env::var_os("REEL_FAULT_INJECTION").is_some(),

@@ -323,7 +323,40 @@ impl MediaDescription {
     /// telephone-event is only taken at the chosen codec's clock rate: RFC 4733 events share the
     /// stream's RTP clock, so a 8000 Hz event next to opus would be misread.
     pub fn choose_codecs(&self) -> Option<(Codec, Option<Codec>)> {
-        let codec = self.payload_types().find_map(|pt| {
+        self.choose_codecs_preferring(false)
+    }
+
+    /// [`choose_codecs`](Self::choose_codecs), but with `wav` the first offered of PCMU, PCMA
+    /// and G722 (what `audio.wav` holds) wins over an earlier G729 or opus; those two are taken
+    /// only when nothing else is offered (`record.codec_preference = "wav"`). RFC 3264 §6.1
+    /// lets the answerer choose; a playable stereo WAV is the reason, and an SRC that offered
+    /// G.711 sends it when answered so.
+    pub fn choose_codecs_preferring(&self, wav: bool) -> Option<(Codec, Option<Codec>)> {
+        let in_wav = |c: &Codec| ["PCMU", "PCMA", "G722"].contains(&c.name.as_str());
+        let codec = if wav {
+            self.offered_codecs()
+                .find(in_wav)
+                .or_else(|| self.offered_codecs().next())?
+        } else {
+            self.offered_codecs().next()?
+        };
+        let telephone_event = self.payload_types().find_map(|pt| {
+            let map = self.rtpmap(pt)?;
+            (map.name.eq_ignore_ascii_case("telephone-event") && map.clock_rate == codec.clock_rate)
+                .then(|| Codec {
+                    name: "telephone-event".to_string(),
+                    payload_type: pt,
+                    clock_rate: map.clock_rate,
+                    channels: map.channels.unwrap_or(1),
+                    fmtp: self.fmtp(pt),
+                })
+        });
+        Some((codec, telephone_event))
+    }
+
+    /// The recordable codecs of the m= line, in offer order.
+    fn offered_codecs(&self) -> impl Iterator<Item = Codec> + '_ {
+        self.payload_types().filter_map(|pt| {
             let map = self.rtpmap(pt);
             let &(name, _, clock_rate, channels) =
                 RECORDABLE.iter().find(|(name, static_pt, ..)| {
@@ -340,19 +373,7 @@ impl MediaDescription {
                 channels,
                 fmtp: self.fmtp(pt),
             })
-        })?;
-        let telephone_event = self.payload_types().find_map(|pt| {
-            let map = self.rtpmap(pt)?;
-            (map.name.eq_ignore_ascii_case("telephone-event") && map.clock_rate == codec.clock_rate)
-                .then(|| Codec {
-                    name: "telephone-event".to_string(),
-                    payload_type: pt,
-                    clock_rate: map.clock_rate,
-                    channels: map.channels.unwrap_or(1),
-                    fmtp: self.fmtp(pt),
-                })
-        });
-        Some((codec, telephone_event))
+        })
     }
 
     /// Is this a transport Reel can take? `RTP/AVP` always; `RTP/SAVP` only with an `a=crypto`
@@ -753,6 +774,34 @@ a=sendonly\r\n";
         let te = te.unwrap();
         assert_eq!((te.payload_type, te.clock_rate), (107, 48000));
         assert_eq!(te.fmtp.as_deref(), Some("0-15"));
+    }
+
+    #[test]
+    fn wav_preference_takes_g711_or_g722_over_an_earlier_g729_or_opus() {
+        // Metaswitch offers G.729 first; Webex Calling opus first.
+        let g729 = one_media("m=audio 1 RTP/AVP 18 0 8\r\na=rtpmap:18 G729/8000\r\n");
+        assert_eq!(g729.choose_codecs_preferring(false).unwrap().0.name, "G729");
+        assert_eq!(g729.choose_codecs_preferring(true).unwrap().0.name, "PCMU");
+        let opus = one_media(
+            "m=audio 1 RTP/AVP 111 101 0 8 9 107\r\na=rtpmap:111 opus/48000/2\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=rtpmap:107 telephone-event/48000\r\n\
+             a=rtpmap:9 G722/8000\r\n",
+        );
+        let (codec, te) = opus.choose_codecs_preferring(true).unwrap();
+        assert_eq!((codec.name.as_str(), codec.payload_type), ("PCMU", 0));
+        assert_eq!(te.unwrap().payload_type, 101, "telephone-event at 8000 Hz");
+        assert_eq!(opus.choose_codecs_preferring(false).unwrap().0.name, "opus");
+        // Offer order among the WAV codecs is kept: G722 first stays G722.
+        let g722 = one_media("m=audio 1 RTP/AVP 18 9 0\r\n");
+        assert_eq!(g722.choose_codecs_preferring(true).unwrap().0.name, "G722");
+        // Nothing for the WAV: the first recordable one.
+        let only = one_media("m=audio 1 RTP/AVP 3 18\r\n");
+        assert_eq!(only.choose_codecs_preferring(true).unwrap().0.name, "G729");
+        assert!(
+            one_media("m=audio 1 RTP/AVP 3\r\n")
+                .choose_codecs_preferring(true)
+                .is_none()
+        );
     }
 
     #[test]
