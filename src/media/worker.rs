@@ -737,22 +737,23 @@ impl Worker {
 
 /// Whether the first packet a stream would take may latch it: one of a payload type the
 /// stream negotiated (codec, telephone-event, comfort noise; for a G.711 or G.722 stream any
-/// of PCMU, PCMA, G722), so that one stray packet from
+/// of PCMU, PCMA, G722 and G.729), so that one stray packet from
 /// elsewhere (a scanner, the stale stream of another call) cannot capture the stream for the
 /// whole call; or the [`LATCH_ON_UNNEGOTIATED`]th in a row from one source, for an SRC whose
 /// RTP does not match its SDP.
 #[cold]
 fn may_latch(stream: &mut Stream, h: &RtpHeader, source: SocketAddr) -> bool {
     const COMFORT_NOISE: u8 = 13;
-    // The static types finalize decodes into audio.wav whichever of them was negotiated: an
-    // SRC sending PCMA on a stream answered PCMU (or the reverse) is recorded from its first
-    // packet, not its eighth.
+    // On a G.711/G.722 stream, finalize keeps any of PCMU, PCMA, G722 (in audio.wav) and
+    // G.729 (in its own file) whichever was negotiated: an SRC sending PCMA on a stream
+    // answered PCMU, or replaying a G.729 capture, is recorded from its first packet, not its
+    // eighth.
     let wav_static = |pt: u8| matches!(pt, 0 | 8 | 9);
     let pt = h.payload_type;
     if pt == stream.payload_type
         || Some(pt) == stream.event_pt
         || pt == COMFORT_NOISE
-        || (wav_static(pt) && wav_static(stream.payload_type))
+        || (wav_static(stream.payload_type) && (wav_static(pt) || pt == 18))
     {
         return true;
     }

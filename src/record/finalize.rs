@@ -132,6 +132,18 @@ struct StreamPlan<'a> {
     dtmf: Vec<DtmfRecord>,
 }
 
+impl StreamPlan<'_> {
+    /// For a G.711/G.722 stream: G.729 when packets of it (static type 18) arrived, to be
+    /// stored in its own file beside the stream's channel of `audio.wav`. (Opus has no static
+    /// type, so on such a stream it cannot be told from anything else.)
+    fn stored_instead(&self) -> Option<Codec> {
+        self.entries
+            .iter()
+            .any(|e| e.codec == Codec::G729)
+            .then_some(Codec::G729)
+    }
+}
+
 /// RTP clock of a codec: fixed by RFC 3551 / RFC 7587 where it is, else what the SDP said.
 fn rtp_clock(codec: Codec, sdp_clock: u32) -> u32 {
     match codec {
@@ -371,9 +383,10 @@ impl<'a> Plan<'a> {
             // Packets counted as recorded whose codec the stream's file cannot hold (an SRC
             // sending PCMA on a stream the answer made Opus, say) must not pass silently.
             let stream_codec = sp.codec;
+            let instead = sp.stored_instead();
             let fits = |c: Codec| {
                 if stream_codec.in_wav() {
-                    c.in_wav()
+                    c.in_wav() || Some(c) == instead
                 } else {
                     c == stream_codec
                 }
@@ -478,16 +491,35 @@ impl<'a> Plan<'a> {
         Ok(layout.format.header_len() + data + data % 2)
     }
 
-    /// Files stored per stream (not in `audio.wav`): `(stream index, file name)`.
+    /// Files stored per stream (not in `audio.wav`): `(stream index, file name)`. A G.711 or
+    /// G.722 stream whose SRC sent G.729 instead (a test tool replaying a capture whatever the
+    /// answer said) gets a `.g729` file too, so what arrived is kept.
     pub fn stored_files(&self, meta: &RecordingMeta) -> Vec<(usize, String)> {
-        stored_file_names(meta)
+        let mut files: Vec<(usize, String)> = stored_file_names(meta)
             .into_iter()
             .filter(|(i, name)| {
                 // Unknown codecs get a file only when something arrived.
                 !name.ends_with(".raw")
                     || self.streams.get(*i).is_some_and(|s| !s.entries.is_empty())
             })
-            .collect()
+            .collect();
+        for (i, sp) in self.streams.iter().enumerate() {
+            let Some(codec) = sp.codec.in_wav().then(|| sp.stored_instead()).flatten() else {
+                continue;
+            };
+            let ext = if codec == Codec::Opus { "opus" } else { "g729" };
+            let label = meta.streams.get(i).map_or("", |s| s.label.as_str());
+            let mut stem = file_stem(label);
+            if stem.is_empty() {
+                stem = format!("stream{i}");
+            }
+            let mut name = format!("{stem}.{ext}");
+            if files.iter().any(|(_, n)| *n == name) {
+                name = format!("{stem}-{i}.{ext}");
+            }
+            files.push((i, name));
+        }
+        files
     }
 
     /// Writes the stored file of stream `index` (see [`Plan::stored_files`]); returns bytes.
@@ -500,12 +532,20 @@ impl<'a> Plan<'a> {
         let Some(sp) = self.streams.get(index) else {
             return Ok(0);
         };
-        match sp.codec {
+        let codec = if sp.codec.in_wav() {
+            match sp.stored_instead() {
+                Some(c) => c,
+                None => return Ok(0),
+            }
+        } else {
+            sp.codec
+        };
+        match codec {
             Codec::Opus => write_opus(&sp.entries, meta.duration_ms(), index as u32 + 1, out),
             _ => {
                 // Raw payloads in timeline order, each slot once (the later record wins).
                 let mut n = 0u64;
-                let wanted = sp.codec;
+                let wanted = codec;
                 let mut it = sp.entries.iter().filter(|e| e.codec == wanted).peekable();
                 while let Some(e) = it.next() {
                     if it.peek().is_some_and(|next| next.start == e.start) {
@@ -591,18 +631,7 @@ pub fn stored_file_names(meta: &RecordingMeta) -> Vec<(usize, String)> {
             Codec::G729 => "g729",
             _ => "raw",
         };
-        let mut stem: String = s
-            .label
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(64)
-            .collect();
+        let mut stem = file_stem(&s.label);
         if stem.is_empty() {
             stem = format!("stream{}", s.mline);
         }
@@ -613,6 +642,21 @@ pub fn stored_file_names(meta: &RecordingMeta) -> Vec<(usize, String)> {
         out.push((i, name));
     }
     out
+}
+
+/// A label made safe as a file name (at most 64 characters).
+fn file_stem(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
 }
 
 /// A channel's samples from the current window start onwards.
@@ -1521,6 +1565,32 @@ mod tests {
         let want: Vec<u8> = [1u8, 2, 3].iter().flat_map(|&b| [b; 20]).collect();
         assert_eq!(out, want);
         assert_eq!(plan.layout(&m, AudioFormat::WavG711).channels, [1]);
+    }
+
+    #[test]
+    fn g729_sent_on_a_pcmu_stream_is_kept_in_its_own_file() {
+        // Answered PCMU, but the SRC (a test tool replaying a capture) sent G.729.
+        let m = meta(vec![stream("1", "PCMU", 0, 0)], 1000);
+        let g = |seq: u16, at: i64, b: u8| P {
+            pt: 18,
+            payload: vec![b; 20],
+            ..p(seq, u32::from(seq) * 160, at, 0)
+        };
+        let j = journal(&[g(1, 0, 1), g(2, 20, 2)]);
+        let plan = Plan::new(&j, &m).unwrap();
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        assert_eq!(plan.stored_files(&m), [(0, "1.g729".to_string())]);
+        let mut out = Vec::new();
+        plan.write_stored(&m, 0, &mut out).unwrap();
+        assert_eq!(out, [[1u8; 20], [2u8; 20]].concat());
+        assert_eq!(
+            plan.layout(&m, AudioFormat::WavG711).channels,
+            [0],
+            "still in the WAV"
+        );
+        // Only G.711: no extra file.
+        let j = journal(&[p(1, 0, 0, 0x2A)]);
+        assert!(Plan::new(&j, &m).unwrap().stored_files(&m).is_empty());
     }
 
     #[test]
