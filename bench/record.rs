@@ -1346,12 +1346,11 @@ fn print_rounds(results: &[SizeResult], tck: u64) {
     for calls in sizes {
         let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 9];
         for (round, r) in results.iter().filter(|r| r.calls == calls).enumerate() {
-            let ok = ok_outcome;
             let a = us(r.a.as_ref().map(sink_ns));
             let c = us(r.c.as_ref().map(sink_ns));
             let t = us(r.t.as_ref().and_then(|o| o.as_ref().ok()).map(sink_ns));
-            let reel = us(ok(&r.reel).map(|x| reel_ns(x, tck)));
-            let tpx = us(ok(&r.reel_tproxy).map(|x| reel_ns(x, tck)));
+            let reel = us(ok_outcome(&r.reel).map(|x| reel_ns(x, tck)));
+            let tpx = us(ok_outcome(&r.reel_tproxy).map(|x| reel_ns(x, tck)));
             let row = [
                 a,
                 c,
@@ -1366,7 +1365,7 @@ fn print_rounds(results: &[SizeResult], tck: u64) {
             for (col, v) in cols.iter_mut().zip(row) {
                 col.extend(v);
             }
-            let loss: Vec<String> = [ok(&r.reel), ok(&r.reel_tproxy)]
+            let loss: Vec<String> = [ok_outcome(&r.reel), ok_outcome(&r.reel_tproxy)]
                 .into_iter()
                 .flatten()
                 .map(|x| (x.sent as i64 - x.recorded as i64).to_string())

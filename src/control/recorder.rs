@@ -133,12 +133,23 @@ pub const MAX_SESSION_EXPIRES_S: u64 = 86_400;
 const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO";
 const ACCEPT: &str = "application/sdp, application/rs-metadata+xml, multipart/mixed";
 const SUPPORTED: &str = "siprec, timer";
-/// True for the Request-URI schemes a recorder can be addressed by (`sip`, `sips`, `tel`).
-fn uri_scheme_supported(uri: &str) -> bool {
-    let scheme = uri.split(':').next().unwrap_or_default();
-    ["sip", "sips", "tel"]
-        .iter()
-        .any(|s| s.eq_ignore_ascii_case(scheme))
+/// The Request-URI schemes a recorder can be addressed by.
+const URI_SCHEMES: [&str; 3] = ["sip", "sips", "tel"];
+
+/// The SRC's tag of a session's dialog (before the dialog exists: its INVITE's From tag).
+fn remote_tag(s: &Session) -> Option<String> {
+    match &s.dialog {
+        Some(d) => Some(d.remote_tag.clone()),
+        None => header_tag(&s.invite, "From"),
+    }
+}
+
+/// The tag parameter of a From or To header.
+fn header_tag(req: &Request, name: &str) -> Option<String> {
+    crate::sip::NameAddr::parse(req.headers.get(name)?)
+        .ok()?
+        .tag()
+        .map(str::to_string)
 }
 
 /// Option tags Reel implements (RFC 3261 §8.2.2.3: any other in Require gets 420).
@@ -580,16 +591,13 @@ impl Recorder {
             return self.reply(now, tx, &req, 403, "Source Not Allowed", None);
         }
         // RFC 3261 §8.2.2.1: a Request-URI scheme Reel cannot serve gets 416 (an ACK none).
-        if req.method != Method::Ack && !uri_scheme_supported(&req.uri) {
-            let scheme = req.uri.split(':').next().unwrap_or_default();
+        let scheme = req.uri.split(':').next().unwrap_or_default();
+        if req.method != Method::Ack && !URI_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+        {
             let why = format!("Request-URI scheme '{scheme}' is not sip, sips or tel");
             return self.reply(now, tx, &req, 416, "Unsupported URI Scheme", Some(&why));
         }
-        let mut to_tag = req
-            .headers
-            .get("To")
-            .and_then(|v| crate::sip::NameAddr::parse(v).ok())
-            .and_then(|n| n.tag().map(str::to_string));
+        let mut to_tag = header_tag(&req, "To");
         if to_tag.is_none()
             && req.method == Method::Bye
             && let Some(tag) = self.tagless_bye_dialog(&mut req)
@@ -1313,9 +1321,6 @@ impl Recorder {
 
     // ---- helpers -------------------------------------------------------------------------
 
-    /// The session whose dialog a request belongs to: Call-ID, our tag (To) and the SRC's
-    /// tag (From) all matching (RFC 3261 §12.2.2). A wrong From tag is another dialog, so a
-    /// stray or misrouted BYE that shares a Call-ID and To tag gets 481 and ends nothing.
     /// A BYE without a To tag (RFC 3261 §12.2.2 would answer 481) that names exactly one live
     /// recording by its Call-ID and the SRC's From tag is taken as that dialog's BYE: SRC test
     /// scripts in the field send one (MiaRec's BroadWorks SIPp scenarios), and answering 481
@@ -1323,26 +1328,15 @@ impl Recorder {
     /// its To header, as the answer would carry anyway; returns that tag.
     fn tagless_bye_dialog(&self, req: &mut Request) -> Option<String> {
         let call_id = req.call_id()?.trim().to_string();
-        let from_tag = crate::sip::NameAddr::parse(req.headers.get("From")?)
-            .ok()?
-            .tag()
-            .map(str::to_string)?;
+        let from_tag = Some(header_tag(req, "From")?);
         let mut found = self
             .by_dialog
             .range((call_id.clone(), String::new())..)
             .take_while(|((c, _), _)| *c == call_id)
             .filter(|(_, key)| {
-                self.sessions.get(key).is_some_and(|s| {
-                    let remote = match &s.dialog {
-                        Some(d) => Some(d.remote_tag.clone()),
-                        None => {
-                            crate::sip::NameAddr::parse(s.invite.headers.get("From").unwrap_or(""))
-                                .ok()
-                                .and_then(|n| n.tag().map(str::to_string))
-                        }
-                    };
-                    remote.as_deref() == Some(from_tag.as_str())
-                })
+                self.sessions
+                    .get(key)
+                    .is_some_and(|s| remote_tag(s) == from_tag)
             })
             .map(|((_, local), _)| local.clone());
         let local = found.next()?;
@@ -1360,21 +1354,14 @@ impl Recorder {
         Some(local)
     }
 
+    /// The session whose dialog a request belongs to: Call-ID, our tag (To) and the SRC's
+    /// tag (From) all matching (RFC 3261 §12.2.2). A wrong From tag is another dialog, so a
+    /// stray or misrouted BYE that shares a Call-ID and To tag gets 481 and ends nothing.
     fn dialog_key(&self, req: &Request) -> Option<SessionKey> {
         let call_id = req.call_id()?.to_string();
-        let tag_of = |name: &str, r: &Request| {
-            crate::sip::NameAddr::parse(r.headers.get(name)?)
-                .ok()?
-                .tag()
-                .map(str::to_string)
-        };
-        let key = *self.by_dialog.get(&(call_id, tag_of("To", req)?))?;
+        let key = *self.by_dialog.get(&(call_id, header_tag(req, "To")?))?;
         let s = self.sessions.get(&key)?;
-        let remote = match &s.dialog {
-            Some(d) => Some(d.remote_tag.clone()),
-            None => tag_of("From", &s.invite),
-        };
-        (tag_of("From", req) == remote).then_some(key)
+        (header_tag(req, "From") == remote_tag(s)).then_some(key)
     }
 
     /// 420 for option tags in Require that Reel does not implement. Returns `Some(())` when

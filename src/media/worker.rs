@@ -744,16 +744,18 @@ impl Worker {
 #[cold]
 fn may_latch(stream: &mut Stream, h: &RtpHeader, source: SocketAddr) -> bool {
     const COMFORT_NOISE: u8 = 13;
-    // On a G.711/G.722 stream, finalize keeps any of PCMU, PCMA, G722 (in audio.wav) and
-    // G.729 (in its own file) whichever was negotiated: an SRC sending PCMA on a stream
-    // answered PCMU, or replaying a G.729 capture, is recorded from its first packet, not its
-    // eighth.
-    let wav_static = |pt: u8| matches!(pt, 0 | 8 | 9);
+    // On a G.711/G.722 stream, finalize keeps any static type it knows (PCMU, PCMA, G722 in
+    // audio.wav, G.729 in its own file) whichever was negotiated: an SRC sending PCMA on a
+    // stream answered PCMU, or replaying a G.729 capture, is recorded from its first packet,
+    // not its eighth.
+    use crate::codec::Codec;
     let pt = h.payload_type;
+    let wav_stream =
+        Codec::from_static_payload_type(stream.payload_type).is_some_and(Codec::in_wav);
     if pt == stream.payload_type
         || Some(pt) == stream.event_pt
         || pt == COMFORT_NOISE
-        || (wav_static(stream.payload_type) && (wav_static(pt) || pt == 18))
+        || (wav_stream && Codec::from_static_payload_type(pt).is_some())
     {
         return true;
     }

@@ -133,14 +133,11 @@ struct StreamPlan<'a> {
 }
 
 impl StreamPlan<'_> {
-    /// For a G.711/G.722 stream: G.729 when packets of it (static type 18) arrived, to be
-    /// stored in its own file beside the stream's channel of `audio.wav`. (Opus has no static
-    /// type, so on such a stream it cannot be told from anything else.)
-    fn stored_instead(&self) -> Option<Codec> {
-        self.entries
-            .iter()
-            .any(|e| e.codec == Codec::G729)
-            .then_some(Codec::G729)
+    /// A G.711/G.722 stream that G.729 (static type 18) arrived on: a test tool replaying a
+    /// capture whatever the answer said. Those packets go to a `.g729` file of their own
+    /// beside the stream's channel of `audio.wav`.
+    fn carries_g729(&self) -> bool {
+        self.codec.in_wav() && self.entries.iter().any(|e| e.codec == Codec::G729)
     }
 }
 
@@ -383,10 +380,10 @@ impl<'a> Plan<'a> {
             // Packets counted as recorded whose codec the stream's file cannot hold (an SRC
             // sending PCMA on a stream the answer made Opus, say) must not pass silently.
             let stream_codec = sp.codec;
-            let instead = sp.stored_instead();
             let fits = |c: Codec| {
                 if stream_codec.in_wav() {
-                    c.in_wav() || Some(c) == instead
+                    // G.729 on such a stream goes to its own file (`carries_g729`).
+                    c.in_wav() || c == Codec::G729
                 } else {
                     c == stream_codec
                 }
@@ -503,21 +500,10 @@ impl<'a> Plan<'a> {
                     || self.streams.get(*i).is_some_and(|s| !s.entries.is_empty())
             })
             .collect();
-        for (i, sp) in self.streams.iter().enumerate() {
-            let Some(codec) = sp.codec.in_wav().then(|| sp.stored_instead()).flatten() else {
-                continue;
-            };
-            let ext = if codec == Codec::Opus { "opus" } else { "g729" };
-            let label = meta.streams.get(i).map_or("", |s| s.label.as_str());
-            let mut stem = file_stem(label);
-            if stem.is_empty() {
-                stem = format!("stream{i}");
+        for (i, s) in meta.streams.iter().enumerate() {
+            if self.streams.get(i).is_some_and(|sp| sp.carries_g729()) {
+                push_stored_name(&mut files, i, s, "g729");
             }
-            let mut name = format!("{stem}.{ext}");
-            if files.iter().any(|(_, n)| *n == name) {
-                name = format!("{stem}-{i}.{ext}");
-            }
-            files.push((i, name));
         }
         files
     }
@@ -532,13 +518,10 @@ impl<'a> Plan<'a> {
         let Some(sp) = self.streams.get(index) else {
             return Ok(0);
         };
-        let codec = if sp.codec.in_wav() {
-            match sp.stored_instead() {
-                Some(c) => c,
-                None => return Ok(0),
-            }
-        } else {
-            sp.codec
+        let codec = match sp.codec {
+            c if !c.in_wav() => c,
+            _ if sp.carries_g729() => Codec::G729,
+            _ => return Ok(0),
         };
         match codec {
             Codec::Opus => write_opus(&sp.entries, meta.duration_ms(), index as u32 + 1, out),
@@ -631,22 +614,21 @@ pub fn stored_file_names(meta: &RecordingMeta) -> Vec<(usize, String)> {
             Codec::G729 => "g729",
             _ => "raw",
         };
-        let mut stem = file_stem(&s.label);
-        if stem.is_empty() {
-            stem = format!("stream{}", s.mline);
-        }
-        let mut name = format!("{stem}.{ext}");
-        if out.iter().any(|(_, n)| *n == name) {
-            name = format!("{stem}-{i}.{ext}");
-        }
-        out.push((i, name));
+        push_stored_name(&mut out, i, s, ext);
     }
     out
 }
 
-/// A label made safe as a file name (at most 64 characters).
-fn file_stem(label: &str) -> String {
-    label
+/// Adds stream `i`'s file `<label>.<ext>` to `out`: the label made safe as a file name (at
+/// most 64 characters; `stream<mline>` when nothing is left), `-<i>` added when taken.
+fn push_stored_name(
+    out: &mut Vec<(usize, String)>,
+    i: usize,
+    s: &crate::record::StreamRecord,
+    ext: &str,
+) {
+    let mut stem: String = s
+        .label
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
@@ -656,7 +638,15 @@ fn file_stem(label: &str) -> String {
             }
         })
         .take(64)
-        .collect()
+        .collect();
+    if stem.is_empty() {
+        stem = format!("stream{}", s.mline);
+    }
+    let mut name = format!("{stem}.{ext}");
+    if out.iter().any(|(_, n)| *n == name) {
+        name = format!("{stem}-{i}.{ext}");
+    }
+    out.push((i, name));
 }
 
 /// A channel's samples from the current window start onwards.

@@ -483,16 +483,8 @@ impl Endpoint {
             response
                 .headers
                 .push("Warning", format!("399 reel \"{}\"", sanitize(problem)));
-            match via {
-                Some(via) => self.send_stateless(flow, &via, response),
-                None => {
-                    self.finish_own_response(&mut response, None);
-                    self.transmits.push_back(Transmit {
-                        flow,
-                        data: response.encode(),
-                    });
-                }
-            }
+            let dest = via.map_or(flow, |via| response_flows(flow, &via).0);
+            self.send_stateless(dest, response);
         }
         self.events.push_back(Event::Malformed {
             flow,
@@ -500,11 +492,10 @@ impl Endpoint {
         });
     }
 
-    /// Sends a response the endpoint builds itself, outside any transaction: adds `Server` and
-    /// a To tag when missing.
-    fn send_stateless(&mut self, flow: Flow, via: &Via, mut response: Response) {
+    /// Sends a response the endpoint builds itself, outside any transaction, to `dest`: adds
+    /// `Server` and a To tag when missing.
+    fn send_stateless(&mut self, dest: Flow, mut response: Response) {
         self.finish_own_response(&mut response, None);
-        let (dest, _) = response_flows(flow, via);
         self.transmits.push_back(Transmit {
             flow: dest,
             data: response.encode(),

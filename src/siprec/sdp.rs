@@ -332,7 +332,7 @@ impl MediaDescription {
     /// lets the answerer choose; a playable stereo WAV is the reason, and an SRC that offered
     /// G.711 sends it when answered so.
     pub fn choose_codecs_preferring(&self, wav: bool) -> Option<(Codec, Option<Codec>)> {
-        let in_wav = |c: &Codec| ["PCMU", "PCMA", "G722"].contains(&c.name.as_str());
+        let in_wav = |c: &Codec| crate::codec::Codec::from_name(&c.name).in_wav();
         let codec = if wav {
             self.offered_codecs()
                 .find(in_wav)
